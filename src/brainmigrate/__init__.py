@@ -1,0 +1,61 @@
+"""brainmigrate: safe, async migrations for PostgreSQL-backed AI memory systems."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._config import MigrationConfig, RetryPolicy
+from ._errors import (
+    BrainMigrateError,
+    ChecksumMismatchError,
+    ConfigError,
+    CyclicDependencyError,
+    DependencyError,
+    DirtyMigrationError,
+    DuplicateMigrationError,
+    IrreversibleMigrationError,
+    MigrationExecutionError,
+    MigrationLoadError,
+    MigrationLockTimeout,
+    MigrationNotFoundError,
+    MigrationStateError,
+    MigrationValidationError,
+    MissingDependencyError,
+)
+from ._metadata import MigrationMetadata, MigrationStatus, MigrationType
+from ._migration import DatabaseSchemaMigration, Migration
+from ._migrator import Migrator
+from ._results import HistoryRecord, MigrationResult, ValidationReport
+
+try:
+    __version__ = version("brainmigrate")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without installing
+    __version__ = "0.0.0"
+
+__all__ = [
+    "BrainMigrateError",
+    "ChecksumMismatchError",
+    "ConfigError",
+    "CyclicDependencyError",
+    "DatabaseSchemaMigration",
+    "DependencyError",
+    "DirtyMigrationError",
+    "DuplicateMigrationError",
+    "HistoryRecord",
+    "IrreversibleMigrationError",
+    "Migration",
+    "MigrationConfig",
+    "MigrationExecutionError",
+    "MigrationLoadError",
+    "MigrationLockTimeout",
+    "MigrationMetadata",
+    "MigrationNotFoundError",
+    "MigrationResult",
+    "MigrationStateError",
+    "MigrationStatus",
+    "MigrationType",
+    "MigrationValidationError",
+    "Migrator",
+    "MissingDependencyError",
+    "RetryPolicy",
+    "ValidationReport",
+    "__version__",
+]

@@ -1,0 +1,85 @@
+"""Per-run configuration, validated when it is built."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ._errors import ConfigError
+
+
+def _bool(_instance: Any, attribute: attrs.Attribute[bool], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{attribute.name} must be True or False, got {value!r}")
+
+
+def _number_in(low: float, high: float, *, integer: bool = False) -> Any:
+    """A validator that raises ConfigError unless ``low <= value <= high``."""
+
+    def validate(_instance: Any, attribute: attrs.Attribute[float], value: object) -> None:
+        kinds: tuple[type, ...] = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            kind = "an integer" if integer else "a number"
+            raise ConfigError(f"{attribute.name} must be {kind}, got {value!r}")
+        if not low <= value <= high:  # type: ignore[operator]
+            raise ConfigError(f"{attribute.name} must be between {low:g} and {high:g}, got {value!r}")
+
+    return validate
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How transient failures (lock timeouts, deadlocks, serialization failures) are retried.
+
+    Waits grow exponentially from ``initial_delay`` up to ``max_delay`` with random jitter; at most
+    ``attempts`` tries in all. ``attempts=1`` turns retries off.
+    """
+
+    attempts: int = attrs.field(default=5, validator=_number_in(1, 100, integer=True))
+    initial_delay: float = attrs.field(default=0.1, validator=_number_in(0, 60))
+    max_delay: float = attrs.field(default=5.0, validator=_number_in(0, 600))
+    jitter: float = attrs.field(default=0.1, validator=_number_in(0, 60))
+
+
+def _retry_policy(_instance: Any, attribute: attrs.Attribute[RetryPolicy], value: object) -> None:
+    if not isinstance(value, RetryPolicy):
+        raise ConfigError(f"{attribute.name} must be a RetryPolicy, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class MigrationConfig:
+    """How migrations run. Invalid values raise :class:`ConfigError` at construction.
+
+    Derive variants with ``attrs.evolve(config, dry_run=True)``.
+    """
+
+    #: Run everything inside a transaction that is rolled back; write nothing, not even history.
+    dry_run: bool = attrs.field(default=False, validator=_bool)
+    #: Items per batch for data migrations.
+    batch_size: int = attrs.field(default=1000, validator=_number_in(1, 100_000, integer=True))
+    #: Reverse a failed migration's completed steps automatically (non-transactional migrations).
+    enable_rollback: bool = attrs.field(default=True, validator=_bool)
+    #: Run the ``validate_preconditions`` gate before executing.
+    validate_before: bool = attrs.field(default=True, validator=_bool)
+    #: Run the ``validate_postconditions`` gate before committing.
+    validate_after: bool = attrs.field(default=True, validator=_bool)
+    #: Use several workers for data migrations.
+    parallel_execution: bool = attrs.field(default=False, validator=_bool)
+    #: Items between durable checkpoints for data migrations.
+    checkpoint_frequency: int = attrs.field(default=5000, validator=_number_in(1, 10_000_000, integer=True))
+    #: Upper bound on one migration's run time.
+    timeout_seconds: float = attrs.field(default=3600, validator=_number_in(0.001, 7 * 24 * 3600))
+    #: Keep going after a failure; migrations that depend on a failed one are skipped.
+    continue_on_error: bool = attrs.field(default=False, validator=_bool)
+    #: How long to wait for another runner's migration lock before MigrationLockTimeout.
+    lock_wait_seconds: float = attrs.field(default=60.0, validator=_number_in(0, 24 * 3600))
+    #: PostgreSQL ``lock_timeout`` for each migration's statements, so DDL never queues behind a long
+    #: transaction while blocking the application's traffic. Failures are retried.
+    statement_lock_timeout_ms: int = attrs.field(
+        default=500, validator=_number_in(1, 3_600_000, integer=True)
+    )
+    #: Retries of transient failures.
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy, validator=_retry_policy)
+    #: Accept applied migrations whose content changed since they were applied.
+    allow_checksum_drift: bool = attrs.field(default=False, validator=_bool)

@@ -1,0 +1,185 @@
+"""The errors brainmigrate raises.
+
+Every error is a :class:`BrainMigrateError`; the tree is shallow::
+
+    BrainMigrateError
+    ├── ConfigError (also a ValueError)
+    ├── MigrationValidationError
+    │   └── MigrationLoadError
+    ├── DependencyError
+    │   ├── CyclicDependencyError
+    │   └── MissingDependencyError
+    ├── DuplicateMigrationError
+    ├── ChecksumMismatchError
+    ├── IrreversibleMigrationError
+    ├── MigrationNotFoundError
+    ├── MigrationStateError
+    │   └── DirtyMigrationError
+    ├── MigrationLockTimeout
+    └── MigrationExecutionError
+
+Each error carries the facts as attributes and its message says what to do next. Driver errors are
+chained (``raise ... from exc``) and never escape on their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class BrainMigrateError(Exception):
+    """Root of every error raised by brainmigrate."""
+
+
+class ConfigError(BrainMigrateError, ValueError):
+    """A configuration value is invalid or missing."""
+
+
+class MigrationValidationError(BrainMigrateError):
+    """A migration is malformed, or a validation gate refused it."""
+
+    def __init__(self, message: str, *, migration_id: str | None = None) -> None:
+        super().__init__(message)
+        self.migration_id = migration_id
+
+
+class MigrationLoadError(MigrationValidationError):
+    """A module of migrations could not be imported."""
+
+    def __init__(self, message: str, *, module: str) -> None:
+        super().__init__(message)
+        self.module = module
+
+
+class DependencyError(BrainMigrateError):
+    """Dependencies between migrations cannot be satisfied."""
+
+    def __init__(self, message: str, *, migration_id: str | None = None) -> None:
+        super().__init__(message)
+        self.migration_id = migration_id
+
+
+class CyclicDependencyError(DependencyError):
+    """Migrations depend on each other in a cycle."""
+
+    def __init__(self, cycle: Sequence[str]) -> None:
+        self.cycle = tuple(cycle)
+        path = " -> ".join(self.cycle)
+        super().__init__(
+            f"cyclic dependency: {path}; remove one of these dependencies", migration_id=self.cycle[0]
+        )
+
+
+class MissingDependencyError(DependencyError):
+    """A migration depends on an id that no known migration has."""
+
+    def __init__(self, migration_id: str, missing: str) -> None:
+        self.missing = missing
+        super().__init__(
+            f"migration {migration_id!r} depends on {missing!r}, which is not a known migration; "
+            "check the id or add the missing migration",
+            migration_id=migration_id,
+        )
+
+
+class DuplicateMigrationError(BrainMigrateError):
+    """Two migrations share one id."""
+
+    def __init__(self, migration_id: str, sources: Sequence[str]) -> None:
+        self.migration_id = migration_id
+        self.sources = tuple(sources)
+        super().__init__(
+            f"duplicate migration id {migration_id!r} in {' and '.join(self.sources)}; "
+            "give each migration its own id"
+        )
+
+
+class ChecksumMismatchError(BrainMigrateError):
+    """An applied migration's content changed since it was applied."""
+
+    def __init__(self, migration_id: str, *, expected: str, actual: str) -> None:
+        self.migration_id = migration_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"migration {migration_id!r} was changed after it was applied "
+            f"(checksum {expected[:12]} applied, {actual[:12]} now); restore its original content and "
+            "write a new migration, or pass MigrationConfig(allow_checksum_drift=True)"
+        )
+
+
+class IrreversibleMigrationError(BrainMigrateError):
+    """A rollback was asked of a migration that cannot be reversed."""
+
+    def __init__(self, migration_id: str) -> None:
+        self.migration_id = migration_id
+        super().__init__(
+            f"migration {migration_id!r} is not reversible; write a new forward migration that undoes it"
+        )
+
+
+class MigrationNotFoundError(BrainMigrateError, LookupError):
+    """No known migration has the given id."""
+
+    def __init__(self, migration_id: str) -> None:
+        self.migration_id = migration_id
+        super().__init__(f"no migration with id {migration_id!r}; `await migrator.pending()` lists the ids")
+
+
+class MigrationStateError(BrainMigrateError):
+    """The operation does not fit the migration's current state (e.g. rolling back one not applied)."""
+
+    def __init__(self, message: str, *, migration_id: str) -> None:
+        super().__init__(message)
+        self.migration_id = migration_id
+
+
+class DirtyMigrationError(MigrationStateError):
+    """A non-transactional migration was interrupted midway; someone must decide what state it is in."""
+
+    def __init__(
+        self, migration_id: str, *, statement_index: int, statement_count: int, statement: str
+    ) -> None:
+        self.statement_index = statement_index
+        self.statement_count = statement_count
+        self.statement = statement
+        first_line = statement.strip().splitlines()[0] if statement.strip() else ""
+        super().__init__(
+            f"migration {migration_id!r} is dirty: it was interrupted at statement "
+            f"{statement_index + 1} of {statement_count} ({first_line!r}). Inspect the database "
+            "(a failed CREATE INDEX CONCURRENTLY leaves an INVALID index), then either finish or undo "
+            f"that statement by hand and call `await migrator.resolve({migration_id!r}, applied=True)`, "
+            f"or undo every statement and call `await migrator.resolve({migration_id!r}, applied=False)` "
+            "to run it again",
+            migration_id=migration_id,
+        )
+
+
+class MigrationLockTimeout(BrainMigrateError, TimeoutError):
+    """Another runner held the migration lock for longer than the configured wait."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(
+            f"could not take the migration lock within {seconds:g} s: another runner is applying "
+            "migrations; wait for it or raise MigrationConfig(lock_wait_seconds=...)"
+        )
+
+
+class MigrationExecutionError(BrainMigrateError):
+    """A migration failed while running; the database was left as it was before it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        migration_id: str,
+        statement_index: int | None = None,
+        statement: str | None = None,
+        sqlstate: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.migration_id = migration_id
+        self.statement_index = statement_index
+        self.statement = statement
+        self.sqlstate = sqlstate

@@ -1,0 +1,501 @@
+"""Runs one migration through the five stages: validate, prepare, execute, verify, commit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import asyncpg
+import attrs
+from opentelemetry.trace import StatusCode
+
+from . import _sql
+from . import _telemetry as telemetry
+from ._config import MigrationConfig
+from ._errors import (
+    BrainMigrateError,
+    MigrationExecutionError,
+    MigrationValidationError,
+)
+from ._history import Attempt, HistoryLedger
+from ._metadata import MigrationStatus
+from ._migration import DatabaseSchemaMigration, Migration
+from ._results import MigrationResult
+from ._retry import retrying
+from ._types import Connection
+
+logger = logging.getLogger("brainmigrate")
+
+APPLY = "apply"
+ROLLBACK = "rollback"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _first_line(statement: str) -> str:
+    text = statement.strip()
+    return text.splitlines()[0] if text else ""
+
+
+async def statements_of(migration: Migration, operation: str) -> tuple[str, ...]:
+    """The SQL a schema migration runs for ``operation``; empty for Python migrations."""
+    if not isinstance(migration, DatabaseSchemaMigration):
+        return ()
+    if operation == APPLY:
+        return tuple(await migration.get_forward_statements())
+    return tuple(await migration.get_rollback_statements())
+
+
+@attrs.define
+class _Progress:
+    """Where an attempt got to, for error messages and the history row."""
+
+    statement_index: int | None = None
+    postconditions_passed: bool | None = None
+
+
+class _GateRefused(MigrationValidationError):
+    """A validation hook returned False."""
+
+
+@attrs.frozen
+class MigrationExecutor:
+    """Applies or reverses one migration on connections from ``pool``, recording each attempt."""
+
+    pool: asyncpg.Pool[Any]
+    ledger: HistoryLedger
+
+    async def run(
+        self, migration: Migration, checksum: str, operation: str, config: MigrationConfig
+    ) -> MigrationResult:
+        """Apply (``operation="apply"``) or reverse (``"rollback"``) ``migration``, or raise."""
+        meta = migration.metadata
+        span_name = telemetry.SPAN_MIGRATION if operation == APPLY else telemetry.SPAN_ROLLBACK
+        with telemetry.migration_span(span_name, meta.id, meta.migration_type, False) as span:
+            statements = await statements_of(migration, operation)
+            started = now()
+            attempt = Attempt(
+                migration_id=meta.id,
+                name=meta.name,
+                migration_type=meta.migration_type,
+                version=meta.version,
+                checksum=checksum,
+                operation=operation,
+                status="running",
+                applied_after=None,
+                started_at=started,
+                statement_count=len(statements),
+            )
+            progress = _Progress()
+            attempts = 0
+            try:
+                with anyio.fail_after(config.timeout_seconds):
+                    if migration.transactional:
+                        async for retry in retrying(config.retry):
+                            with retry:
+                                attempts += 1
+                                span.set_attribute(telemetry.ATTR_ATTEMPT, attempts)
+                                progress = _Progress()
+                                await self._run_in_transaction(
+                                    migration, statements, operation, config, attempt, progress
+                                )
+                    else:
+                        attempts = 1
+                        await self._run_statement_by_statement(
+                            migration, statements, operation, config, attempt, progress
+                        )
+            except BaseException as exc:
+                span.set_attribute(telemetry.ATTR_STATUS, MigrationStatus.FAILED.value)
+                error = self._translate(exc, migration, statements, operation, progress, config)
+                if error is None:
+                    raise
+                if migration.transactional:
+                    await self._record_failure(attempt, error, progress)
+                span.record_exception(error)
+                span.set_status(StatusCode.ERROR, str(error))
+                raise error from exc
+            finished = now()
+            status = MigrationStatus.COMPLETED if operation == APPLY else MigrationStatus.ROLLED_BACK
+            span.set_attribute(telemetry.ATTR_STATUS, status.value)
+            logger.info(
+                "%s %s in %.3f s",
+                "applied" if operation == APPLY else "rolled back",
+                meta.id,
+                (finished - started).total_seconds(),
+            )
+            return MigrationResult(
+                migration_id=meta.id,
+                name=meta.name,
+                migration_type=meta.migration_type,
+                operation=operation,
+                status=status,
+                started_at=started,
+                finished_at=finished,
+                duration_seconds=(finished - started).total_seconds(),
+                statements=statements,
+                postconditions_passed=progress.postconditions_passed,
+                attempts=attempts,
+            )
+
+    async def _run_in_transaction(
+        self,
+        migration: Migration,
+        statements: Sequence[str],
+        operation: str,
+        config: MigrationConfig,
+        attempt: Attempt,
+        progress: _Progress,
+    ) -> None:
+        meta = migration.metadata
+        async with self.pool.acquire() as conn:
+            if operation == APPLY and config.validate_before:
+                with telemetry.stage_span(telemetry.STAGE_VALIDATE, meta.id):
+                    await _gate(migration.validate_preconditions, conn, "preconditions", meta.id)
+            transaction = conn.transaction()
+            with telemetry.stage_span(telemetry.STAGE_PREPARE, meta.id):
+                await transaction.start()
+            try:
+                await conn.execute(
+                    _sql.SET_LOCAL_TIMEOUTS,
+                    f"{config.statement_lock_timeout_ms}ms",
+                    f"{round(config.timeout_seconds * 1000)}ms",
+                )
+                with telemetry.stage_span(telemetry.STAGE_EXECUTE, meta.id):
+                    await _execute(migration, statements, operation, conn, progress)
+                if operation == APPLY and config.validate_after:
+                    with telemetry.stage_span(telemetry.STAGE_VERIFY, meta.id):
+                        progress.postconditions_passed = False
+                        await _gate(migration.validate_postconditions, conn, "postconditions", meta.id)
+                        progress.postconditions_passed = True
+                with telemetry.stage_span(telemetry.STAGE_COMMIT, meta.id):
+                    finished = now()
+                    await self.ledger.insert(
+                        conn,
+                        attrs.evolve(
+                            attempt,
+                            status="completed",
+                            applied_after=operation == APPLY,
+                            finished_at=finished,
+                        ),
+                    )
+                    await transaction.commit()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await transaction.rollback()
+                raise
+
+    async def _run_statement_by_statement(
+        self,
+        migration: Migration,
+        statements: Sequence[str],
+        operation: str,
+        config: MigrationConfig,
+        attempt: Attempt,
+        progress: _Progress,
+    ) -> None:
+        """Run statements one by one outside a transaction, leaving a dirty mark until done.
+
+        On failure, a reversible migration's rollback statements are run (with ``enable_rollback``);
+        when that cannot be done, the attempt stays dirty so the next run stops and asks.
+        """
+        meta = migration.metadata
+        async with self.pool.acquire() as conn:
+            if operation == APPLY and config.validate_before:
+                with telemetry.stage_span(telemetry.STAGE_VALIDATE, meta.id):
+                    await _gate(migration.validate_preconditions, conn, "preconditions", meta.id)
+            with telemetry.stage_span(telemetry.STAGE_PREPARE, meta.id):
+                attempt_id = await self.ledger.insert(conn, attrs.evolve(attempt, statement_index=0))
+                await conn.execute(
+                    _sql.SET_SESSION_TIMEOUTS,
+                    f"{config.statement_lock_timeout_ms}ms",
+                    f"{round(config.timeout_seconds * 1000)}ms",
+                )
+            try:
+                with telemetry.stage_span(telemetry.STAGE_EXECUTE, meta.id):
+                    for index, statement in enumerate(statements):
+                        progress.statement_index = index
+                        await self.ledger.mark_statement(conn, attempt_id, index)
+                        await conn.execute(statement)
+                    if not statements:
+                        await _execute(migration, statements, operation, conn, progress)
+                if operation == APPLY and config.validate_after:
+                    with telemetry.stage_span(telemetry.STAGE_VERIFY, meta.id):
+                        progress.postconditions_passed = False
+                        await _gate(migration.validate_postconditions, conn, "postconditions", meta.id)
+                        progress.postconditions_passed = True
+                with telemetry.stage_span(telemetry.STAGE_COMMIT, meta.id):
+                    await self.ledger.finish(
+                        conn,
+                        attempt_id,
+                        attrs.evolve(
+                            attempt,
+                            status="completed",
+                            applied_after=operation == APPLY,
+                            finished_at=now(),
+                            statement_index=progress.statement_index,
+                        ),
+                    )
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    await self._settle_interrupted(
+                        migration, conn, attempt, attempt_id, progress, config, exc
+                    )
+                raise
+            finally:
+                with anyio.CancelScope(shield=True):
+                    if not conn.is_closed():
+                        await conn.execute(_sql.RESET_SESSION_TIMEOUTS)
+
+    async def _settle_interrupted(
+        self,
+        migration: Migration,
+        conn: Connection,
+        attempt: Attempt,
+        attempt_id: int,
+        progress: _Progress,
+        config: MigrationConfig,
+        exc: BaseException,
+    ) -> None:
+        """After a non-transactional failure: compensate if possible, else leave the attempt dirty."""
+        meta = migration.metadata
+        status = "failed"
+        note = f"{type(exc).__name__}: {exc}"
+        started_any = progress.statement_index is not None
+        if started_any and attempt.operation == APPLY:
+            if meta.reversible and config.enable_rollback:
+                try:
+                    for statement in await statements_of(migration, ROLLBACK):
+                        await conn.execute(statement)
+                    note += "; completed statements were reversed with the rollback statements"
+                except Exception as undo_exc:  # the database is in an unknown state now
+                    status = "dirty"
+                    note += f"; reversing failed too: {type(undo_exc).__name__}: {undo_exc}"
+            elif progress.statement_index:
+                status = "dirty"
+        elif attempt.operation == ROLLBACK and started_any:
+            status = "dirty"
+        if conn.is_closed():
+            async with self.pool.acquire() as fresh:
+                await self._finish_failed(fresh, attempt_id, attempt, status, note, exc, progress)
+        else:
+            await self._finish_failed(conn, attempt_id, attempt, status, note, exc, progress)
+
+    async def _finish_failed(
+        self,
+        conn: Connection,
+        attempt_id: int,
+        attempt: Attempt,
+        status: str,
+        note: str,
+        exc: BaseException,
+        progress: _Progress,
+    ) -> None:
+        await self.ledger.finish(
+            conn,
+            attempt_id,
+            attrs.evolve(
+                attempt,
+                status=status,
+                applied_after=None,
+                finished_at=now(),
+                statement_index=progress.statement_index,
+                error=note,
+                sqlstate=getattr(exc, "sqlstate", None),
+            ),
+        )
+
+    async def _record_failure(self, attempt: Attempt, error: BrainMigrateError, progress: _Progress) -> None:
+        cause = error.__cause__
+        with anyio.CancelScope(shield=True):
+            async with self.pool.acquire() as conn:
+                await self.ledger.insert(
+                    conn,
+                    attrs.evolve(
+                        attempt,
+                        status="failed",
+                        finished_at=now(),
+                        statement_index=progress.statement_index,
+                        error=str(error),
+                        sqlstate=getattr(error, "sqlstate", None) or getattr(cause, "sqlstate", None),
+                    ),
+                )
+
+    def _translate(
+        self,
+        exc: BaseException,
+        migration: Migration,
+        statements: Sequence[str],
+        operation: str,
+        progress: _Progress,
+        config: MigrationConfig,
+    ) -> BrainMigrateError | None:
+        """The public error for a failure, or None for what must propagate as it is (cancellation)."""
+        meta = migration.metadata
+        verb = "apply" if operation == APPLY else "roll back"
+        undone = (
+            "the database is as it was before it"
+            if migration.transactional
+            else "see its history row for what was done and undone"
+        )
+        if isinstance(exc, BrainMigrateError):
+            return exc
+        if isinstance(exc, TimeoutError):
+            return MigrationExecutionError(
+                f"could not {verb} migration {meta.id!r} within timeout_seconds={config.timeout_seconds:g}; "
+                f"{undone}. Raise MigrationConfig(timeout_seconds=...) or make the migration faster",
+                migration_id=meta.id,
+                statement_index=progress.statement_index,
+            )
+        if not isinstance(exc, Exception):
+            return None
+        where = ""
+        statement = None
+        if progress.statement_index is not None and progress.statement_index < len(statements):
+            statement = statements[progress.statement_index]
+            where = (
+                f" at statement {progress.statement_index + 1} of {len(statements)} "
+                f"({_first_line(statement)!r})"
+            )
+        sqlstate = getattr(exc, "sqlstate", None)
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, asyncpg.PostgresError):
+            reason = f"[{sqlstate}] {exc}"
+            for extra in ("detail", "hint"):
+                value = getattr(exc, extra, None)
+                if value:
+                    reason += f" ({extra}: {value})"
+        return MigrationExecutionError(
+            f"could not {verb} migration {meta.id!r}{where}: {reason}; {undone}. "
+            "Fix the migration and run it again",
+            migration_id=meta.id,
+            statement_index=progress.statement_index,
+            statement=statement,
+            sqlstate=sqlstate,
+        )
+
+    async def dry_run(
+        self, plan: Sequence[tuple[Migration, str]], config: MigrationConfig
+    ) -> list[MigrationResult]:
+        """Run ``(migration, operation)`` pairs in one transaction that is rolled back.
+
+        Each migration runs in a savepoint; the run stops at the first failure, which is reported in
+        its result rather than raised. Non-transactional migrations cannot run inside a transaction:
+        they are reported with their statements and marked skipped.
+        """
+        results: list[MigrationResult] = []
+        async with self.pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                await conn.execute(
+                    _sql.SET_LOCAL_TIMEOUTS,
+                    f"{config.statement_lock_timeout_ms}ms",
+                    f"{round(config.timeout_seconds * 1000)}ms",
+                )
+                for migration, operation in plan:
+                    result = await self._dry_run_one(conn, migration, operation, config)
+                    results.append(result)
+                    if result.status is MigrationStatus.FAILED:
+                        break
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await transaction.rollback()
+        return results
+
+    async def _dry_run_one(
+        self, conn: Connection, migration: Migration, operation: str, config: MigrationConfig
+    ) -> MigrationResult:
+        meta = migration.metadata
+        span_name = telemetry.SPAN_MIGRATION if operation == APPLY else telemetry.SPAN_ROLLBACK
+        with telemetry.migration_span(span_name, meta.id, meta.migration_type, True) as span:
+            statements = await statements_of(migration, operation)
+            started = now()
+            progress = _Progress()
+            status = MigrationStatus.COMPLETED if operation == APPLY else MigrationStatus.ROLLED_BACK
+            error: str | None = None
+            if not migration.transactional:
+                status = MigrationStatus.SKIPPED
+                error = "not executed: a non-transactional migration cannot run inside a dry-run transaction"
+            else:
+                savepoint = conn.transaction()
+                await savepoint.start()
+                try:
+                    if operation == APPLY and config.validate_before:
+                        await _gate(migration.validate_preconditions, conn, "preconditions", meta.id)
+                    await _execute(migration, statements, operation, conn, progress)
+                    if operation == APPLY and config.validate_after:
+                        progress.postconditions_passed = await _passes(migration, conn)
+                        if not progress.postconditions_passed:
+                            status = MigrationStatus.FAILED
+                            error = "postconditions failed"
+                except Exception as exc:
+                    translated = self._translate(exc, migration, statements, operation, progress, config)
+                    status, error = MigrationStatus.FAILED, str(translated)
+                    await savepoint.rollback()
+                else:
+                    if status is MigrationStatus.FAILED:
+                        await savepoint.rollback()
+                    else:  # releases the savepoint; the outer transaction is rolled back in the end
+                        await savepoint.commit()
+            span.set_attribute(telemetry.ATTR_STATUS, status.value)
+            finished = now()
+            return MigrationResult(
+                migration_id=meta.id,
+                name=meta.name,
+                migration_type=meta.migration_type,
+                operation=operation,
+                status=status,
+                dry_run=True,
+                started_at=started,
+                finished_at=finished,
+                duration_seconds=(finished - started).total_seconds(),
+                statements=statements,
+                postconditions_passed=progress.postconditions_passed,
+                error=error,
+            )
+
+
+async def _passes(migration: Migration, conn: Connection) -> bool:
+    """The postcondition gate's answer, with an exception counting as False."""
+    try:
+        return await migration.validate_postconditions(conn) is not False
+    except Exception:
+        logger.exception("postconditions of %s raised during a dry run", migration.metadata.id)
+        return False
+
+
+async def _execute(
+    migration: Migration, statements: Sequence[str], operation: str, conn: Connection, progress: _Progress
+) -> None:
+    if isinstance(migration, DatabaseSchemaMigration):
+        for index, statement in enumerate(statements):
+            progress.statement_index = index
+            await conn.execute(statement)
+    elif operation == APPLY:
+        await migration.up(conn)
+    else:
+        await migration.down(conn)
+
+
+async def _gate(hook: Any, conn: Connection, what: str, migration_id: str) -> None:
+    """Run a validation hook; False or an exception refuses the migration."""
+    try:
+        passed = await hook(conn)
+    except BrainMigrateError:
+        raise
+    except Exception as exc:
+        raise _GateRefused(
+            f"{what} of migration {migration_id!r} raised {type(exc).__name__}: {exc}; it was not applied",
+            migration_id=migration_id,
+        ) from exc
+    if passed is False:
+        raise _GateRefused(
+            f"{what} of migration {migration_id!r} failed (validate_{what} returned False); "
+            "it was not applied",
+            migration_id=migration_id,
+        )

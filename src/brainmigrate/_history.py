@@ -1,0 +1,152 @@
+"""The history ledger: one row per attempt, from which the applied set is derived."""
+
+from __future__ import annotations
+
+import os
+import socket
+from datetime import datetime
+
+import asyncpg
+import attrs
+
+from . import _sql
+from ._metadata import MigrationType
+from ._results import HistoryRecord
+from ._types import Connection
+
+
+@attrs.frozen(kw_only=True)
+class MigrationState:
+    """The state the latest decisive history row gives a migration."""
+
+    migration_id: str
+    status: str
+    applied: bool
+    checksum: str
+    statement_index: int | None
+    statement_count: int | None
+
+    @property
+    def dirty(self) -> bool:
+        """An attempt that never finished, or that could not undo its partial work."""
+        return self.status in ("running", "dirty")
+
+
+@attrs.frozen(kw_only=True)
+class Attempt:
+    """The facts of one attempt, as written to the ledger."""
+
+    migration_id: str
+    name: str
+    migration_type: MigrationType
+    version: str
+    checksum: str
+    operation: str
+    status: str
+    applied_after: bool | None
+    started_at: datetime
+    finished_at: datetime | None = None
+    statement_index: int | None = None
+    statement_count: int | None = None
+    error: str | None = None
+    sqlstate: str | None = None
+
+    @property
+    def duration_ms(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds() * 1000
+
+
+_HOSTNAME = socket.gethostname()
+
+
+@attrs.frozen
+class HistoryLedger:
+    """Reads and writes the history table in ``schema``."""
+
+    schema: str
+
+    async def exists(self, conn: Connection) -> bool:
+        table = f"{_sql.quote_ident(self.schema)}.{_sql.HISTORY_TABLE}"
+        return bool(await conn.fetchval(_sql.history_exists(), table))
+
+    async def ensure(self, conn: Connection) -> None:
+        """Create the schema and table if missing; call only while holding the migration lock."""
+        if not await self.exists(conn):
+            await conn.execute(_sql.bootstrap(self.schema))
+
+    async def states(self, conn: Connection) -> dict[str, MigrationState]:
+        """Each migration's state; empty when the table does not exist yet."""
+        try:
+            rows = await conn.fetch(_sql.current_states(self.schema))
+        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+            return {}
+        return {
+            row["migration_id"]: MigrationState(
+                migration_id=row["migration_id"],
+                status=row["status"],
+                applied=bool(row["applied_after"]),
+                checksum=row["checksum"],
+                statement_index=row["statement_index"],
+                statement_count=row["statement_count"],
+            )
+            for row in rows
+        }
+
+    async def latest_attempt(self, conn: Connection, migration_id: str) -> asyncpg.Record | None:
+        try:
+            return await conn.fetchrow(_sql.latest_attempt(self.schema), migration_id)
+        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+            return None
+
+    async def insert(self, conn: Connection, attempt: Attempt) -> int:
+        """Write a new attempt row and return its id."""
+        attempt_id: int = await conn.fetchval(
+            _sql.insert_attempt(self.schema),
+            attempt.migration_id,
+            attempt.name,
+            attempt.migration_type.value,
+            attempt.version,
+            attempt.checksum,
+            attempt.operation,
+            attempt.status,
+            attempt.applied_after,
+            attempt.started_at,
+            attempt.finished_at,
+            attempt.duration_ms,
+            attempt.statement_index,
+            attempt.statement_count,
+            attempt.error,
+            attempt.sqlstate,
+            _HOSTNAME,
+            os.getpid(),
+        )
+        return attempt_id
+
+    async def finish(self, conn: Connection, attempt_id: int, attempt: Attempt) -> None:
+        """Complete an attempt row written while it was running."""
+        await conn.execute(
+            _sql.update_attempt(self.schema),
+            attempt_id,
+            attempt.status,
+            attempt.applied_after,
+            attempt.finished_at,
+            attempt.duration_ms,
+            attempt.statement_index,
+            attempt.error,
+            attempt.sqlstate,
+        )
+
+    async def mark_statement(self, conn: Connection, attempt_id: int, statement_index: int) -> None:
+        await conn.execute(_sql.mark_statement(self.schema), attempt_id, statement_index)
+
+    async def records(self, conn: Connection) -> list[HistoryRecord]:
+        try:
+            rows = await conn.fetch(_sql.select_history(self.schema))
+        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+            return []
+        return [
+            HistoryRecord(**{**dict(row), "migration_type": MigrationType.parse(row["migration_type"])})
+            for row in rows
+        ]

@@ -1,0 +1,161 @@
+"""Finding the migrations a Migrator runs: classes, modules, packages or directories."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import pkgutil
+import sys
+import tomllib
+import types
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from ._errors import ConfigError, MigrationLoadError, MigrationValidationError
+from ._migration import Migration
+
+#: What ``Migrator(pool, migrations=...)`` accepts.
+MigrationSource: TypeAlias = (
+    "str | os.PathLike[str] | types.ModuleType | Iterable[type[Migration] | Migration]"
+)
+
+ENV_VARIABLE = "BRAINMIGRATE_MIGRATIONS"
+
+
+def configured_source(cwd: Path | None = None) -> str:
+    """The source named in ./pyproject.toml (``[tool.brainmigrate] migrations``) or by the environment."""
+    pyproject = (cwd or Path.cwd()) / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            settings = tomllib.loads(pyproject.read_text()).get("tool", {}).get("brainmigrate", {})
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{pyproject} is not valid TOML: {exc}") from exc
+        value = settings.get("migrations")
+        if value is not None:
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"[tool.brainmigrate] migrations in {pyproject} must be a non-empty string")
+            return value
+    value = os.environ.get(ENV_VARIABLE)
+    if value:
+        return value
+    raise ConfigError(
+        "no migrations given: pass Migrator(pool, migrations=...), set [tool.brainmigrate] migrations = "
+        f'"myapp.migrations" in pyproject.toml, or set ${ENV_VARIABLE}'
+    )
+
+
+def load_migrations(source: Any, pool: Any) -> list[tuple[Migration, str]]:
+    """Instantiate every migration in ``source``; each comes with a label naming where it was found."""
+    return list(_instances(source, pool))
+
+
+def _instances(source: Any, pool: Any) -> Iterator[tuple[Migration, str]]:
+    if isinstance(source, types.ModuleType):
+        yield from _from_classes(_classes_in_package(source), pool)
+    elif isinstance(source, str | os.PathLike):
+        text = os.fspath(source)
+        path = Path(text)
+        if path.is_dir():
+            yield from _from_classes(_classes_in_directory(path), pool)
+        elif path.suffix == ".py" and path.is_file():
+            yield from _from_classes(_classes_defined_in(_import_file(path)), pool)
+        elif _looks_like_module_name(text):
+            yield from _from_classes(_classes_in_package(_import(text)), pool)
+        else:
+            raise ConfigError(f"migrations {text!r} is neither a directory, a .py file nor a module name")
+    elif isinstance(source, Iterable):
+        for item in source:
+            if isinstance(item, Migration):
+                yield item, _label(type(item))
+            elif isinstance(item, type) and issubclass(item, Migration):
+                yield from _from_classes([item], pool)
+            else:
+                raise MigrationValidationError(f"{item!r} is not a Migration subclass or instance")
+    else:
+        raise ConfigError(
+            f"migrations must be a module, a dotted name, a directory or a list, got {source!r}"
+        )
+
+
+def _from_classes(classes: Iterable[type[Migration]], pool: Any) -> Iterator[tuple[Migration, str]]:
+    for cls in classes:
+        if inspect.isabstract(cls):
+            missing = ", ".join(sorted(cls.__abstractmethods__))
+            raise MigrationValidationError(
+                f"{_label(cls)} cannot be instantiated: it does not define {missing}"
+            )
+        yield cls(pool), _label(cls)
+
+
+def _label(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _looks_like_module_name(text: str) -> bool:
+    return all(part.isidentifier() for part in text.split("."))
+
+
+def _import(name: str) -> types.ModuleType:
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:
+        raise MigrationLoadError(
+            f"could not import migrations module {name!r}: {type(exc).__name__}: {exc}", module=name
+        ) from exc
+
+
+def _import_file(path: Path) -> types.ModuleType:
+    resolved = path.resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    name = f"brainmigrate_migrations_{digest}_{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    if spec is None or spec.loader is None:  # pragma: no cover - only for non-.py paths
+        raise MigrationLoadError(f"cannot load migrations file {path}", module=str(path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise MigrationLoadError(
+            f"could not import migrations file {path}: {type(exc).__name__}: {exc}", module=str(path)
+        ) from exc
+    return module
+
+
+def _classes_in_package(module: types.ModuleType) -> list[type[Migration]]:
+    classes = _classes_defined_in(module)
+    if hasattr(module, "__path__"):
+        for info in pkgutil.walk_packages(module.__path__, prefix=f"{module.__name__}.", onerror=_raise_load):
+            classes.extend(_classes_defined_in(_import(info.name)))
+    return classes
+
+
+def _raise_load(name: str) -> None:
+    _import(name)  # re-raises the import error as MigrationLoadError naming the module
+
+
+def _classes_in_directory(directory: Path) -> list[type[Migration]]:
+    classes: list[type[Migration]] = []
+    for path in sorted(directory.rglob("*.py")):
+        if not any(part.startswith((".", "_")) for part in path.relative_to(directory).parts):
+            classes.extend(_classes_defined_in(_import_file(path)))
+    return classes
+
+
+def _classes_defined_in(module: types.ModuleType) -> list[type[Migration]]:
+    """Concrete Migration subclasses defined in the module itself (not imported into it)."""
+    return [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, Migration)
+        and value.__module__ == module.__name__
+        and not inspect.isabstract(value)
+    ]

@@ -1,0 +1,390 @@
+"""The Migrator: the one object users hold to plan, apply, roll back and inspect migrations."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import asyncpg
+import attrs
+
+from . import _telemetry as telemetry
+from ._config import MigrationConfig
+from ._errors import (
+    ChecksumMismatchError,
+    ConfigError,
+    DependencyError,
+    DirtyMigrationError,
+    IrreversibleMigrationError,
+    MigrationExecutionError,
+    MigrationNotFoundError,
+    MigrationStateError,
+    MigrationValidationError,
+)
+from ._executor import APPLY, ROLLBACK, MigrationExecutor, now, statements_of
+from ._graph import MigrationGraph
+from ._history import Attempt, HistoryLedger, MigrationState
+from ._loader import configured_source, load_migrations
+from ._lock import lock_key, migration_lock
+from ._metadata import MigrationMetadata, MigrationStatus, MigrationType
+from ._migration import Migration
+from ._results import HistoryRecord, MigrationResult, ValidationReport
+
+logger = logging.getLogger("brainmigrate")
+
+
+@attrs.frozen
+class _Catalog:
+    """The loaded migrations, their graph and their checksums."""
+
+    migrations: Mapping[str, Migration]
+    graph: MigrationGraph
+    checksums: Mapping[str, str]
+
+    def get(self, migration_id: str) -> Migration:
+        try:
+            return self.migrations[migration_id]
+        except KeyError:
+            raise MigrationNotFoundError(migration_id) from None
+
+
+class Migrator:
+    """Plans and runs migrations against the database behind ``pool``.
+
+    ``migrations`` is a list of Migration classes (or instances), a module or package (object or
+    dotted name; its submodules are searched too), or a directory of ``.py`` files. When omitted it
+    comes from ``[tool.brainmigrate] migrations`` in ./pyproject.toml or ``$BRAINMIGRATE_MIGRATIONS``.
+
+    History lives in ``schema``. The pool needs at least two connections: one holds the runner
+    lock while another does the work.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        migrations: Any = None,
+        *,
+        config: MigrationConfig | None = None,
+        schema: str = "brainmigrate",
+    ) -> None:
+        if config is not None and not isinstance(config, MigrationConfig):
+            raise ConfigError(f"config must be a MigrationConfig, got {config!r}")
+        if not isinstance(schema, str) or not schema or "\0" in schema or len(schema) > 63:
+            raise ConfigError(f"schema must be a PostgreSQL identifier of 1 to 63 characters, got {schema!r}")
+        max_size = pool.get_max_size() if hasattr(pool, "get_max_size") else None
+        if max_size is not None and max_size < 2:
+            raise ConfigError(
+                f"the pool's max_size is {max_size}; brainmigrate needs at least 2 connections "
+                "(one holds the migration lock, one runs migrations)"
+            )
+        self.pool = pool
+        self.config = config or MigrationConfig()
+        self.schema = schema
+        self._source = migrations if migrations is not None else configured_source()
+        self._ledger = HistoryLedger(schema)
+        self._executor = MigrationExecutor(pool, self._ledger)
+        self._catalog: _Catalog | None = None
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def pending(self, migration_type: MigrationType | str | None = None) -> list[MigrationMetadata]:
+        """Migrations not applied yet, in the order they would run."""
+        catalog = await self._load()
+        async with self.pool.acquire() as conn:
+            states = await self._ledger.states(conn)
+        wanted = None if migration_type is None else MigrationType.parse(migration_type)
+        return [
+            catalog.migrations[mid].metadata
+            for mid in catalog.graph.order
+            if not _applied(states, mid)
+            and (wanted is None or catalog.migrations[mid].metadata.migration_type is wanted)
+        ]
+
+    async def history(self) -> list[HistoryRecord]:
+        """Every recorded attempt, oldest first."""
+        async with self.pool.acquire() as conn:
+            return await self._ledger.records(conn)
+
+    async def status(self, migration_id: str) -> MigrationStatus:
+        """Where one migration stands: pending, completed, failed, rolled back, running or dirty."""
+        (await self._load()).get(migration_id)
+        async with self.pool.acquire() as conn:
+            state = (await self._ledger.states(conn)).get(migration_id)
+            if state is not None and state.status == "running":
+                # A running mark with the runner lock free means its runner died: dirty.
+                key = lock_key(self.schema)
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                    return MigrationStatus.DIRTY
+                return MigrationStatus.RUNNING
+            if state is not None and state.dirty:
+                return MigrationStatus.DIRTY
+            if state is not None and state.applied:
+                return MigrationStatus.COMPLETED
+            latest = await self._ledger.latest_attempt(conn, migration_id)
+        if latest is None:
+            return MigrationStatus.PENDING
+        if latest["status"] == "failed":
+            return MigrationStatus.FAILED
+        return MigrationStatus.ROLLED_BACK if latest["operation"] == ROLLBACK else MigrationStatus.PENDING
+
+    async def validate(self, migration_id: str) -> ValidationReport:
+        """Check, without changing anything, whether a migration could be applied now."""
+        catalog = await self._load()
+        migration = catalog.get(migration_id)
+        problems: list[str] = []
+        async with self.pool.acquire() as conn:
+            states = await self._ledger.states(conn)
+            state = states.get(migration_id)
+            if state is not None and state.dirty:
+                problems.append(str(await self._dirty_error(catalog, state)))
+            elif state is not None and state.applied:
+                problems.append("already applied")
+                if state.checksum != catalog.checksums[migration_id]:
+                    problems.append(
+                        str(
+                            ChecksumMismatchError(
+                                migration_id, expected=state.checksum, actual=catalog.checksums[migration_id]
+                            )
+                        )
+                    )
+            missing = [dep for dep in migration.metadata.dependencies if not _applied(states, dep)]
+            if missing:
+                problems.append(f"dependencies not applied: {', '.join(missing)}")
+            transaction = conn.transaction(readonly=True)
+            await transaction.start()
+            try:
+                if await migration.validate_preconditions(conn) is False:
+                    problems.append("validate_preconditions returned False")
+            except Exception as exc:
+                problems.append(f"validate_preconditions raised {type(exc).__name__}: {exc}")
+            finally:
+                await transaction.rollback()
+        return ValidationReport(migration_id=migration_id, valid=not problems, problems=tuple(problems))
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def run_pending(
+        self, migration_type: MigrationType | str | None = None, config: MigrationConfig | None = None
+    ) -> list[MigrationResult]:
+        """Apply every pending migration (of ``migration_type``, if given) in dependency order.
+
+        A migration whose dependencies are not applied (for instance because a type filter left them
+        out) is not run; it is reported as skipped. Raises on the first failure unless
+        ``continue_on_error``, in which case its dependents are skipped and the rest go on.
+        """
+        cfg = self._config(config)
+        catalog = await self._load()
+        wanted = None if migration_type is None else MigrationType.parse(migration_type)
+        with telemetry.tracer().start_as_current_span(telemetry.SPAN_RUN) as span:
+            span.set_attribute(telemetry.ATTR_DRY_RUN, cfg.dry_run)
+            async with migration_lock(self.pool, self.schema, cfg.lock_wait_seconds):
+                states = await self._checked_states(catalog, cfg)
+                plan = [
+                    catalog.migrations[mid]
+                    for mid in catalog.graph.order
+                    if not _applied(states, mid)
+                    and (wanted is None or catalog.migrations[mid].metadata.migration_type is wanted)
+                ]
+                span.set_attribute(telemetry.ATTR_PENDING_COUNT, len(plan))
+                if cfg.dry_run:
+                    return await self._executor.dry_run([(m, APPLY) for m in plan], cfg)
+                return await self._apply_plan(plan, states, catalog, cfg)
+
+    async def execute(self, migration_id: str, config: MigrationConfig | None = None) -> MigrationResult:
+        """Apply one migration by id; its dependencies must already be applied."""
+        cfg = self._config(config)
+        catalog = await self._load()
+        migration = catalog.get(migration_id)
+        async with migration_lock(self.pool, self.schema, cfg.lock_wait_seconds):
+            states = await self._checked_states(catalog, cfg)
+            if _applied(states, migration_id):
+                raise MigrationStateError(
+                    f"migration {migration_id!r} is already applied; roll it back first to run it again",
+                    migration_id=migration_id,
+                )
+            missing = [dep for dep in migration.metadata.dependencies if not _applied(states, dep)]
+            if missing:
+                raise DependencyError(
+                    f"migration {migration_id!r} depends on {', '.join(map(repr, missing))}, "
+                    "not applied yet; apply those first or use run_pending()",
+                    migration_id=migration_id,
+                )
+            if cfg.dry_run:
+                return (await self._executor.dry_run([(migration, APPLY)], cfg))[0]
+            return await self._executor.run(migration, catalog.checksums[migration_id], APPLY, cfg)
+
+    async def rollback(
+        self, migration_id: str, config: MigrationConfig | None = None, cascade: bool = False
+    ) -> list[MigrationResult]:
+        """Reverse an applied migration; with ``cascade``, first the applied migrations that depend on it.
+
+        Refused (with nothing changed) when a migration to reverse is not reversible, or when applied
+        migrations depend on it and ``cascade`` is False.
+        """
+        cfg = self._config(config)
+        catalog = await self._load()
+        catalog.get(migration_id)
+        async with migration_lock(self.pool, self.schema, cfg.lock_wait_seconds):
+            states = await self._checked_states(catalog, cfg)
+            if not _applied(states, migration_id):
+                raise MigrationStateError(
+                    f"migration {migration_id!r} is not applied, so there is nothing to roll back",
+                    migration_id=migration_id,
+                )
+            dependents = sorted(
+                (mid for mid in catalog.graph.descendants(migration_id) if _applied(states, mid)),
+                key=catalog.graph.position,
+                reverse=True,
+            )
+            if dependents and not cascade:
+                raise DependencyError(
+                    f"cannot roll back {migration_id!r}: applied migrations depend on it "
+                    f"({', '.join(dependents)}); roll them back first or pass cascade=True",
+                    migration_id=migration_id,
+                )
+            targets = [catalog.migrations[mid] for mid in [*dependents, migration_id]]
+            for target in targets:
+                if not target.metadata.reversible:
+                    raise IrreversibleMigrationError(target.metadata.id)
+            if cfg.dry_run:
+                return await self._executor.dry_run([(t, ROLLBACK) for t in targets], cfg)
+            return [
+                await self._executor.run(target, catalog.checksums[target.metadata.id], ROLLBACK, cfg)
+                for target in targets
+            ]
+
+    async def resolve(self, migration_id: str, *, applied: bool) -> HistoryRecord:
+        """Clear a dirty mark after inspecting the database by hand.
+
+        ``applied=True`` records the migration as applied (you finished its remaining statements);
+        ``applied=False`` records it as not applied (you undid what it did), so it runs again.
+        """
+        catalog = await self._load()
+        migration = catalog.get(migration_id)
+        async with (
+            migration_lock(self.pool, self.schema, self.config.lock_wait_seconds),
+            self.pool.acquire() as conn,
+        ):
+            state = (await self._ledger.states(conn)).get(migration_id)
+            if state is None or not state.dirty:
+                raise MigrationStateError(
+                    f"migration {migration_id!r} is not dirty; resolve() is only for interrupted "
+                    "non-transactional migrations",
+                    migration_id=migration_id,
+                )
+            meta = migration.metadata
+            stamp = now()
+            await self._ledger.insert(
+                conn,
+                Attempt(
+                    migration_id=migration_id,
+                    name=meta.name,
+                    migration_type=meta.migration_type,
+                    version=meta.version,
+                    checksum=catalog.checksums[migration_id],
+                    operation="resolve",
+                    status="completed",
+                    applied_after=applied,
+                    started_at=stamp,
+                    finished_at=stamp,
+                    error=f"resolved by hand as {'applied' if applied else 'not applied'}",
+                ),
+            )
+            records = await self._ledger.records(conn)
+        logger.warning("dirty migration %s resolved by hand as applied=%s", migration_id, applied)
+        return records[-1]
+
+    # -- machinery -----------------------------------------------------------------------------
+
+    def _config(self, config: MigrationConfig | None) -> MigrationConfig:
+        if config is None:
+            return self.config
+        if not isinstance(config, MigrationConfig):
+            raise ConfigError(f"config must be a MigrationConfig, got {config!r}")
+        return config
+
+    async def _load(self) -> _Catalog:
+        """Load, validate and checksum the migrations once; nothing touches the database."""
+        if self._catalog is None:
+            loaded = load_migrations(self._source, self.pool)
+            graph = MigrationGraph.build((migration.metadata, label) for migration, label in loaded)
+            migrations = {migration.metadata.id: migration for migration, _ in loaded}
+            checksums = {mid: await migration.checksum() for mid, migration in migrations.items()}
+            self._catalog = _Catalog(migrations, graph, checksums)
+        return self._catalog
+
+    async def _checked_states(self, catalog: _Catalog, cfg: MigrationConfig) -> dict[str, MigrationState]:
+        """Under the lock: create the history table if needed, then refuse dirt and drift."""
+        async with self.pool.acquire() as conn:
+            states = await self._ledger.states(conn)
+            if not states and not cfg.dry_run:
+                await self._ledger.ensure(conn)
+        for state in states.values():
+            if state.dirty and state.migration_id in catalog.migrations:
+                raise await self._dirty_error(catalog, state)
+        if not cfg.allow_checksum_drift:
+            for state in states.values():
+                actual = catalog.checksums.get(state.migration_id)
+                if state.applied and actual is not None and actual != state.checksum:
+                    raise ChecksumMismatchError(state.migration_id, expected=state.checksum, actual=actual)
+        unknown = sorted(
+            mid for mid, state in states.items() if state.applied and mid not in catalog.migrations
+        )
+        if unknown:
+            logger.warning("applied migrations not found in the migration source: %s", ", ".join(unknown))
+        return states
+
+    async def _dirty_error(self, catalog: _Catalog, state: MigrationState) -> DirtyMigrationError:
+        migration = catalog.migrations[state.migration_id]
+        index = state.statement_index or 0
+        statements = await statements_of(migration, APPLY)
+        return DirtyMigrationError(
+            state.migration_id,
+            statement_index=index,
+            statement_count=state.statement_count or len(statements),
+            statement=statements[index] if index < len(statements) else "",
+        )
+
+    async def _apply_plan(
+        self,
+        plan: Iterable[Migration],
+        states: Mapping[str, MigrationState],
+        catalog: _Catalog,
+        cfg: MigrationConfig,
+    ) -> list[MigrationResult]:
+        applied = {mid for mid, state in states.items() if state.applied}
+        results: list[MigrationResult] = []
+        for migration in plan:
+            meta = migration.metadata
+            blocked = [dep for dep in meta.dependencies if dep not in applied]
+            if blocked:
+                results.append(_not_run(meta, MigrationStatus.SKIPPED, f"waiting for {', '.join(blocked)}"))
+                continue
+            try:
+                results.append(await self._executor.run(migration, catalog.checksums[meta.id], APPLY, cfg))
+            except (MigrationExecutionError, MigrationValidationError) as exc:
+                if not cfg.continue_on_error:
+                    raise
+                logger.warning("migration %s failed, continuing: %s", meta.id, exc)
+                results.append(_not_run(meta, MigrationStatus.FAILED, str(exc)))
+                continue
+            applied.add(meta.id)
+        return results
+
+
+def _applied(states: Mapping[str, MigrationState], migration_id: str) -> bool:
+    state = states.get(migration_id)
+    return state is not None and state.applied
+
+
+def _not_run(meta: MigrationMetadata, status: MigrationStatus, error: str) -> MigrationResult:
+    return MigrationResult(
+        migration_id=meta.id,
+        name=meta.name,
+        migration_type=meta.migration_type,
+        operation=APPLY,
+        status=status,
+        error=error,
+    )

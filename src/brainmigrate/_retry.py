@@ -1,0 +1,38 @@
+"""Retrying transient PostgreSQL failures with tenacity."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+import tenacity
+
+from ._config import RetryPolicy
+
+logger = logging.getLogger("brainmigrate")
+
+#: lock_not_available, deadlock_detected, serialization_failure: worth another try.
+TRANSIENT_SQLSTATES = frozenset({"55P03", "40P01", "40001"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure is worth retrying."""
+    return isinstance(exc, asyncpg.PostgresError) and getattr(exc, "sqlstate", None) in TRANSIENT_SQLSTATES
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    logger.warning("transient failure (attempt %d), retrying: %s", state.attempt_number, exc)
+
+
+def retrying(policy: RetryPolicy) -> tenacity.AsyncRetrying:
+    """Exponential backoff with jitter, bounded by ``policy.attempts``; the last error is re-raised."""
+    return tenacity.AsyncRetrying(
+        retry=tenacity.retry_if_exception(is_transient),
+        stop=tenacity.stop_after_attempt(policy.attempts),
+        wait=tenacity.wait_exponential_jitter(
+            multiplier=policy.initial_delay, max=policy.max_delay, jitter=policy.jitter
+        ),
+        before_sleep=_log_retry,
+        reraise=True,
+    )

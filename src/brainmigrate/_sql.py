@@ -1,0 +1,117 @@
+"""Every SQL statement brainmigrate itself sends, in one place.
+
+Identifiers are quoted with :func:`quote_ident`; values are always bound parameters.
+"""
+
+from __future__ import annotations
+
+HISTORY_TABLE = "migration_history"
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier for PostgreSQL (``my"schema`` becomes ``"my""schema"``)."""
+    if not name or "\0" in name:
+        raise ValueError(f"invalid SQL identifier {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def bootstrap(schema: str) -> str:
+    """Create the history schema and table if they are missing (run under the migration lock)."""
+    s = quote_ident(schema)
+    return f"""
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.{HISTORY_TABLE} (
+    attempt_id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    migration_id    text NOT NULL,
+    name            text NOT NULL,
+    migration_type  text NOT NULL,
+    version         text NOT NULL,
+    checksum        text NOT NULL,
+    operation       text NOT NULL CHECK (operation IN ('apply', 'rollback', 'resolve')),
+    status          text NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'dirty')),
+    applied_after   boolean,
+    started_at      timestamptz NOT NULL,
+    finished_at     timestamptz,
+    duration_ms     double precision,
+    statement_index integer,
+    statement_count integer,
+    error           text,
+    sqlstate        text,
+    hostname        text NOT NULL,
+    pid             integer NOT NULL,
+    db_user         text NOT NULL DEFAULT current_user
+);
+CREATE INDEX IF NOT EXISTS {quote_ident(HISTORY_TABLE + "_migration_idx")}
+    ON {s}.{HISTORY_TABLE} (migration_id, attempt_id DESC);
+"""
+
+
+def current_states(schema: str) -> str:
+    """The latest row that decides each migration's state (failed attempts leave the state as it was)."""
+    return f"""
+SELECT DISTINCT ON (migration_id)
+       migration_id, status, applied_after, checksum, statement_index, statement_count
+  FROM {quote_ident(schema)}.{HISTORY_TABLE}
+ WHERE status <> 'failed'
+ ORDER BY migration_id, attempt_id DESC
+"""
+
+
+def latest_attempt(schema: str) -> str:
+    return f"""
+SELECT status, applied_after, operation
+  FROM {quote_ident(schema)}.{HISTORY_TABLE}
+ WHERE migration_id = $1
+ ORDER BY attempt_id DESC
+ LIMIT 1
+"""
+
+
+_COLUMNS = (
+    "migration_id, name, migration_type, version, checksum, operation, status, applied_after, "
+    "started_at, finished_at, duration_ms, statement_index, statement_count, error, sqlstate, hostname, pid"
+)
+
+
+def insert_attempt(schema: str) -> str:
+    return f"""
+INSERT INTO {quote_ident(schema)}.{HISTORY_TABLE} ({_COLUMNS})
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+RETURNING attempt_id
+"""
+
+
+def update_attempt(schema: str) -> str:
+    return f"""
+UPDATE {quote_ident(schema)}.{HISTORY_TABLE}
+   SET status = $2, applied_after = $3, finished_at = $4, duration_ms = $5,
+       statement_index = $6, error = $7, sqlstate = $8
+ WHERE attempt_id = $1
+"""
+
+
+def mark_statement(schema: str) -> str:
+    return f"UPDATE {quote_ident(schema)}.{HISTORY_TABLE} SET statement_index = $2 WHERE attempt_id = $1"
+
+
+def select_history(schema: str) -> str:
+    return f"""
+SELECT attempt_id, {_COLUMNS}, db_user
+  FROM {quote_ident(schema)}.{HISTORY_TABLE}
+ ORDER BY attempt_id
+"""
+
+
+def history_exists() -> str:
+    return "SELECT to_regclass($1) IS NOT NULL"
+
+
+LOCK = "SELECT pg_advisory_lock($1)"
+UNLOCK = "SELECT pg_advisory_unlock($1)"
+SET_LOCK_WAIT = "SELECT set_config('lock_timeout', $1, false)"
+RESET_LOCK_WAIT = "RESET lock_timeout"
+SET_LOCAL_TIMEOUTS = "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)"
+SET_SESSION_TIMEOUTS = (
+    "SELECT set_config('lock_timeout', $1, false), set_config('statement_timeout', $2, false)"
+)
+RESET_SESSION_TIMEOUTS = "RESET lock_timeout; RESET statement_timeout"

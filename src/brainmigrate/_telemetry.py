@@ -1,0 +1,63 @@
+"""OpenTelemetry names and helpers. brainmigrate depends on the API only; the SDK is the user's."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from opentelemetry import trace
+
+from ._metadata import MigrationType
+
+TRACER_NAME = "brainmigrate"
+
+SPAN_RUN = "brainmigrate.run"
+SPAN_MIGRATION = "brainmigrate.migration"
+SPAN_ROLLBACK = "brainmigrate.rollback"
+STAGE_VALIDATE = "validate"
+STAGE_PREPARE = "prepare"
+STAGE_EXECUTE = "execute"
+STAGE_VERIFY = "verify"
+STAGE_COMMIT = "commit"
+
+ATTR_MIGRATION_ID = "brainmigrate.migration.id"
+ATTR_MIGRATION_TYPE = "brainmigrate.migration.type"
+ATTR_DRY_RUN = "brainmigrate.dry_run"
+ATTR_STATUS = "brainmigrate.status"
+ATTR_STAGE = "brainmigrate.stage"
+ATTR_ATTEMPT = "brainmigrate.attempt"
+ATTR_PENDING_COUNT = "brainmigrate.pending_count"
+
+
+def tracer() -> trace.Tracer:
+    """The tracer, looked up each time so a provider installed later is honoured."""
+    return trace.get_tracer(TRACER_NAME)
+
+
+def stage_span_name(stage: str) -> str:
+    return f"brainmigrate.stage.{stage}"
+
+
+@contextmanager
+def migration_span(
+    name: str, migration_id: str, migration_type: MigrationType, dry_run: bool
+) -> Iterator[trace.Span]:
+    """A span for one migration run; exceptions are recorded and mark it as an error."""
+    with tracer().start_as_current_span(
+        name,
+        attributes={
+            ATTR_MIGRATION_ID: migration_id,
+            ATTR_MIGRATION_TYPE: migration_type.value,
+            ATTR_DRY_RUN: dry_run,
+        },
+    ) as span:
+        yield span
+
+
+@contextmanager
+def stage_span(stage: str, migration_id: str) -> Iterator[trace.Span]:
+    """A child span for one workflow stage."""
+    with tracer().start_as_current_span(
+        stage_span_name(stage), attributes={ATTR_STAGE: stage, ATTR_MIGRATION_ID: migration_id}
+    ) as span:
+        yield span

