@@ -1,6 +1,6 @@
 """brainmigrate: safe, async migrations for PostgreSQL-backed AI memory systems."""
 
-from importlib.metadata import PackageNotFoundError, version
+import importlib.metadata as _importlib_metadata
 
 from ._config import MigrationConfig, RetryPolicy
 from ._errors import (
@@ -26,8 +26,8 @@ from ._migrator import Migrator
 from ._results import HistoryRecord, MigrationResult, ValidationReport
 
 try:
-    __version__ = version("brainmigrate")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without installing
+    __version__ = _importlib_metadata.version("brainmigrate")
+except _importlib_metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree without installing
     __version__ = "0.0.0"
 
 __all__ = [

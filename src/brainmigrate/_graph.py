@@ -83,7 +83,7 @@ def _topological_order(nodes: Mapping[str, MigrationMetadata]) -> tuple[str, ...
         for dependency in set(meta.dependencies):
             dependents[dependency].append(meta.id)
 
-    def key(node: str) -> tuple[tuple[tuple[int, int | str], ...], str]:
+    def key(node: str) -> tuple[tuple[tuple[float, int | str], ...], str]:
         return version_key(nodes[node].version), node
 
     ready = [(key(node), node) for node, count in waiting.items() if count == 0]

@@ -50,17 +50,22 @@ class MigrationStatus(enum.StrEnum):
 _VERSION_PART = re.compile(r"\d+|[A-Za-z]+")
 
 
-def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+_END = (0.5, "")  # ranks above text parts (pre-releases) and below numbers (later releases)
+
+
+def version_key(version: str) -> tuple[tuple[float, int | str], ...]:
     """Order versions as versions, not strings: ``"2.10.0"`` sorts after ``"2.9.0"``.
 
-    Numeric parts compare as numbers and rank above text parts, so ``"1.0"`` sorts after ``"1.0rc1"``.
+    Numeric parts compare as numbers; ``"1.0"`` equals ``"1.0.0"``, and a pre-release such as
+    ``"1.0rc1"`` sorts before its release.
     """
-    parts: list[tuple[int, int | str]] = []
-    for token in _VERSION_PART.findall(version):
-        parts.append((1, int(token)) if token.isdigit() else (0, token.lower()))
-    while parts and parts[-1] == (1, 0):  # "1.0" == "1.0.0"
-        parts.pop()
-    return tuple(parts)
+    tokens = _VERSION_PART.findall(version)
+    release_length = next((i for i, token in enumerate(tokens) if not token.isdigit()), len(tokens))
+    release = [int(token) for token in tokens[:release_length]]
+    while release and release[-1] == 0:
+        release.pop()
+    rest = [(1, int(t)) if t.isdigit() else (0, t.lower()) for t in tokens[release_length:]]
+    return (*((1, number) for number in release), *rest, _END)
 
 
 def _migration_type(value: MigrationType | str) -> MigrationType:

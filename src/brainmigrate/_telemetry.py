@@ -50,6 +50,7 @@ def migration_span(
             ATTR_MIGRATION_TYPE: migration_type.value,
             ATTR_DRY_RUN: dry_run,
         },
+        record_exception=False,  # the executor records the public error, not the driver's
     ) as span:
         yield span
 

@@ -1,0 +1,45 @@
+"""The only way checks are run: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``, ``demo``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_venv = "yes"
+nox.options.default_venv_backend = "venv"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite, on an embedded PostgreSQL unless BRAINMIGRATE_TEST_DSN names a server."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package and the plugin."""
+    session.install("-e", ".[test]", "mypy>=1.11", "asyncpg-stubs>=0.29")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks against baselines measured in the same run (see docs/benchmarks.md)."""
+    session.install("-e", ".[bench]")
+    session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Migrate a Second Brain memory store on an embedded PostgreSQL, with a progress bar."""
+    session.install("-e", ".[embedded,rich]")
+    session.run("python", "examples/demo.py", *session.posargs)

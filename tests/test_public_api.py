@@ -1,0 +1,55 @@
+"""The public surface: what `brainmigrate` exports and how its errors are shaped."""
+
+from __future__ import annotations
+
+import inspect
+
+import brainmigrate
+from brainmigrate import BrainMigrateError
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    """__all__ and the module's public names never drift apart, and __all__ is sorted."""
+    public = {
+        name
+        for name in vars(brainmigrate)
+        if not name.startswith("_") and not inspect.ismodule(getattr(brainmigrate, name))
+    }
+    assert sorted(brainmigrate.__all__) == brainmigrate.__all__
+    assert public | {"__version__"} == set(brainmigrate.__all__)
+
+
+def test_the_contract_names_are_exported() -> None:
+    """The names users are promised import from the package root."""
+    promised = {
+        "Migrator", "MigrationConfig", "MigrationMetadata", "MigrationType", "MigrationStatus",
+        "MigrationResult", "Migration", "DatabaseSchemaMigration", "BrainMigrateError",
+        "MigrationValidationError", "DependencyError", "CyclicDependencyError", "MissingDependencyError",
+        "DuplicateMigrationError", "ChecksumMismatchError", "IrreversibleMigrationError",
+        "MigrationNotFoundError", "MigrationLockTimeout", "MigrationExecutionError", "ConfigError",
+    }  # fmt: skip
+    assert promised <= set(brainmigrate.__all__)
+
+
+def test_every_error_has_one_root() -> None:
+    """Every exported exception is a BrainMigrateError; ConfigError is also a ValueError."""
+    errors = [v for v in vars(brainmigrate).values() if isinstance(v, type) and issubclass(v, BaseException)]
+    assert all(issubclass(error, BrainMigrateError) for error in errors)
+    assert issubclass(brainmigrate.ConfigError, ValueError)
+    assert issubclass(brainmigrate.CyclicDependencyError, brainmigrate.DependencyError)
+    assert issubclass(brainmigrate.MissingDependencyError, brainmigrate.DependencyError)
+
+
+def test_no_error_is_named_like_a_builtin() -> None:
+    """Catching an error by name never shadows a builtin."""
+    import builtins
+
+    names = {name for name in brainmigrate.__all__ if name.endswith(("Error", "Timeout"))}
+    assert names.isdisjoint(dir(builtins))
+
+
+def test_the_package_is_typed() -> None:
+    """py.typed ships with the package, so type checkers read its annotations."""
+    from importlib.resources import files
+
+    assert files("brainmigrate").joinpath("py.typed").is_file()
