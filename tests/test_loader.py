@@ -110,13 +110,13 @@ def test_a_list_of_non_migrations_is_refused() -> None:
 def test_pyproject_names_the_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """[tool.brainmigrate] migrations in ./pyproject.toml is the default source."""
     (tmp_path / "pyproject.toml").write_text('[tool.brainmigrate]\nmigrations = "myapp.migrations"\n')
-    monkeypatch.setenv("BRAINMIGRATE_MIGRATIONS", "from.environment")
+    monkeypatch.delenv("BRAINMIGRATE_MIGRATIONS", raising=False)
     assert configured_source(tmp_path) == "myapp.migrations"
 
 
-def test_the_environment_names_the_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without a pyproject setting, $BRAINMIGRATE_MIGRATIONS is used."""
-    (tmp_path / "pyproject.toml").write_text("[tool.other]\nx = 1\n")
+def test_the_environment_overrides_pyproject(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$BRAINMIGRATE_MIGRATIONS wins over pyproject.toml, so a deployment can point elsewhere."""
+    (tmp_path / "pyproject.toml").write_text('[tool.brainmigrate]\nmigrations = "myapp.migrations"\n')
     monkeypatch.setenv("BRAINMIGRATE_MIGRATIONS", "from.environment")
     assert configured_source(tmp_path) == "from.environment"
 

@@ -85,9 +85,13 @@ async def test_an_irreversible_migration_cannot_be_rolled_back(brainmigrate_pool
     await migrator.run_pending()
     before = await snapshot(brainmigrate_pool)
 
-    with pytest.raises(IrreversibleMigrationError, match="'drop_data' is not reversible"):
+    with pytest.raises(
+        IrreversibleMigrationError, match=r"'drop_data' is not reversible \(it declares reversible=False\)"
+    ):
         await migrator.rollback("drop_data")
-    with pytest.raises(IrreversibleMigrationError, match="'drop_data' is not reversible"):
+    with pytest.raises(
+        IrreversibleMigrationError, match=r"'drop_data' is not reversible \(it declares reversible=False\)"
+    ):
         await migrator.rollback("base", cascade=True)
 
     assert await snapshot(brainmigrate_pool) == before
@@ -203,3 +207,17 @@ async def test_a_dry_run_does_not_execute_non_transactional_statements(brainmigr
         ("CREATE INDEX CONCURRENTLY x_idx ON x (id)",),
     )
     assert "non-transactional" in (result.error or "")
+
+
+async def test_a_reversible_migration_without_rollback_statements_is_refused(brainmigrate_pool: Any) -> None:
+    """reversible=True with nothing to run on rollback would silently do nothing: it is refused."""
+    migrator = Migrator(brainmigrate_pool, [schema_migration("no_undo", ["CREATE TABLE no_undo (id int)"])])
+    await migrator.run_pending()
+    before = await snapshot(brainmigrate_pool)
+
+    with pytest.raises(
+        IrreversibleMigrationError, match="declares reversible=True but has no rollback statements"
+    ):
+        await migrator.rollback("no_undo")
+
+    assert await snapshot(brainmigrate_pool) == before

@@ -27,7 +27,7 @@ from ._results import HistoryRecord, MigrationResult, ValidationReport
 
 try:
     __version__ = _importlib_metadata.version("brainmigrate")
-except _importlib_metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree without installing
+except _importlib_metadata.PackageNotFoundError:  # pragma: no cover - a source tree, not installed
     __version__ = "0.0.0"
 
 __all__ = [

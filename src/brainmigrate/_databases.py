@@ -22,7 +22,7 @@ def dsn_with_database(dsn: str, database: str) -> str:
 class DatabaseFactory:
     """Creates databases from one template on a server and drops them again.
 
-    The template is created empty on first use; each new database is a fast file copy of it.
+    The template is created empty on first use; each new database is a copy of it.
     Needs the CREATEDB privilege. Database names carry the pytest-xdist worker id, if any.
     """
 
@@ -42,10 +42,7 @@ class DatabaseFactory:
                 await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(self.template)} WITH (FORCE)")
                 await conn.execute(f"CREATE DATABASE {quote_ident(self.template)} TEMPLATE template0")
                 self._template_ready = True
-            strategy = " STRATEGY file_copy" if conn.get_server_version().major >= 15 else ""
-            await conn.execute(
-                f"CREATE DATABASE {quote_ident(name)} TEMPLATE {quote_ident(self.template)}{strategy}"
-            )
+            await conn.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {quote_ident(self.template)}")
         finally:
             await conn.close()
         return dsn_with_database(self.admin_dsn, name)

@@ -111,10 +111,12 @@ class ChecksumMismatchError(BrainMigrateError):
 class IrreversibleMigrationError(BrainMigrateError):
     """A rollback was asked of a migration that cannot be reversed."""
 
-    def __init__(self, migration_id: str) -> None:
+    def __init__(self, migration_id: str, *, reason: str = "it declares reversible=False") -> None:
         self.migration_id = migration_id
+        self.reason = reason
         super().__init__(
-            f"migration {migration_id!r} is not reversible; write a new forward migration that undoes it"
+            f"migration {migration_id!r} is not reversible ({reason}); "
+            "write a new forward migration that undoes it"
         )
 
 

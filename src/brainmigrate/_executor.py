@@ -221,7 +221,8 @@ class MigrationExecutor:
                         progress.statement_index = index
                         await self.ledger.mark_statement(conn, attempt_id, index)
                         await conn.execute(statement)
-                    if not statements:
+                    if not isinstance(migration, DatabaseSchemaMigration):
+                        progress.statement_index = 0
                         await _execute(migration, statements, operation, conn, progress)
                 if operation == APPLY and config.validate_after:
                     with telemetry.stage_span(telemetry.STAGE_VERIFY, meta.id):
@@ -269,13 +270,17 @@ class MigrationExecutor:
         if started_any and attempt.operation == APPLY:
             if meta.reversible and config.enable_rollback:
                 try:
-                    for statement in await statements_of(migration, ROLLBACK):
-                        await conn.execute(statement)
-                    note += "; completed statements were reversed with the rollback statements"
+                    if isinstance(migration, DatabaseSchemaMigration):
+                        for statement in await statements_of(migration, ROLLBACK):
+                            await conn.execute(statement)
+                        note += "; completed statements were reversed with the rollback statements"
+                    else:
+                        await migration.down(conn)
+                        note += "; its work was reversed with down()"
                 except Exception as undo_exc:  # the database is in an unknown state now
                     status = "dirty"
                     note += f"; reversing failed too: {type(undo_exc).__name__}: {undo_exc}"
-            elif progress.statement_index:
+            else:  # the failed statement itself may have left work behind (an INVALID index)
                 status = "dirty"
         elif attempt.operation == ROLLBACK and started_any:
             status = "dirty"

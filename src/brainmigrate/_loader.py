@@ -27,7 +27,10 @@ ENV_VARIABLE = "BRAINMIGRATE_MIGRATIONS"
 
 
 def configured_source(cwd: Path | None = None) -> str:
-    """The source named in ./pyproject.toml (``[tool.brainmigrate] migrations``) or by the environment."""
+    """The source named by ``$BRAINMIGRATE_MIGRATIONS``, else by ``[tool.brainmigrate]`` in pyproject."""
+    value = os.environ.get(ENV_VARIABLE)
+    if value:
+        return value
     pyproject = (cwd or Path.cwd()) / "pyproject.toml"
     if pyproject.is_file():
         try:
@@ -39,9 +42,6 @@ def configured_source(cwd: Path | None = None) -> str:
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"[tool.brainmigrate] migrations in {pyproject} must be a non-empty string")
             return value
-    value = os.environ.get(ENV_VARIABLE)
-    if value:
-        return value
     raise ConfigError(
         "no migrations given: pass Migrator(pool, migrations=...), set [tool.brainmigrate] migrations = "
         f'"myapp.migrations" in pyproject.toml, or set ${ENV_VARIABLE}'

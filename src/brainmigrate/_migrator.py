@@ -28,7 +28,7 @@ from ._history import Attempt, HistoryLedger, MigrationState
 from ._loader import configured_source, load_migrations
 from ._lock import lock_key, migration_lock
 from ._metadata import MigrationMetadata, MigrationStatus, MigrationType
-from ._migration import Migration
+from ._migration import DatabaseSchemaMigration, Migration
 from ._results import HistoryRecord, MigrationResult, ValidationReport
 
 logger = logging.getLogger("brainmigrate")
@@ -248,6 +248,11 @@ class Migrator:
             for target in targets:
                 if not target.metadata.reversible:
                     raise IrreversibleMigrationError(target.metadata.id)
+                if isinstance(target, DatabaseSchemaMigration) and not await statements_of(target, ROLLBACK):
+                    raise IrreversibleMigrationError(
+                        target.metadata.id,
+                        reason="it declares reversible=True but has no rollback statements",
+                    )
             if cfg.dry_run:
                 return await self._executor.dry_run([(t, ROLLBACK) for t in targets], cfg)
             return [

