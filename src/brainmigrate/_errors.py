@@ -16,6 +16,7 @@ Every error is a :class:`BrainMigrateError`; the tree is shallow::
     ├── MigrationStateError
     │   └── DirtyMigrationError
     ├── MigrationLockTimeout
+    ├── MigrationLockLost
     └── MigrationExecutionError
 
 Each error carries the facts as attributes and its message says what to do next. Driver errors are
@@ -165,6 +166,17 @@ class MigrationLockTimeout(BrainMigrateError, TimeoutError):
         super().__init__(
             f"could not take the migration lock within {seconds:g} s: another runner is applying "
             "migrations; wait for it or raise MigrationConfig(lock_wait_seconds=...)"
+        )
+
+
+class MigrationLockLost(BrainMigrateError):
+    """The session holding the runner lock ended while migrations were running."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "lost the migration lock: its database session ended (terminated, or the connection "
+            "broke); the migration in progress was not committed and no further one was started. "
+            "Run again: another runner may already be applying the rest"
         )
 
 

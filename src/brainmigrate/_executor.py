@@ -21,6 +21,7 @@ from ._errors import (
     MigrationValidationError,
 )
 from ._history import Attempt, HistoryLedger
+from ._lock import RunnerLock
 from ._metadata import MigrationStatus
 from ._migration import DatabaseSchemaMigration, Migration
 from ._results import MigrationResult
@@ -71,9 +72,17 @@ class MigrationExecutor:
     ledger: HistoryLedger
 
     async def run(
-        self, migration: Migration, checksum: str, operation: str, config: MigrationConfig
+        self,
+        migration: Migration,
+        checksum: str,
+        operation: str,
+        config: MigrationConfig,
+        lock: RunnerLock,
     ) -> MigrationResult:
-        """Apply (``operation="apply"``) or reverse (``"rollback"``) ``migration``, or raise."""
+        """Apply (``operation="apply"``) or reverse (``"rollback"``) ``migration``, or raise.
+
+        ``lock`` is checked before anything is committed, so a runner that lost its lock stops.
+        """
         meta = migration.metadata
         span_name = telemetry.SPAN_MIGRATION if operation == APPLY else telemetry.SPAN_ROLLBACK
         with telemetry.migration_span(span_name, meta.id, meta.migration_type, False) as span:
@@ -102,12 +111,12 @@ class MigrationExecutor:
                                 span.set_attribute(telemetry.ATTR_ATTEMPT, attempts)
                                 progress = _Progress()
                                 await self._run_in_transaction(
-                                    migration, statements, operation, config, attempt, progress
+                                    migration, statements, operation, config, attempt, progress, lock
                                 )
                     else:
                         attempts = 1
                         await self._run_statement_by_statement(
-                            migration, statements, operation, config, attempt, progress
+                            migration, statements, operation, config, attempt, progress, lock
                         )
             except BaseException as exc:
                 span.set_attribute(telemetry.ATTR_STATUS, MigrationStatus.FAILED.value)
@@ -150,6 +159,7 @@ class MigrationExecutor:
         config: MigrationConfig,
         attempt: Attempt,
         progress: _Progress,
+        lock: RunnerLock,
     ) -> None:
         meta = migration.metadata
         async with self.pool.acquire() as conn:
@@ -160,11 +170,7 @@ class MigrationExecutor:
             with telemetry.stage_span(telemetry.STAGE_PREPARE, meta.id):
                 await transaction.start()
             try:
-                await conn.execute(
-                    _sql.SET_LOCAL_TIMEOUTS,
-                    f"{config.statement_lock_timeout_ms}ms",
-                    f"{round(config.timeout_seconds * 1000)}ms",
-                )
+                await _set_timeouts(conn, config, local=True)
                 with telemetry.stage_span(telemetry.STAGE_EXECUTE, meta.id):
                     await _execute(migration, statements, operation, conn, progress)
                 if operation == APPLY and config.validate_after:
@@ -173,6 +179,7 @@ class MigrationExecutor:
                         await _gate(migration.validate_postconditions, conn, "postconditions", meta.id)
                         progress.postconditions_passed = True
                 with telemetry.stage_span(telemetry.STAGE_COMMIT, meta.id):
+                    await lock.ensure_held(conn)
                     finished = now()
                     await self.ledger.insert(
                         conn,
@@ -197,6 +204,7 @@ class MigrationExecutor:
         config: MigrationConfig,
         attempt: Attempt,
         progress: _Progress,
+        lock: RunnerLock,
     ) -> None:
         """Run statements one by one outside a transaction, leaving a dirty mark until done.
 
@@ -209,16 +217,14 @@ class MigrationExecutor:
                 with telemetry.stage_span(telemetry.STAGE_VALIDATE, meta.id):
                     await _gate(migration.validate_preconditions, conn, "preconditions", meta.id)
             with telemetry.stage_span(telemetry.STAGE_PREPARE, meta.id):
+                await lock.ensure_held(conn)
                 attempt_id = await self.ledger.insert(conn, attrs.evolve(attempt, statement_index=0))
-                await conn.execute(
-                    _sql.SET_SESSION_TIMEOUTS,
-                    f"{config.statement_lock_timeout_ms}ms",
-                    f"{round(config.timeout_seconds * 1000)}ms",
-                )
+                await _set_timeouts(conn, config, local=False)
             try:
                 with telemetry.stage_span(telemetry.STAGE_EXECUTE, meta.id):
                     for index, statement in enumerate(statements):
                         progress.statement_index = index
+                        await lock.ensure_held(conn)
                         await self.ledger.mark_statement(conn, attempt_id, index)
                         await conn.execute(statement)
                     if not isinstance(migration, DatabaseSchemaMigration):
@@ -230,6 +236,7 @@ class MigrationExecutor:
                         await _gate(migration.validate_postconditions, conn, "postconditions", meta.id)
                         progress.postconditions_passed = True
                 with telemetry.stage_span(telemetry.STAGE_COMMIT, meta.id):
+                    await lock.ensure_held(conn)
                     await self.ledger.finish(
                         conn,
                         attempt_id,
@@ -249,8 +256,7 @@ class MigrationExecutor:
                 raise
             finally:
                 with anyio.CancelScope(shield=True):
-                    if not conn.is_closed():
-                        await conn.execute(_sql.RESET_SESSION_TIMEOUTS)
+                    await _reset_session_timeouts(conn)
 
     async def _settle_interrupted(
         self,
@@ -397,11 +403,7 @@ class MigrationExecutor:
             transaction = conn.transaction()
             await transaction.start()
             try:
-                await conn.execute(
-                    _sql.SET_LOCAL_TIMEOUTS,
-                    f"{config.statement_lock_timeout_ms}ms",
-                    f"{round(config.timeout_seconds * 1000)}ms",
-                )
+                await _set_timeouts(conn, config, local=True)
                 for migration, operation in plan:
                     result = await self._dry_run_one(conn, migration, operation, config)
                     results.append(result)
@@ -463,6 +465,27 @@ class MigrationExecutor:
                 postconditions_passed=progress.postconditions_passed,
                 error=error,
             )
+
+
+def _checks_client(conn: Connection) -> bool:
+    return conn.get_server_version() >= (14,)
+
+
+async def _set_timeouts(conn: Connection, config: MigrationConfig, *, local: bool) -> None:
+    """lock_timeout keeps DDL from queueing behind long transactions; statement_timeout bounds the run."""
+    await conn.execute(
+        _sql.set_timeouts(local=local, check_client=_checks_client(conn)),
+        f"{config.statement_lock_timeout_ms}ms",
+        f"{round(config.timeout_seconds * 1000)}ms",
+    )
+
+
+async def _reset_session_timeouts(conn: Connection) -> None:
+    try:
+        reset = _sql.RESET_SESSION_TIMEOUTS if _checks_client(conn) else _sql.RESET_SESSION_TIMEOUTS_BEFORE_14
+        await conn.execute(reset)
+    except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError):
+        pass  # a broken connection is discarded by the pool, settings and all
 
 
 async def _passes(migration: Migration, conn: Connection) -> bool:

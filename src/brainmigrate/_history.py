@@ -138,6 +138,10 @@ class HistoryLedger:
             attempt.sqlstate,
         )
 
+    async def close_interrupted(self, conn: Connection, migration_id: str, when: datetime) -> None:
+        """Mark attempts whose runner died (still 'running') as dirty, so history tells the truth."""
+        await conn.execute(_sql.close_interrupted(self.schema), migration_id, when)
+
     async def mark_statement(self, conn: Connection, attempt_id: int, statement_index: int) -> None:
         await conn.execute(_sql.mark_statement(self.schema), attempt_id, statement_index)
 

@@ -1,24 +1,34 @@
 """The runner lock: a session-level advisory lock on a dedicated connection.
 
-The connection holding the lock never has a transaction open, so it never blocks
-``CREATE INDEX CONCURRENTLY``; if its runner dies, PostgreSQL drops the lock with the session.
-Session advisory locks need a direct connection (not PgBouncer in transaction pooling mode).
+The connection holding the lock never has a transaction open, and waiting for the lock is done by
+polling ``pg_try_advisory_lock`` (short statements, no long-held snapshot), so neither a holder nor
+a waiter ever blocks ``CREATE INDEX CONCURRENTLY``. If a runner dies, PostgreSQL drops its lock with
+its session; if a runner's lock session is ended while it works, :meth:`RunnerLock.ensure_held`
+notices before the next commit. Session advisory locks need a direct connection (not PgBouncer in
+transaction pooling mode).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import asyncpg
+import attrs
 
 from . import _sql
-from ._errors import MigrationLockTimeout
+from ._errors import MigrationLockLost, MigrationLockTimeout
+from ._types import Connection
 
 logger = logging.getLogger("brainmigrate")
+
+_FIRST_POLL_SECONDS = 0.01
+_MAX_POLL_SECONDS = 0.1
 
 
 def lock_key(schema: str) -> int:
@@ -27,22 +37,43 @@ def lock_key(schema: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+@attrs.frozen
+class RunnerLock:
+    """The held lock: its key and the server process of the session holding it."""
+
+    key: int
+    holder_pid: int
+
+    async def ensure_held(self, conn: Connection) -> None:
+        """Raise MigrationLockLost unless the lock session still holds the lock (checked on ``conn``)."""
+        unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
+        held = await conn.fetchval(_sql.LOCK_HELD, self.holder_pid, unsigned >> 32, unsigned & 0xFFFF_FFFF)
+        if not held:
+            raise MigrationLockLost()
+
+
 @asynccontextmanager
-async def migration_lock(pool: asyncpg.Pool[Any], schema: str, wait_seconds: float) -> AsyncIterator[None]:
+async def migration_lock(
+    pool: asyncpg.Pool[Any], schema: str, wait_seconds: float
+) -> AsyncIterator[RunnerLock]:
     """Hold the runner lock for ``schema``; wait at most ``wait_seconds`` for it."""
     key = lock_key(schema)
     async with pool.acquire() as conn:
-        # lock_timeout bounds the wait server-side; 0 would mean "forever", so use 1 ms for "no wait".
-        await conn.execute(_sql.SET_LOCK_WAIT, f"{max(1, round(wait_seconds * 1000))}ms")
-        try:
-            await conn.execute(_sql.LOCK, key)
-        except asyncpg.LockNotAvailableError as exc:
-            raise MigrationLockTimeout(wait_seconds) from exc
-        finally:
-            await conn.execute(_sql.RESET_LOCK_WAIT)
+        deadline = time.monotonic() + wait_seconds
+        delay = _FIRST_POLL_SECONDS
+        while not await conn.fetchval(_sql.TRY_LOCK, key):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise MigrationLockTimeout(wait_seconds)
+            await anyio.sleep(min(delay, remaining))
+            delay = min(delay * 2, _MAX_POLL_SECONDS)
         logger.debug("took migration lock %s for schema %s", key, schema)
         try:
-            yield
+            yield RunnerLock(key, conn.get_server_pid())
         finally:
-            if not conn.is_closed():
-                await conn.execute(_sql.UNLOCK, key)
+            with anyio.CancelScope(shield=True):
+                try:
+                    await conn.execute(_sql.UNLOCK, key)
+                except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError) as exc:
+                    # The session is gone, and its lock with it; the pool replaces the connection.
+                    logger.warning("the migration lock session ended before unlocking: %s", exc)

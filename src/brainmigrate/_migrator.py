@@ -26,7 +26,7 @@ from ._executor import APPLY, ROLLBACK, MigrationExecutor, now, statements_of
 from ._graph import MigrationGraph
 from ._history import Attempt, HistoryLedger, MigrationState
 from ._loader import configured_source, load_migrations
-from ._lock import lock_key, migration_lock
+from ._lock import RunnerLock, lock_key, migration_lock
 from ._metadata import MigrationMetadata, MigrationStatus, MigrationType
 from ._migration import DatabaseSchemaMigration, Migration
 from ._results import HistoryRecord, MigrationResult, ValidationReport
@@ -179,7 +179,7 @@ class Migrator:
         wanted = None if migration_type is None else MigrationType.parse(migration_type)
         with telemetry.tracer().start_as_current_span(telemetry.SPAN_RUN) as span:
             span.set_attribute(telemetry.ATTR_DRY_RUN, cfg.dry_run)
-            async with migration_lock(self.pool, self.schema, cfg.lock_wait_seconds):
+            async with migration_lock(self.pool, self.schema, cfg.lock_wait_seconds) as lock:
                 states = await self._checked_states(catalog, cfg)
                 plan = [
                     catalog.migrations[mid]
@@ -190,14 +190,14 @@ class Migrator:
                 span.set_attribute(telemetry.ATTR_PENDING_COUNT, len(plan))
                 if cfg.dry_run:
                     return await self._executor.dry_run([(m, APPLY) for m in plan], cfg)
-                return await self._apply_plan(plan, states, catalog, cfg)
+                return await self._apply_plan(plan, states, catalog, cfg, lock)
 
     async def execute(self, migration_id: str, config: MigrationConfig | None = None) -> MigrationResult:
         """Apply one migration by id; its dependencies must already be applied."""
         cfg = self._config(config)
         catalog = await self._load()
         migration = catalog.get(migration_id)
-        async with migration_lock(self.pool, self.schema, cfg.lock_wait_seconds):
+        async with migration_lock(self.pool, self.schema, cfg.lock_wait_seconds) as lock:
             states = await self._checked_states(catalog, cfg)
             if _applied(states, migration_id):
                 raise MigrationStateError(
@@ -213,7 +213,7 @@ class Migrator:
                 )
             if cfg.dry_run:
                 return (await self._executor.dry_run([(migration, APPLY)], cfg))[0]
-            return await self._executor.run(migration, catalog.checksums[migration_id], APPLY, cfg)
+            return await self._executor.run(migration, catalog.checksums[migration_id], APPLY, cfg, lock)
 
     async def rollback(
         self, migration_id: str, config: MigrationConfig | None = None, cascade: bool = False
@@ -226,7 +226,7 @@ class Migrator:
         cfg = self._config(config)
         catalog = await self._load()
         catalog.get(migration_id)
-        async with migration_lock(self.pool, self.schema, cfg.lock_wait_seconds):
+        async with migration_lock(self.pool, self.schema, cfg.lock_wait_seconds) as lock:
             states = await self._checked_states(catalog, cfg)
             if not _applied(states, migration_id):
                 raise MigrationStateError(
@@ -256,7 +256,7 @@ class Migrator:
             if cfg.dry_run:
                 return await self._executor.dry_run([(t, ROLLBACK) for t in targets], cfg)
             return [
-                await self._executor.run(target, catalog.checksums[target.metadata.id], ROLLBACK, cfg)
+                await self._executor.run(target, catalog.checksums[target.metadata.id], ROLLBACK, cfg, lock)
                 for target in targets
             ]
 
@@ -281,6 +281,7 @@ class Migrator:
                 )
             meta = migration.metadata
             stamp = now()
+            await self._ledger.close_interrupted(conn, migration_id, stamp)
             await self._ledger.insert(
                 conn,
                 Attempt(
@@ -358,6 +359,7 @@ class Migrator:
         states: Mapping[str, MigrationState],
         catalog: _Catalog,
         cfg: MigrationConfig,
+        lock: RunnerLock,
     ) -> list[MigrationResult]:
         applied = {mid for mid, state in states.items() if state.applied}
         results: list[MigrationResult] = []
@@ -368,7 +370,9 @@ class Migrator:
                 results.append(_not_run(meta, MigrationStatus.SKIPPED, f"waiting for {', '.join(blocked)}"))
                 continue
             try:
-                results.append(await self._executor.run(migration, catalog.checksums[meta.id], APPLY, cfg))
+                results.append(
+                    await self._executor.run(migration, catalog.checksums[meta.id], APPLY, cfg, lock)
+                )
             except (MigrationExecutionError, MigrationValidationError) as exc:
                 if not cfg.continue_on_error:
                     raise

@@ -30,9 +30,8 @@ def retrying(policy: RetryPolicy) -> tenacity.AsyncRetrying:
     return tenacity.AsyncRetrying(
         retry=tenacity.retry_if_exception(is_transient),
         stop=tenacity.stop_after_attempt(policy.attempts),
-        wait=tenacity.wait_exponential_jitter(
-            multiplier=policy.initial_delay, max=policy.max_delay, jitter=policy.jitter
-        ),
+        wait=tenacity.wait_exponential(multiplier=policy.initial_delay, max=policy.max_delay)
+        + tenacity.wait_random(0, policy.jitter),
         before_sleep=_log_retry,
         reraise=True,
     )

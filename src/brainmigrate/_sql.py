@@ -94,6 +94,15 @@ def mark_statement(schema: str) -> str:
     return f"UPDATE {quote_ident(schema)}.{HISTORY_TABLE} SET statement_index = $2 WHERE attempt_id = $1"
 
 
+def close_interrupted(schema: str) -> str:
+    return f"""
+UPDATE {quote_ident(schema)}.{HISTORY_TABLE}
+   SET status = 'dirty', finished_at = $2,
+       error = coalesce(error || '; ', '') || 'interrupted: its runner stopped midway'
+ WHERE migration_id = $1 AND status = 'running'
+"""
+
+
 def select_history(schema: str) -> str:
     return f"""
 SELECT attempt_id, {_COLUMNS}, db_user
@@ -106,12 +115,30 @@ def history_exists() -> str:
     return "SELECT to_regclass($1) IS NOT NULL"
 
 
-LOCK = "SELECT pg_advisory_lock($1)"
+TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
 UNLOCK = "SELECT pg_advisory_unlock($1)"
-SET_LOCK_WAIT = "SELECT set_config('lock_timeout', $1, false)"
-RESET_LOCK_WAIT = "RESET lock_timeout"
-SET_LOCAL_TIMEOUTS = "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)"
-SET_SESSION_TIMEOUTS = (
-    "SELECT set_config('lock_timeout', $1, false), set_config('statement_timeout', $2, false)"
+#: Whether session ``$1`` holds the advisory lock whose 64-bit key splits into ``$2`` (high) and ``$3``.
+LOCK_HELD = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+     WHERE locktype = 'advisory' AND granted AND pid = $1
+       AND classid = $2::bigint::oid AND objid = $3::bigint::oid AND objsubid = 1
 )
-RESET_SESSION_TIMEOUTS = "RESET lock_timeout; RESET statement_timeout"
+"""
+
+
+def set_timeouts(*, local: bool, check_client: bool) -> str:
+    """Set ``lock_timeout`` ($1) and ``statement_timeout`` ($2) for a transaction or a session.
+
+    With ``check_client`` (PostgreSQL 14+), the server also checks every second that the client is
+    still connected, so a killed runner's statement stops instead of holding its locks and snapshot.
+    """
+    scope = "true" if local else "false"
+    check = f", set_config('client_connection_check_interval', '1s', {scope})" if check_client else ""
+    return (
+        f"SELECT set_config('lock_timeout', $1, {scope}), set_config('statement_timeout', $2, {scope}){check}"
+    )
+
+
+RESET_SESSION_TIMEOUTS = "RESET lock_timeout; RESET statement_timeout; RESET client_connection_check_interval"
+RESET_SESSION_TIMEOUTS_BEFORE_14 = "RESET lock_timeout; RESET statement_timeout"
