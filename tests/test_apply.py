@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
-from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from brainmigrate import (
     ChecksumMismatchError,
-    DatabaseSchemaMigration,
     MigrationConfig,
-    MigrationMetadata,
     MigrationStatus,
     MigrationType,
     Migrator,
@@ -23,45 +21,19 @@ from helpers import PythonMigration, create_table, history_rows, schema_migratio
 pytestmark = pytest.mark.anyio
 
 
-class AddUserPreferencesTable(DatabaseSchemaMigration):
-    """The seed's example, with only its imports changed."""
-
-    def _get_metadata(self) -> MigrationMetadata:
-        return MigrationMetadata(
-            id="add_user_preferences_001",
-            name="Add user preferences table",
-            description="Creates table for storing user preferences",
-            version="2.6.0",
-            migration_type=MigrationType.DATABASE_SCHEMA,
-            author="system",
-            created_at=datetime.now(),
-            dependencies=[],
-            reversible=True,
-            checksum="abc123",
-        )
-
-    async def get_forward_statements(self) -> list[str]:
-        return [
-            """
-            CREATE TABLE user_preferences (
-                id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
-                user_id UUID NOT NULL,
-                theme VARCHAR(50) DEFAULT 'gruvbox_light',
-                notifications_enabled BOOLEAN DEFAULT true,
-                created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-                updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
-            )
-            """,
-            "CREATE INDEX idx_user_preferences_user_id ON user_preferences(user_id)",
-        ]
-
-    async def get_rollback_statements(self) -> list[str]:
-        return ["DROP TABLE IF EXISTS user_preferences"]
+#: The seed's example migration, with only its imports changed.
+AddUserPreferencesTable = (
+    Path(__file__).resolve().parents[1]
+    / "examples"
+    / "second_brain"
+    / "migrations"
+    / "005_add_user_preferences.py"
+)
 
 
 async def test_the_seed_example_applies_and_is_recorded(brainmigrate_pool: Any) -> None:
     """The seed's migration runs as written and leaves one completed history row with its facts."""
-    migrator = Migrator(brainmigrate_pool, [AddUserPreferencesTable])
+    migrator = Migrator(brainmigrate_pool, AddUserPreferencesTable)
 
     results = await migrator.run_pending()
 
@@ -86,10 +58,10 @@ async def test_the_seed_example_applies_and_is_recorded(brainmigrate_pool: Any) 
 
 async def test_a_second_run_applies_nothing(brainmigrate_pool: Any) -> None:
     """run_pending() is idempotent: applied migrations are never applied again."""
-    migrator = Migrator(brainmigrate_pool, [AddUserPreferencesTable])
+    migrator = Migrator(brainmigrate_pool, AddUserPreferencesTable)
     await migrator.run_pending()
 
-    again = await Migrator(brainmigrate_pool, [AddUserPreferencesTable]).run_pending()
+    again = await Migrator(brainmigrate_pool, AddUserPreferencesTable).run_pending()
 
     assert again == []
     assert len(await history_rows(brainmigrate_pool)) == 1
@@ -114,8 +86,8 @@ async def test_migrations_run_in_dependency_then_version_order(brainmigrate_pool
 
 async def test_changed_created_at_is_not_drift(brainmigrate_pool: Any) -> None:
     """The seed's created_at=datetime.now() changes on every import and must not count as drift."""
-    await Migrator(brainmigrate_pool, [AddUserPreferencesTable]).run_pending()
-    assert await Migrator(brainmigrate_pool, [AddUserPreferencesTable]).run_pending() == []
+    await Migrator(brainmigrate_pool, AddUserPreferencesTable).run_pending()
+    assert await Migrator(brainmigrate_pool, AddUserPreferencesTable).run_pending() == []
 
 
 async def test_reformatting_a_statement_is_not_drift(brainmigrate_pool: Any) -> None:
