@@ -16,6 +16,7 @@ from brainmigrate import (
     DuplicateMigrationError,
     MigrationConfig,
     MigrationExecutionError,
+    MigrationLoadError,
     MigrationNotFoundError,
     MigrationStateError,
     MigrationStatus,
@@ -311,3 +312,35 @@ async def test_an_irreversible_non_transactional_failure_leaves_a_dirty_mark(bra
     await brainmigrate_pool.execute("DROP TABLE nt")
     await migrator.resolve("nontx", applied=False)
     assert [m.id for m in await migrator.pending()] == ["nontx", "later"]
+
+
+async def test_a_migrations_package_that_fails_to_import_writes_nothing(
+    brainmigrate_pool: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import error in the migrations source names the module and leaves the database untouched."""
+    package = tmp_path / "failing_migrations"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "m001.py").write_text("import not_a_module_anywhere\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = await snapshot(brainmigrate_pool)
+
+    with pytest.raises(MigrationLoadError) as caught:
+        await Migrator(brainmigrate_pool, "failing_migrations").run_pending()
+
+    assert caught.value.module == "failing_migrations.m001"
+    assert "No module named 'not_a_module_anywhere'" in str(caught.value)
+    assert await snapshot(brainmigrate_pool) == before
+    assert not await table_exists(brainmigrate_pool, "brainmigrate.migration_history")
+
+
+async def test_an_invalid_config_for_one_call_writes_nothing(brainmigrate_pool: Any) -> None:
+    """A config that is not a MigrationConfig is refused before the lock or the history is touched."""
+    migrator = Migrator(brainmigrate_pool, [create_table("a", "a")])
+    before = await snapshot(brainmigrate_pool)
+
+    with pytest.raises(ConfigError, match="config must be a MigrationConfig, got"):
+        await migrator.run_pending(config={"dry_run": True})  # type: ignore[arg-type]
+
+    assert await snapshot(brainmigrate_pool) == before
+    assert not await table_exists(brainmigrate_pool, "brainmigrate.migration_history")
