@@ -344,3 +344,15 @@ async def test_an_invalid_config_for_one_call_writes_nothing(brainmigrate_pool: 
 
     assert await snapshot(brainmigrate_pool) == before
     assert not await table_exists(brainmigrate_pool, "brainmigrate.migration_history")
+
+
+async def test_a_gate_error_is_raised_as_it_is(brainmigrate_pool: Any) -> None:
+    """A brainmigrate error from a gate propagates unchanged, not chained to itself."""
+
+    async def never(conn: Any) -> bool:
+        return False
+
+    with pytest.raises(MigrationValidationError) as caught:
+        await Migrator(brainmigrate_pool, [create_table("pre", "pre", preconditions=never)]).run_pending()
+
+    assert caught.value.__cause__ is not caught.value

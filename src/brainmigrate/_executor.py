@@ -127,6 +127,8 @@ class MigrationExecutor:
                     await self._record_failure(attempt, error, progress)
                 span.record_exception(error)
                 span.set_status(StatusCode.ERROR, str(error))
+                if error is exc:
+                    raise
                 raise error from exc
             finished = now()
             status = MigrationStatus.COMPLETED if operation == APPLY else MigrationStatus.ROLLED_BACK
