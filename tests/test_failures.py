@@ -23,6 +23,7 @@ from brainmigrate import (
     MigrationValidationError,
     Migrator,
     MissingDependencyError,
+    PoolExhaustedError,
 )
 from helpers import create_table, history_rows, schema_migration, snapshot, table_exists
 
@@ -356,3 +357,21 @@ async def test_a_gate_error_is_raised_as_it_is(brainmigrate_pool: Any) -> None:
         await Migrator(brainmigrate_pool, [create_table("pre", "pre", preconditions=never)]).run_pending()
 
     assert caught.value.__cause__ is not caught.value
+
+
+async def test_a_pool_without_a_free_connection_fails_in_time_and_writes_nothing(
+    brainmigrate_database: str,
+) -> None:
+    """When the application holds the connections the work needs, the run stops within lock_wait_seconds."""
+    pool = await asyncpg.create_pool(brainmigrate_database, min_size=2, max_size=2)
+    try:
+        migrator = Migrator(pool, [create_table("a", "a")], config=MigrationConfig(lock_wait_seconds=0.3))
+        async with pool.acquire():  # the application's connection; the lock takes the other one
+            with pytest.raises(
+                PoolExhaustedError, match=r"no connection of the pool became free within 0\.3 s"
+            ):
+                await migrator.run_pending()
+        assert not await table_exists(pool, "brainmigrate.migration_history")
+        assert not await table_exists(pool, "a")
+    finally:
+        await pool.close()

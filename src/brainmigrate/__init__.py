@@ -20,6 +20,7 @@ from ._errors import (
     MigrationStateError,
     MigrationValidationError,
     MissingDependencyError,
+    PoolExhaustedError,
 )
 from ._metadata import MigrationMetadata, MigrationStatus, MigrationType
 from ._migration import DatabaseSchemaMigration, Migration
@@ -57,6 +58,7 @@ __all__ = [
     "MigrationValidationError",
     "Migrator",
     "MissingDependencyError",
+    "PoolExhaustedError",
     "RetryPolicy",
     "ValidationReport",
     "__version__",

@@ -17,6 +17,7 @@ Every error is a :class:`BrainMigrateError`; the tree is shallow::
     │   └── DirtyMigrationError
     ├── MigrationLockTimeout
     ├── MigrationLockLost
+    ├── PoolExhaustedError (also a TimeoutError)
     └── MigrationExecutionError
 
 Each error carries the facts as attributes and its message says what to do next. Driver errors are
@@ -177,6 +178,18 @@ class MigrationLockLost(BrainMigrateError):
             "lost the migration lock: its database session ended (terminated, or the connection "
             "broke); the migration in progress was not committed and no further one was started. "
             "Run again: another runner may already be applying the rest"
+        )
+
+
+class PoolExhaustedError(BrainMigrateError, TimeoutError):
+    """No pool connection became free for the migration work in time."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(
+            f"no connection of the pool became free within {seconds:g} s while holding the migration "
+            "lock; give the pool more connections (brainmigrate needs two: one for the lock, one for "
+            "the work) or run migrations before the application takes them"
         )
 
 

@@ -12,7 +12,6 @@ import asyncpg
 import attrs
 from opentelemetry.trace import StatusCode
 
-from . import _sql
 from . import _telemetry as telemetry
 from ._config import MigrationConfig
 from ._errors import (
@@ -21,11 +20,11 @@ from ._errors import (
     MigrationValidationError,
 )
 from ._history import Attempt, HistoryLedger
-from ._lock import RunnerLock
 from ._metadata import MigrationStatus
 from ._migration import DatabaseSchemaMigration, Migration
 from ._results import MigrationResult
 from ._retry import retrying
+from ._session import RunnerSession
 from ._types import Connection
 
 logger = logging.getLogger("brainmigrate")
@@ -66,9 +65,8 @@ class _GateRefused(MigrationValidationError):
 
 @attrs.frozen
 class MigrationExecutor:
-    """Applies or reverses one migration on connections from ``pool``, recording each attempt."""
+    """Applies or reverses one migration on a runner session's connection, recording each attempt."""
 
-    pool: asyncpg.Pool[Any]
     ledger: HistoryLedger
 
     async def run(
@@ -77,11 +75,12 @@ class MigrationExecutor:
         checksum: str,
         operation: str,
         config: MigrationConfig,
-        lock: RunnerLock,
+        session: RunnerSession,
     ) -> MigrationResult:
         """Apply (``operation="apply"``) or reverse (``"rollback"``) ``migration``, or raise.
 
-        ``lock`` is checked before anything is committed, so a runner that lost its lock stops.
+        The runner lock is checked in the statement that writes the history row, before anything is
+        committed, so a runner that lost its lock stops.
         """
         meta = migration.metadata
         span_name = telemetry.SPAN_MIGRATION if operation == APPLY else telemetry.SPAN_ROLLBACK
@@ -111,12 +110,12 @@ class MigrationExecutor:
                                 span.set_attribute(telemetry.ATTR_ATTEMPT, attempts)
                                 progress = _Progress()
                                 await self._run_in_transaction(
-                                    migration, statements, operation, config, attempt, progress, lock
+                                    migration, statements, operation, config, attempt, progress, session
                                 )
                     else:
                         attempts = 1
                         await self._run_statement_by_statement(
-                            migration, statements, operation, config, attempt, progress, lock
+                            migration, statements, operation, config, attempt, progress, session
                         )
             except BaseException as exc:
                 span.set_attribute(telemetry.ATTR_STATUS, MigrationStatus.FAILED.value)
@@ -124,7 +123,7 @@ class MigrationExecutor:
                 if error is None:
                     raise
                 if migration.transactional:
-                    await self._record_failure(attempt, error, progress)
+                    await self._record_failure(session, attempt, error, progress)
                 span.record_exception(error)
                 span.set_status(StatusCode.ERROR, str(error))
                 if error is exc:
@@ -161,42 +160,35 @@ class MigrationExecutor:
         config: MigrationConfig,
         attempt: Attempt,
         progress: _Progress,
-        lock: RunnerLock,
+        session: RunnerSession,
     ) -> None:
         meta = migration.metadata
-        async with self.pool.acquire() as conn:
-            if operation == APPLY and config.validate_before:
-                with telemetry.stage_span(telemetry.STAGE_VALIDATE, meta.id):
-                    await _gate(migration.validate_preconditions, conn, "preconditions", meta.id)
-            transaction = conn.transaction()
-            with telemetry.stage_span(telemetry.STAGE_PREPARE, meta.id):
-                await transaction.start()
-            try:
-                await _set_timeouts(conn, config, local=True)
-                with telemetry.stage_span(telemetry.STAGE_EXECUTE, meta.id):
-                    await _execute(migration, statements, operation, conn, progress)
-                if operation == APPLY and config.validate_after:
-                    with telemetry.stage_span(telemetry.STAGE_VERIFY, meta.id):
-                        progress.postconditions_passed = False
-                        await _gate(migration.validate_postconditions, conn, "postconditions", meta.id)
-                        progress.postconditions_passed = True
-                with telemetry.stage_span(telemetry.STAGE_COMMIT, meta.id):
-                    await lock.ensure_held(conn)
-                    finished = now()
-                    await self.ledger.insert(
-                        conn,
-                        attrs.evolve(
-                            attempt,
-                            status="completed",
-                            applied_after=operation == APPLY,
-                            finished_at=finished,
-                        ),
-                    )
-                    await transaction.commit()
-            except BaseException:
-                with anyio.CancelScope(shield=True):
+        conn = await session.work_connection()
+        if operation == APPLY and config.validate_before:
+            with telemetry.stage_span(telemetry.STAGE_VALIDATE, meta.id):
+                await _gate(migration.validate_preconditions, conn, "preconditions", meta.id)
+        transaction = conn.transaction()
+        with telemetry.stage_span(telemetry.STAGE_PREPARE, meta.id):
+            await transaction.start()
+        try:
+            with telemetry.stage_span(telemetry.STAGE_EXECUTE, meta.id):
+                await _execute(migration, statements, operation, conn, progress)
+            if operation == APPLY and config.validate_after:
+                with telemetry.stage_span(telemetry.STAGE_VERIFY, meta.id):
+                    progress.postconditions_passed = False
+                    await _gate(migration.validate_postconditions, conn, "postconditions", meta.id)
+                    progress.postconditions_passed = True
+            with telemetry.stage_span(telemetry.STAGE_COMMIT, meta.id):
+                completed = attrs.evolve(
+                    attempt, status="completed", applied_after=operation == APPLY, finished_at=now()
+                )
+                await self.ledger.insert(conn, completed, session.lock)
+                await transaction.commit()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                if not conn.is_closed():
                     await transaction.rollback()
-                raise
+            raise
 
     async def _run_statement_by_statement(
         self,
@@ -206,7 +198,7 @@ class MigrationExecutor:
         config: MigrationConfig,
         attempt: Attempt,
         progress: _Progress,
-        lock: RunnerLock,
+        session: RunnerSession,
     ) -> None:
         """Run statements one by one outside a transaction, leaving a dirty mark until done.
 
@@ -214,56 +206,45 @@ class MigrationExecutor:
         when that cannot be done, the attempt stays dirty so the next run stops and asks.
         """
         meta = migration.metadata
-        async with self.pool.acquire() as conn:
-            if operation == APPLY and config.validate_before:
-                with telemetry.stage_span(telemetry.STAGE_VALIDATE, meta.id):
-                    await _gate(migration.validate_preconditions, conn, "preconditions", meta.id)
-            with telemetry.stage_span(telemetry.STAGE_PREPARE, meta.id):
-                await lock.ensure_held(conn)
-                attempt_id = await self.ledger.insert(conn, attrs.evolve(attempt, statement_index=0))
-                await _set_timeouts(conn, config, local=False)
-            try:
-                with telemetry.stage_span(telemetry.STAGE_EXECUTE, meta.id):
-                    for index, statement in enumerate(statements):
-                        progress.statement_index = index
-                        await lock.ensure_held(conn)
-                        await self.ledger.mark_statement(conn, attempt_id, index)
-                        await conn.execute(statement)
-                    if not isinstance(migration, DatabaseSchemaMigration):
-                        progress.statement_index = 0
-                        await _execute(migration, statements, operation, conn, progress)
-                if operation == APPLY and config.validate_after:
-                    with telemetry.stage_span(telemetry.STAGE_VERIFY, meta.id):
-                        progress.postconditions_passed = False
-                        await _gate(migration.validate_postconditions, conn, "postconditions", meta.id)
-                        progress.postconditions_passed = True
-                with telemetry.stage_span(telemetry.STAGE_COMMIT, meta.id):
-                    await lock.ensure_held(conn)
-                    await self.ledger.finish(
-                        conn,
-                        attempt_id,
-                        attrs.evolve(
-                            attempt,
-                            status="completed",
-                            applied_after=operation == APPLY,
-                            finished_at=now(),
-                            statement_index=progress.statement_index,
-                        ),
-                    )
-            except BaseException as exc:
-                with anyio.CancelScope(shield=True):
-                    await self._settle_interrupted(
-                        migration, conn, attempt, attempt_id, progress, config, exc
-                    )
-                raise
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await _reset_session_timeouts(conn)
+        lock = session.lock
+        conn = await session.work_connection()
+        if operation == APPLY and config.validate_before:
+            with telemetry.stage_span(telemetry.STAGE_VALIDATE, meta.id):
+                await _gate(migration.validate_preconditions, conn, "preconditions", meta.id)
+        with telemetry.stage_span(telemetry.STAGE_PREPARE, meta.id):
+            attempt_id = await self.ledger.insert(conn, attrs.evolve(attempt, statement_index=0), lock)
+        try:
+            with telemetry.stage_span(telemetry.STAGE_EXECUTE, meta.id):
+                for index, statement in enumerate(statements):
+                    progress.statement_index = index
+                    await self.ledger.mark_statement(conn, attempt_id, index, lock)
+                    await conn.execute(statement)
+                if not isinstance(migration, DatabaseSchemaMigration):
+                    progress.statement_index = 0
+                    await _execute(migration, statements, operation, conn, progress)
+            if operation == APPLY and config.validate_after:
+                with telemetry.stage_span(telemetry.STAGE_VERIFY, meta.id):
+                    progress.postconditions_passed = False
+                    await _gate(migration.validate_postconditions, conn, "postconditions", meta.id)
+                    progress.postconditions_passed = True
+            with telemetry.stage_span(telemetry.STAGE_COMMIT, meta.id):
+                completed = attrs.evolve(
+                    attempt,
+                    status="completed",
+                    applied_after=operation == APPLY,
+                    finished_at=now(),
+                    statement_index=progress.statement_index,
+                )
+                await self.ledger.finish(conn, attempt_id, completed, lock)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._settle_interrupted(migration, session, attempt, attempt_id, progress, config, exc)
+            raise
 
     async def _settle_interrupted(
         self,
         migration: Migration,
-        conn: Connection,
+        session: RunnerSession,
         attempt: Attempt,
         attempt_id: int,
         progress: _Progress,
@@ -272,6 +253,7 @@ class MigrationExecutor:
     ) -> None:
         """After a non-transactional failure: compensate if possible, else leave the attempt dirty."""
         meta = migration.metadata
+        conn = await session.work_connection()
         status = "failed"
         note = f"{type(exc).__name__}: {exc}"
         started_any = progress.statement_index is not None
@@ -292,11 +274,9 @@ class MigrationExecutor:
                 status = "dirty"
         elif attempt.operation == ROLLBACK and started_any:
             status = "dirty"
-        if conn.is_closed():
-            async with self.pool.acquire() as fresh:
-                await self._finish_failed(fresh, attempt_id, attempt, status, note, exc, progress)
-        else:
-            await self._finish_failed(conn, attempt_id, attempt, status, note, exc, progress)
+        await self._finish_failed(
+            await session.work_connection(), attempt_id, attempt, status, note, exc, progress
+        )
 
     async def _finish_failed(
         self,
@@ -322,21 +302,21 @@ class MigrationExecutor:
             ),
         )
 
-    async def _record_failure(self, attempt: Attempt, error: BrainMigrateError, progress: _Progress) -> None:
+    async def _record_failure(
+        self, session: RunnerSession, attempt: Attempt, error: BrainMigrateError, progress: _Progress
+    ) -> None:
         cause = error.__cause__
         with anyio.CancelScope(shield=True):
-            async with self.pool.acquire() as conn:
-                await self.ledger.insert(
-                    conn,
-                    attrs.evolve(
-                        attempt,
-                        status="failed",
-                        finished_at=now(),
-                        statement_index=progress.statement_index,
-                        error=str(error),
-                        sqlstate=getattr(error, "sqlstate", None) or getattr(cause, "sqlstate", None),
-                    ),
-                )
+            conn = await session.work_connection()
+            failed = attrs.evolve(
+                attempt,
+                status="failed",
+                finished_at=now(),
+                statement_index=progress.statement_index,
+                error=str(error),
+                sqlstate=getattr(error, "sqlstate", None) or getattr(cause, "sqlstate", None),
+            )
+            await self.ledger.insert(conn, failed)
 
     def _translate(
         self,
@@ -392,7 +372,7 @@ class MigrationExecutor:
         )
 
     async def dry_run(
-        self, plan: Sequence[tuple[Migration, str]], config: MigrationConfig
+        self, plan: Sequence[tuple[Migration, str]], config: MigrationConfig, session: RunnerSession
     ) -> list[MigrationResult]:
         """Run ``(migration, operation)`` pairs in one transaction that is rolled back.
 
@@ -401,19 +381,18 @@ class MigrationExecutor:
         they are reported with their statements and marked skipped.
         """
         results: list[MigrationResult] = []
-        async with self.pool.acquire() as conn:
-            transaction = conn.transaction()
-            await transaction.start()
-            try:
-                await _set_timeouts(conn, config, local=True)
-                for migration, operation in plan:
-                    result = await self._dry_run_one(conn, migration, operation, config)
-                    results.append(result)
-                    if result.status is MigrationStatus.FAILED:
-                        break
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await transaction.rollback()
+        conn = await session.work_connection()
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            for migration, operation in plan:
+                result = await self._dry_run_one(conn, migration, operation, config)
+                results.append(result)
+                if result.status is MigrationStatus.FAILED:
+                    break
+        finally:
+            with anyio.CancelScope(shield=True):
+                await transaction.rollback()
         return results
 
     async def _dry_run_one(
@@ -467,27 +446,6 @@ class MigrationExecutor:
                 postconditions_passed=progress.postconditions_passed,
                 error=error,
             )
-
-
-def _checks_client(conn: Connection) -> bool:
-    return conn.get_server_version() >= (14,)
-
-
-async def _set_timeouts(conn: Connection, config: MigrationConfig, *, local: bool) -> None:
-    """lock_timeout keeps DDL from queueing behind long transactions; statement_timeout bounds the run."""
-    await conn.execute(
-        _sql.set_timeouts(local=local, check_client=_checks_client(conn)),
-        f"{config.statement_lock_timeout_ms}ms",
-        f"{round(config.timeout_seconds * 1000)}ms",
-    )
-
-
-async def _reset_session_timeouts(conn: Connection) -> None:
-    try:
-        reset = _sql.RESET_SESSION_TIMEOUTS if _checks_client(conn) else _sql.RESET_SESSION_TIMEOUTS_BEFORE_14
-        await conn.execute(reset)
-    except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError):
-        pass  # a broken connection is discarded by the pool, settings and all
 
 
 async def _passes(migration: Migration, conn: Connection) -> bool:

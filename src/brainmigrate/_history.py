@@ -5,19 +5,21 @@ from __future__ import annotations
 import os
 import socket
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 import attrs
 
 from . import _sql
+from ._errors import MigrationLockLost
+from ._lock import RunnerLock
 from ._metadata import MigrationType
 from ._results import HistoryRecord
 from ._types import Connection
 
 
-@attrs.frozen(kw_only=True)
-class MigrationState:
-    """The state the latest decisive history row gives a migration."""
+class MigrationState(NamedTuple):
+    """The state the latest decisive history row gives a migration (read on every run: kept light)."""
 
     migration_id: str
     status: str
@@ -82,17 +84,7 @@ class HistoryLedger:
             rows = await conn.fetch(_sql.current_states(self.schema))
         except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
             return {}
-        return {
-            row["migration_id"]: MigrationState(
-                migration_id=row["migration_id"],
-                status=row["status"],
-                applied=bool(row["applied_after"]),
-                checksum=row["checksum"],
-                statement_index=row["statement_index"],
-                statement_count=row["statement_count"],
-            )
-            for row in rows
-        }
+        return {row[0]: MigrationState(row[0], row[1], bool(row[2]), row[3], row[4], row[5]) for row in rows}
 
     async def latest_attempt(self, conn: Connection, migration_id: str) -> asyncpg.Record | None:
         try:
@@ -100,10 +92,14 @@ class HistoryLedger:
         except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
             return None
 
-    async def insert(self, conn: Connection, attempt: Attempt) -> int:
-        """Write a new attempt row and return its id."""
-        attempt_id: int = await conn.fetchval(
-            _sql.insert_attempt(self.schema),
+    async def insert(self, conn: Connection, attempt: Attempt, lock: RunnerLock | None = None) -> int:
+        """Write a new attempt row and return its id.
+
+        With ``lock``, the row is written only while that runner lock is held (checked in the same
+        statement); otherwise MigrationLockLost is raised.
+        """
+        attempt_id: int | None = await conn.fetchval(
+            _sql.insert_attempt(self.schema, guarded=lock is not None),
             attempt.migration_id,
             attempt.name,
             attempt.migration_type.value,
@@ -121,13 +117,18 @@ class HistoryLedger:
             attempt.sqlstate,
             _HOSTNAME,
             os.getpid(),
+            *(lock.guard if lock else ()),
         )
+        if attempt_id is None:
+            raise MigrationLockLost()
         return attempt_id
 
-    async def finish(self, conn: Connection, attempt_id: int, attempt: Attempt) -> None:
-        """Complete an attempt row written while it was running."""
-        await conn.execute(
-            _sql.update_attempt(self.schema),
+    async def finish(
+        self, conn: Connection, attempt_id: int, attempt: Attempt, lock: RunnerLock | None = None
+    ) -> None:
+        """Complete an attempt row written while it was running (only while ``lock`` is held, if given)."""
+        status = await conn.execute(
+            _sql.update_attempt(self.schema, guarded=lock is not None),
             attempt_id,
             attempt.status,
             attempt.applied_after,
@@ -136,14 +137,24 @@ class HistoryLedger:
             attempt.statement_index,
             attempt.error,
             attempt.sqlstate,
+            *(lock.guard if lock else ()),
         )
+        if lock is not None and status == "UPDATE 0":
+            raise MigrationLockLost()
 
     async def close_interrupted(self, conn: Connection, migration_id: str, when: datetime) -> None:
         """Mark attempts whose runner died (still 'running') as dirty, so history tells the truth."""
         await conn.execute(_sql.close_interrupted(self.schema), migration_id, when)
 
-    async def mark_statement(self, conn: Connection, attempt_id: int, statement_index: int) -> None:
-        await conn.execute(_sql.mark_statement(self.schema), attempt_id, statement_index)
+    async def mark_statement(
+        self, conn: Connection, attempt_id: int, statement_index: int, lock: RunnerLock
+    ) -> None:
+        """Record the statement an attempt reached; raise MigrationLockLost if the lock is gone."""
+        status = await conn.execute(
+            _sql.mark_statement(self.schema), attempt_id, statement_index, *lock.guard
+        )
+        if status == "UPDATE 0":
+            raise MigrationLockLost()
 
     async def records(self, conn: Connection) -> list[HistoryRecord]:
         try:

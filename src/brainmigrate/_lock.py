@@ -22,7 +22,7 @@ import asyncpg
 import attrs
 
 from . import _sql
-from ._errors import MigrationLockLost, MigrationLockTimeout
+from ._errors import MigrationLockLost, MigrationLockTimeout, PoolExhaustedError
 from ._types import Connection
 
 logger = logging.getLogger("brainmigrate")
@@ -39,16 +39,28 @@ def lock_key(schema: str) -> int:
 
 @attrs.frozen
 class RunnerLock:
-    """The held lock: its key and the server process of the session holding it."""
+    """The held lock: its key, and the session (connection) holding it.
+
+    The connection serves short reads that leave no transaction open; work runs on another one.
+    """
 
     key: int
-    holder_pid: int
+    conn: Connection = attrs.field(eq=False, repr=False)
+    holder_pid: int = attrs.field(init=False)
+
+    @holder_pid.default
+    def _holder_pid(self) -> int:
+        return self.conn.get_server_pid()
+
+    @property
+    def guard(self) -> tuple[int, int, int]:
+        """Parameters for the SQL checks that the lock is still held: holder pid and the key's halves."""
+        unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
+        return self.holder_pid, unsigned >> 32, unsigned & 0xFFFF_FFFF
 
     async def ensure_held(self, conn: Connection) -> None:
         """Raise MigrationLockLost unless the lock session still holds the lock (checked on ``conn``)."""
-        unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
-        held = await conn.fetchval(_sql.LOCK_HELD, self.holder_pid, unsigned >> 32, unsigned & 0xFFFF_FFFF)
-        if not held:
+        if not await conn.fetchval(_sql.LOCK_HELD, *self.guard):
             raise MigrationLockLost()
 
 
@@ -58,8 +70,12 @@ async def migration_lock(
 ) -> AsyncIterator[RunnerLock]:
     """Hold the runner lock for ``schema``; wait at most ``wait_seconds`` for it."""
     key = lock_key(schema)
-    async with pool.acquire() as conn:
-        deadline = time.monotonic() + wait_seconds
+    deadline = time.monotonic() + wait_seconds
+    try:
+        conn = await pool.acquire(timeout=max(wait_seconds, 0.001))
+    except TimeoutError as exc:
+        raise PoolExhaustedError(wait_seconds) from exc
+    try:
         delay = _FIRST_POLL_SECONDS
         while not await conn.fetchval(_sql.TRY_LOCK, key):
             remaining = deadline - time.monotonic()
@@ -69,7 +85,7 @@ async def migration_lock(
             delay = min(delay * 2, _MAX_POLL_SECONDS)
         logger.debug("took migration lock %s for schema %s", key, schema)
         try:
-            yield RunnerLock(key, conn.get_server_pid())
+            yield RunnerLock(key, conn)
         finally:
             with anyio.CancelScope(shield=True):
                 try:
@@ -77,3 +93,6 @@ async def migration_lock(
                 except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError) as exc:
                     # The session is gone, and its lock with it; the pool replaces the connection.
                     logger.warning("the migration lock session ended before unlocking: %s", exc)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await pool.release(conn)

@@ -26,10 +26,11 @@ from ._executor import APPLY, ROLLBACK, MigrationExecutor, now, statements_of
 from ._graph import MigrationGraph
 from ._history import Attempt, HistoryLedger, MigrationState
 from ._loader import configured_source, load_migrations
-from ._lock import RunnerLock, lock_key, migration_lock
+from ._lock import lock_key
 from ._metadata import MigrationMetadata, MigrationStatus, MigrationType
 from ._migration import DatabaseSchemaMigration, Migration
 from ._results import HistoryRecord, MigrationResult, ValidationReport
+from ._session import RunnerSession, runner_session
 
 logger = logging.getLogger("brainmigrate")
 
@@ -83,7 +84,7 @@ class Migrator:
         self.schema = schema
         self._source = migrations if migrations is not None else configured_source()
         self._ledger = HistoryLedger(schema)
-        self._executor = MigrationExecutor(pool, self._ledger)
+        self._executor = MigrationExecutor(self._ledger)
         self._catalog: _Catalog | None = None
 
     # -- reading -------------------------------------------------------------------------------
@@ -179,8 +180,8 @@ class Migrator:
         wanted = None if migration_type is None else MigrationType.parse(migration_type)
         with telemetry.tracer().start_as_current_span(telemetry.SPAN_RUN) as span:
             span.set_attribute(telemetry.ATTR_DRY_RUN, cfg.dry_run)
-            async with migration_lock(self.pool, self.schema, cfg.lock_wait_seconds) as lock:
-                states = await self._checked_states(catalog, cfg)
+            async with runner_session(self.pool, self.schema, cfg) as session:
+                states = await self._checked_states(catalog, cfg, session)
                 plan = [
                     catalog.migrations[mid]
                     for mid in catalog.graph.order
@@ -189,16 +190,18 @@ class Migrator:
                 ]
                 span.set_attribute(telemetry.ATTR_PENDING_COUNT, len(plan))
                 if cfg.dry_run:
-                    return await self._executor.dry_run([(m, APPLY) for m in plan], cfg)
-                return await self._apply_plan(plan, states, catalog, cfg, lock)
+                    return await self._executor.dry_run([(m, APPLY) for m in plan], cfg, session)
+                if plan:
+                    await self._prepare_writes(session, states)
+                return await self._apply_plan(plan, states, catalog, cfg, session)
 
     async def execute(self, migration_id: str, config: MigrationConfig | None = None) -> MigrationResult:
         """Apply one migration by id; its dependencies must already be applied."""
         cfg = self._config(config)
         catalog = await self._load()
         migration = catalog.get(migration_id)
-        async with migration_lock(self.pool, self.schema, cfg.lock_wait_seconds) as lock:
-            states = await self._checked_states(catalog, cfg)
+        async with runner_session(self.pool, self.schema, cfg) as session:
+            states = await self._checked_states(catalog, cfg, session)
             if _applied(states, migration_id):
                 raise MigrationStateError(
                     f"migration {migration_id!r} is already applied; roll it back first to run it again",
@@ -212,8 +215,9 @@ class Migrator:
                     migration_id=migration_id,
                 )
             if cfg.dry_run:
-                return (await self._executor.dry_run([(migration, APPLY)], cfg))[0]
-            return await self._executor.run(migration, catalog.checksums[migration_id], APPLY, cfg, lock)
+                return (await self._executor.dry_run([(migration, APPLY)], cfg, session))[0]
+            await self._prepare_writes(session, states)
+            return await self._executor.run(migration, catalog.checksums[migration_id], APPLY, cfg, session)
 
     async def rollback(
         self, migration_id: str, config: MigrationConfig | None = None, cascade: bool = False
@@ -226,8 +230,8 @@ class Migrator:
         cfg = self._config(config)
         catalog = await self._load()
         catalog.get(migration_id)
-        async with migration_lock(self.pool, self.schema, cfg.lock_wait_seconds) as lock:
-            states = await self._checked_states(catalog, cfg)
+        async with runner_session(self.pool, self.schema, cfg) as session:
+            states = await self._checked_states(catalog, cfg, session)
             if not _applied(states, migration_id):
                 raise MigrationStateError(
                     f"migration {migration_id!r} is not applied, so there is nothing to roll back",
@@ -254,9 +258,11 @@ class Migrator:
                         reason="it declares reversible=True but has no rollback statements",
                     )
             if cfg.dry_run:
-                return await self._executor.dry_run([(t, ROLLBACK) for t in targets], cfg)
+                return await self._executor.dry_run([(t, ROLLBACK) for t in targets], cfg, session)
             return [
-                await self._executor.run(target, catalog.checksums[target.metadata.id], ROLLBACK, cfg, lock)
+                await self._executor.run(
+                    target, catalog.checksums[target.metadata.id], ROLLBACK, cfg, session
+                )
                 for target in targets
             ]
 
@@ -268,11 +274,8 @@ class Migrator:
         """
         catalog = await self._load()
         migration = catalog.get(migration_id)
-        async with (
-            migration_lock(self.pool, self.schema, self.config.lock_wait_seconds),
-            self.pool.acquire() as conn,
-        ):
-            state = (await self._ledger.states(conn)).get(migration_id)
+        async with runner_session(self.pool, self.schema, self.config) as session:
+            state = (await self._ledger.states(session.lock.conn)).get(migration_id)
             if state is None or not state.dirty:
                 raise MigrationStateError(
                     f"migration {migration_id!r} is not dirty; resolve() is only for interrupted "
@@ -281,23 +284,26 @@ class Migrator:
                 )
             meta = migration.metadata
             stamp = now()
-            await self._ledger.close_interrupted(conn, migration_id, stamp)
-            await self._ledger.insert(
-                conn,
-                Attempt(
-                    migration_id=migration_id,
-                    name=meta.name,
-                    migration_type=meta.migration_type,
-                    version=meta.version,
-                    checksum=catalog.checksums[migration_id],
-                    operation="resolve",
-                    status="completed",
-                    applied_after=applied,
-                    started_at=stamp,
-                    finished_at=stamp,
-                    error=f"resolved by hand as {'applied' if applied else 'not applied'}",
-                ),
-            )
+            conn = await session.work_connection()
+            async with conn.transaction():
+                await self._ledger.close_interrupted(conn, migration_id, stamp)
+                await self._ledger.insert(
+                    conn,
+                    Attempt(
+                        migration_id=migration_id,
+                        name=meta.name,
+                        migration_type=meta.migration_type,
+                        version=meta.version,
+                        checksum=catalog.checksums[migration_id],
+                        operation="resolve",
+                        status="completed",
+                        applied_after=applied,
+                        started_at=stamp,
+                        finished_at=stamp,
+                        error=f"resolved by hand as {'applied' if applied else 'not applied'}",
+                    ),
+                    session.lock,
+                )
             records = await self._ledger.records(conn)
         logger.warning("dirty migration %s resolved by hand as applied=%s", migration_id, applied)
         return records[-1]
@@ -321,12 +327,21 @@ class Migrator:
             self._catalog = _Catalog(migrations, graph, checksums)
         return self._catalog
 
-    async def _checked_states(self, catalog: _Catalog, cfg: MigrationConfig) -> dict[str, MigrationState]:
-        """Under the lock: create the history table if needed, then refuse dirt and drift."""
-        async with self.pool.acquire() as conn:
-            states = await self._ledger.states(conn)
-            if not states and not cfg.dry_run:
-                await self._ledger.ensure(conn)
+    async def _prepare_writes(self, session: RunnerSession, states: Mapping[str, MigrationState]) -> None:
+        """Before the first write: take the work connection, then create the history table if missing.
+
+        In this order, a pool with no free connection fails (PoolExhaustedError) before anything is written.
+        """
+        await session.work_connection()
+        if not states:
+            # Short statements on the lock's connection, which never keeps a transaction open.
+            await self._ledger.ensure(session.lock.conn)
+
+    async def _checked_states(
+        self, catalog: _Catalog, cfg: MigrationConfig, session: RunnerSession
+    ) -> dict[str, MigrationState]:
+        """Under the lock: read each migration's state, refusing dirt and drift."""
+        states = await self._ledger.states(session.lock.conn)
         for state in states.values():
             if state.dirty and state.migration_id in catalog.migrations:
                 raise await self._dirty_error(catalog, state)
@@ -359,7 +374,7 @@ class Migrator:
         states: Mapping[str, MigrationState],
         catalog: _Catalog,
         cfg: MigrationConfig,
-        lock: RunnerLock,
+        session: RunnerSession,
     ) -> list[MigrationResult]:
         applied = {mid for mid, state in states.items() if state.applied}
         results: list[MigrationResult] = []
@@ -371,7 +386,7 @@ class Migrator:
                 continue
             try:
                 results.append(
-                    await self._executor.run(migration, catalog.checksums[meta.id], APPLY, cfg, lock)
+                    await self._executor.run(migration, catalog.checksums[meta.id], APPLY, cfg, session)
                 )
             except (MigrationExecutionError, MigrationValidationError) as exc:
                 if not cfg.continue_on_error:

@@ -73,25 +73,45 @@ _COLUMNS = (
 )
 
 
-def insert_attempt(schema: str) -> str:
+def _lock_held(first: int) -> str:
+    """True while session ``$first`` holds the advisory lock whose key splits into the next two params."""
+    return f"""EXISTS (
+    SELECT 1 FROM pg_locks
+     WHERE locktype = 'advisory' AND granted AND pid = ${first}
+       AND classid = ${first + 1}::bigint::oid AND objid = ${first + 2}::bigint::oid AND objsubid = 1
+)"""
+
+
+def insert_attempt(schema: str, *, guarded: bool) -> str:
+    """Write an attempt row; ``guarded`` writes it only while the runner lock ($18-$20) is held."""
+    guard = f"WHERE {_lock_held(18)}" if guarded else ""
     return f"""
 INSERT INTO {quote_ident(schema)}.{HISTORY_TABLE} ({_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::boolean,
+       $9::timestamptz, $10::timestamptz, $11::float8, $12::int, $13::int, $14::text, $15::text,
+       $16::text, $17::int
+{guard}
 RETURNING attempt_id
 """
 
 
-def update_attempt(schema: str) -> str:
+def update_attempt(schema: str, *, guarded: bool) -> str:
+    """Finish an attempt row; ``guarded`` only while the runner lock ($9-$11) is held."""
+    guard = f"AND {_lock_held(9)}" if guarded else ""
     return f"""
 UPDATE {quote_ident(schema)}.{HISTORY_TABLE}
    SET status = $2, applied_after = $3, finished_at = $4, duration_ms = $5,
        statement_index = $6, error = $7, sqlstate = $8
- WHERE attempt_id = $1
+ WHERE attempt_id = $1 {guard}
 """
 
 
 def mark_statement(schema: str) -> str:
-    return f"UPDATE {quote_ident(schema)}.{HISTORY_TABLE} SET statement_index = $2 WHERE attempt_id = $1"
+    """Record the statement a non-transactional attempt reached, while the runner lock ($3-$5) is held."""
+    return f"""
+UPDATE {quote_ident(schema)}.{HISTORY_TABLE} SET statement_index = $2
+ WHERE attempt_id = $1 AND {_lock_held(3)}
+"""
 
 
 def close_interrupted(schema: str) -> str:
@@ -117,14 +137,7 @@ def history_exists() -> str:
 
 TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
 UNLOCK = "SELECT pg_advisory_unlock($1)"
-#: Whether session ``$1`` holds the advisory lock whose 64-bit key splits into ``$2`` (high) and ``$3``.
-LOCK_HELD = """
-SELECT EXISTS (
-    SELECT 1 FROM pg_locks
-     WHERE locktype = 'advisory' AND granted AND pid = $1
-       AND classid = $2::bigint::oid AND objid = $3::bigint::oid AND objsubid = 1
-)
-"""
+LOCK_HELD = f"SELECT {_lock_held(1)}"
 
 
 def set_timeouts(*, local: bool, check_client: bool) -> str:

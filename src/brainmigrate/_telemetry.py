@@ -29,9 +29,14 @@ ATTR_ATTEMPT = "brainmigrate.attempt"
 ATTR_PENDING_COUNT = "brainmigrate.pending_count"
 
 
+#: Created once: before a provider is installed this is the API's proxy, which follows the provider
+#: installed later.
+_TRACER = trace.get_tracer(TRACER_NAME)
+
+
 def tracer() -> trace.Tracer:
-    """The tracer, looked up each time so a provider installed later is honoured."""
-    return trace.get_tracer(TRACER_NAME)
+    """brainmigrate's tracer."""
+    return _TRACER
 
 
 def stage_span_name(stage: str) -> str:
