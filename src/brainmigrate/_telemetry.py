@@ -62,7 +62,11 @@ def migration_span(
 
 @contextmanager
 def stage_span(stage: str, migration_id: str) -> Iterator[trace.Span]:
-    """A child span for one workflow stage."""
+    """A child span for one workflow stage (skipped when nothing records the migration's span)."""
+    current = trace.get_current_span()
+    if not current.is_recording():
+        yield current
+        return
     with tracer().start_as_current_span(
         stage_span_name(stage), attributes={ATTR_STAGE: stage, ATTR_MIGRATION_ID: migration_id}
     ) as span:
