@@ -1,0 +1,190 @@
+"""Shared helpers: timing statistics, result tables and throwaway databases."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import asyncpg
+
+#: Prefix of every database the benchmarks create, so they are easy to spot and clean up.
+DB_PREFIX = "brainmigrate_bench"
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Timing samples of one measurement, in seconds."""
+
+    samples: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def p90(self) -> float:
+        if len(self.samples) < 2:
+            return self.samples[0]
+        return statistics.quantiles(self.samples, n=10, method="inclusive")[8]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One tool's result in a section."""
+
+    tool: str
+    stats: Stats
+
+
+@dataclass
+class Section:
+    """One benchmark: its rows, and the rows the others are divided by.
+
+    Samples are taken in rounds (every tool once per round, in rotating order), so sample ``i`` of
+    each row comes from the same round. A ratio is the median over rounds of the per-round ratios:
+    tools measured seconds apart share the machine's state of the moment, which makes the ratio
+    steadier on a noisy machine than the quotient of two medians.
+    """
+
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    baselines: tuple[str, ...] = ()
+    show_p90: bool = True
+    target: str = ""
+
+    def row(self, tool: str) -> Row:
+        return next(row for row in self.rows if row.tool == tool)
+
+    def ratio(self, tool: str, baseline: str) -> float:
+        """Median over rounds of ``tool``'s time divided by ``baseline``'s."""
+        pairs = zip(self.row(tool).stats.samples, self.row(baseline).stats.samples, strict=True)
+        return statistics.median(a / b for a, b in pairs)
+
+
+def format_ms(seconds: float) -> str:
+    """Milliseconds with three significant figures."""
+    ms = seconds * 1000
+    if ms >= 100:
+        return f"{ms:.0f} ms"
+    if ms >= 10:
+        return f"{ms:.1f} ms"
+    return f"{ms:.2f} ms"
+
+
+def _cells(section: Section) -> tuple[list[str], list[list[str]]]:
+    header = ["tool", "n", "median"]
+    if section.show_p90:
+        header.append("p90")
+    header += [f"÷ {baseline}" for baseline in section.baselines]
+    body: list[list[str]] = []
+    for row in section.rows:
+        cells = [row.tool, str(len(row.stats.samples)), format_ms(row.stats.median)]
+        if section.show_p90:
+            cells.append(format_ms(row.stats.p90))
+        cells += [f"{section.ratio(row.tool, baseline):.2f}x" for baseline in section.baselines]
+        body.append(cells)
+    return header, body
+
+
+def text_table(section: Section) -> str:
+    """A compact fixed-width table for the terminal."""
+    header, body = _cells(section)
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([first, *rest])
+
+    lines = [section.title, line(header), "  ".join("-" * width for width in widths)]
+    lines += [line(cells) for cells in body]
+    if section.target:
+        lines.append(f"target: {section.target}")
+    return "\n".join(lines)
+
+
+def raw_samples(section: Section) -> str:
+    """Every sample of every tool, in the order taken, in milliseconds."""
+    lines = [f"{section.title}: samples in ms, in the order taken"]
+    for row in section.rows:
+        lines.append(f"  {row.tool}: " + " ".join(f"{s * 1000:.1f}" for s in row.stats.samples))
+    return "\n".join(lines)
+
+
+def markdown_table(section: Section) -> str:
+    """The same table as GitHub-flavoured markdown."""
+    header, body = _cells(section)
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    lines = [f"| {' | '.join(header)} |", f"| {' | '.join(align)} |"]
+    lines += [f"| {' | '.join(cells)} |" for cells in body]
+    return "\n".join(lines)
+
+
+def with_database(dsn: str, database: str) -> str:
+    """The same server URI pointing at another database."""
+    parts = urlsplit(dsn)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"expected a postgresql:// URI, got {dsn!r}")
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    """The URI for SQLAlchemy's psycopg 3 driver.
+
+    psycopg takes libpq's ``?host=/socket/dir`` query parameter as it is, so a unix-socket URI
+    only needs its scheme changed.
+    """
+    scheme, rest = dsn.split("://", 1)
+    if scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"expected a postgresql:// URI, got {dsn!r}")
+    return f"postgresql+psycopg://{rest}"
+
+
+def transport(dsn: str) -> str:
+    """How the URI reaches the server: a unix socket or TCP."""
+    parts = urlsplit(dsn)
+    host = parse_qs(parts.query).get("host", [parts.hostname or ""])[0]
+    return "TCP" if host and not host.startswith("/") else "unix socket"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def create_database(admin_dsn: str, name: str) -> str:
+    """(Re)create an empty database and return its URI."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {_quote(name)} TEMPLATE template0")
+    finally:
+        await conn.close()
+    return with_database(admin_dsn, name)
+
+
+async def checkpoint(admin_dsn: str) -> None:
+    """Flush dirty buffers now rather than during the next sample (skipped without the privilege)."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute("CHECKPOINT")
+    except asyncpg.InsufficientPrivilegeError:
+        pass
+    finally:
+        await conn.close()
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    """Drop a database, ending sessions still connected to it."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+def rotated(items: Sequence[str], turn: int) -> list[str]:
+    """``items`` starting at ``turn``: interleaves tools so slow drift on the machine hits each alike."""
+    k = turn % len(items)
+    return [*items[k:], *items[:k]]

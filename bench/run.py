@@ -1,0 +1,165 @@
+"""Benchmarks of brainmigrate against Alembic and hand-written asyncpg, measured in the same run.
+
+    nox -s bench                                # on a throwaway embedded PostgreSQL
+    nox -s bench -- --dsn postgresql://...      # on another server (or BRAINMIGRATE_BENCH_DSN)
+    python bench/run.py --markdown out.md       # also write the tables as a markdown fragment
+    python bench/run.py --profile               # where brainmigrate's time goes, instead
+
+The DSN must name a maintenance database (such as ``postgres``) of a role allowed to create
+databases; the benchmarks create and drop databases whose names start with ``brainmigrate_bench``.
+Shared machines are noisy: read the medians and the ratios, which compare tools measured side by
+side, not single samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import ExitStack
+from importlib.metadata import version
+from pathlib import Path
+
+import asyncpg
+from apply_bench import bench_apply
+from common import Section, markdown_table, raw_samples, text_table, transport
+from noop_bench import bench_noop
+
+ENV_DSN = "BRAINMIGRATE_BENCH_DSN"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _source_revision() -> str:
+    """The git commit of the source tree benchmarked (``+changes`` when src/ has edits), if known."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--", "src")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"{commit}{'+changes' if changed else ''}" if commit else ""
+
+
+async def _server_version(dsn: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+def environment(dsn: str, server_version: str, embedded: bool) -> list[str]:
+    """Facts about the run that matter when reading the numbers."""
+    packages = ", ".join(
+        f"{name} {version(name)}" for name in ("brainmigrate", "asyncpg", "alembic", "SQLAlchemy", "psycopg")
+    )
+    where = "embedded" if embedded else "external"
+    revision = _source_revision()
+    return [
+        f"PostgreSQL {server_version} ({where}, over {transport(dsn)})",
+        f"{os.cpu_count()} CPUs ({_cpu_model()}), {platform.system()} {platform.release()}",
+        f"Python {platform.python_version()}; {packages}",
+        *([f"brainmigrate source at commit {revision}"] if revision else []),
+    ]
+
+
+def markdown(sections: list[Section], env: list[str], seconds: float) -> str:
+    """The results as a markdown fragment."""
+    parts = ["Environment:", "", *(f"- {line}" for line in env), f"- total bench time {seconds:.0f} s", ""]
+    for section in sections:
+        parts += [f"**{section.title}**", "", markdown_table(section), ""]
+    return "\n".join(parts)
+
+
+async def run_benchmarks(dsn: str, args: argparse.Namespace, workdir: Path) -> list[Section]:
+    sections: list[Section] = []
+    if args.only in (None, "noop"):
+        sections.append(await bench_noop(dsn, workdir, args.migrations, args.latency_samples))
+        print(text_table(sections[-1]), end="\n\n", flush=True)
+    if args.only in (None, "apply"):
+        for section in await bench_apply(dsn, workdir, args.migrations, args.apply_samples):
+            sections.append(section)
+            print(text_table(section), end="\n\n", flush=True)
+    if args.raw:
+        for section in sections:
+            print(raw_samples(section), end="\n\n")
+    return sections
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dsn", default=os.environ.get(ENV_DSN), help=f"server to use (default: ${ENV_DSN}, else embedded)"
+    )
+    parser.add_argument("--migrations", type=int, default=200, help="migrations in the chain (default 200)")
+    parser.add_argument("--latency-samples", type=int, default=40, help="samples per tool, benchmark 1")
+    parser.add_argument("--apply-samples", type=int, default=9, help="samples per tool, benchmark 2")
+    parser.add_argument("--only", choices=("noop", "apply"), help="run one benchmark only")
+    parser.add_argument("--markdown", type=Path, help="also write the results to this markdown file")
+    parser.add_argument("--raw", action="store_true", help="also print every sample")
+    parser.add_argument("--profile", action="store_true", help="profile brainmigrate instead of benchmarking")
+    args = parser.parse_args(argv)
+    if args.migrations < 1 or args.latency_samples < 1 or args.apply_samples < 1:
+        parser.error("counts must be at least 1")
+    return args
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """Unwind (stopping the embedded server, dropping files) when terminated, as on Ctrl-C."""
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        dsn = args.dsn
+        if not dsn:
+            from brainmigrate.embedded import EmbeddedPostgres
+
+            # The embedded server's packaging warns when XDG_RUNTIME_DIR is unset; harmless here.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+            dsn = stack.enter_context(EmbeddedPostgres()).dsn()
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="brainmigrate-bench-")))
+        env = environment(dsn, asyncio.run(_server_version(dsn)), embedded=not args.dsn)
+        print("\n".join(env), end="\n\n", flush=True)
+        if args.profile:
+            from profiling import profile
+
+            asyncio.run(profile(dsn, workdir, args.migrations))
+            return 0
+        sections = asyncio.run(run_benchmarks(dsn, args, workdir))
+    seconds = time.perf_counter() - started
+    print(f"total {seconds:.0f} s")
+    if args.markdown:
+        args.markdown.write_text(markdown(sections, env, seconds))
+        print(f"wrote {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
