@@ -19,7 +19,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff: lint and formatting."""
-    session.install("ruff>=0.6")
+    session.install("ruff>=0.17,<0.18")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -27,7 +27,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package and the plugin."""
-    session.install("-e", ".[test]", "mypy>=1.11", "asyncpg-stubs>=0.29")
+    session.install("-e", ".[test]", "mypy>=2.4,<3", "asyncpg-stubs>=0.29")
     session.run("mypy")
 
 
