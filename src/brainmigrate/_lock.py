@@ -3,9 +3,9 @@
 The connection holding the lock never has a transaction open, and waiting for the lock is done by
 polling ``pg_try_advisory_lock`` (short statements, no long-held snapshot), so neither a holder nor
 a waiter ever blocks ``CREATE INDEX CONCURRENTLY``. If a runner dies, PostgreSQL drops its lock with
-its session; if a runner's lock session is ended while it works, :meth:`RunnerLock.ensure_held`
-notices before the next commit. Session advisory locks need a direct connection (not PgBouncer in
-transaction pooling mode).
+its session; if a runner's lock session is ended while it works, the statement writing its next
+history row checks :attr:`RunnerLock.guard` and refuses, so nothing more is committed. Session
+advisory locks need a direct connection (not PgBouncer in transaction pooling mode).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import asyncpg
 import attrs
 
 from . import _sql
-from ._errors import MigrationLockLost, MigrationLockTimeout, PoolExhaustedError
+from ._errors import MigrationLockTimeout, PoolExhaustedError
 from ._types import Connection
 
 logger = logging.getLogger("brainmigrate")
@@ -57,11 +57,6 @@ class RunnerLock:
         """Parameters for the SQL checks that the lock is still held: holder pid and the key's halves."""
         unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
         return self.holder_pid, unsigned >> 32, unsigned & 0xFFFF_FFFF
-
-    async def ensure_held(self, conn: Connection) -> None:
-        """Raise MigrationLockLost unless the lock session still holds the lock (checked on ``conn``)."""
-        if not await conn.fetchval(_sql.LOCK_HELD, *self.guard):
-            raise MigrationLockLost()
 
 
 @asynccontextmanager

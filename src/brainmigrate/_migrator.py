@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import attrs
 
+from . import _sql
 from . import _telemetry as telemetry
 from ._config import MigrationConfig
 from ._errors import (
@@ -115,8 +116,8 @@ class Migrator:
             if state is not None and state.status == "running":
                 # A running mark with the runner lock free means its runner died: dirty.
                 key = lock_key(self.schema)
-                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
-                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+                if await conn.fetchval(_sql.TRY_LOCK, key):
+                    await conn.execute(_sql.UNLOCK, key)
                     return MigrationStatus.DIRTY
                 return MigrationStatus.RUNNING
             if state is not None and state.dirty:

@@ -41,7 +41,7 @@ class RunnerSession:
             except TimeoutError as exc:
                 raise PoolExhaustedError(self.config.lock_wait_seconds) from exc
             await conn.execute(
-                _sql.set_timeouts(local=False, check_client=conn.get_server_version() >= (14,)),
+                _sql.set_session_timeouts(check_client=conn.get_server_version() >= (14,)),
                 f"{self.config.statement_lock_timeout_ms}ms",
                 f"{round(self.config.timeout_seconds * 1000)}ms",
             )

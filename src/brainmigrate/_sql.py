@@ -137,21 +137,13 @@ def history_exists() -> str:
 
 TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
 UNLOCK = "SELECT pg_advisory_unlock($1)"
-LOCK_HELD = f"SELECT {_lock_held(1)}"
 
 
-def set_timeouts(*, local: bool, check_client: bool) -> str:
-    """Set ``lock_timeout`` ($1) and ``statement_timeout`` ($2) for a transaction or a session.
+def set_session_timeouts(*, check_client: bool) -> str:
+    """Set the session's ``lock_timeout`` ($1) and ``statement_timeout`` ($2).
 
     With ``check_client`` (PostgreSQL 14+), the server also checks every second that the client is
     still connected, so a killed runner's statement stops instead of holding its locks and snapshot.
     """
-    scope = "true" if local else "false"
-    check = f", set_config('client_connection_check_interval', '1s', {scope})" if check_client else ""
-    return (
-        f"SELECT set_config('lock_timeout', $1, {scope}), set_config('statement_timeout', $2, {scope}){check}"
-    )
-
-
-RESET_SESSION_TIMEOUTS = "RESET lock_timeout; RESET statement_timeout; RESET client_connection_check_interval"
-RESET_SESSION_TIMEOUTS_BEFORE_14 = "RESET lock_timeout; RESET statement_timeout"
+    check = ", set_config('client_connection_check_interval', '1s', false)" if check_client else ""
+    return f"SELECT set_config('lock_timeout', $1, false), set_config('statement_timeout', $2, false){check}"
