@@ -164,20 +164,14 @@ class MigrationExecutor:
     ) -> None:
         meta = migration.metadata
         conn = await session.work_connection()
-        if operation == APPLY and config.validate_before:
-            with telemetry.stage_span(telemetry.STAGE_VALIDATE, meta.id):
-                await _gate(migration.validate_preconditions, conn, "preconditions", meta.id)
+        await _validate_stage(migration, operation, config, conn)
         transaction = conn.transaction()
         with telemetry.stage_span(telemetry.STAGE_PREPARE, meta.id):
             await transaction.start()
         try:
             with telemetry.stage_span(telemetry.STAGE_EXECUTE, meta.id):
                 await _execute(migration, statements, operation, conn, progress)
-            if operation == APPLY and config.validate_after:
-                with telemetry.stage_span(telemetry.STAGE_VERIFY, meta.id):
-                    progress.postconditions_passed = False
-                    await _gate(migration.validate_postconditions, conn, "postconditions", meta.id)
-                    progress.postconditions_passed = True
+            await _verify_stage(migration, operation, config, conn, progress)
             with telemetry.stage_span(telemetry.STAGE_COMMIT, meta.id):
                 completed = attrs.evolve(
                     attempt, status="completed", applied_after=operation == APPLY, finished_at=now()
@@ -208,9 +202,7 @@ class MigrationExecutor:
         meta = migration.metadata
         lock = session.lock
         conn = await session.work_connection()
-        if operation == APPLY and config.validate_before:
-            with telemetry.stage_span(telemetry.STAGE_VALIDATE, meta.id):
-                await _gate(migration.validate_preconditions, conn, "preconditions", meta.id)
+        await _validate_stage(migration, operation, config, conn)
         with telemetry.stage_span(telemetry.STAGE_PREPARE, meta.id):
             attempt_id = await self.ledger.insert(conn, attrs.evolve(attempt, statement_index=0), lock)
         try:
@@ -222,11 +214,7 @@ class MigrationExecutor:
                 if not isinstance(migration, DatabaseSchemaMigration):
                     progress.statement_index = 0
                     await _execute(migration, statements, operation, conn, progress)
-            if operation == APPLY and config.validate_after:
-                with telemetry.stage_span(telemetry.STAGE_VERIFY, meta.id):
-                    progress.postconditions_passed = False
-                    await _gate(migration.validate_postconditions, conn, "postconditions", meta.id)
-                    progress.postconditions_passed = True
+            await _verify_stage(migration, operation, config, conn, progress)
             with telemetry.stage_span(telemetry.STAGE_COMMIT, meta.id):
                 completed = attrs.evolve(
                     attempt,
@@ -468,6 +456,26 @@ async def _execute(
         await migration.up(conn)
     else:
         await migration.down(conn)
+
+
+async def _validate_stage(
+    migration: Migration, operation: str, config: MigrationConfig, conn: Connection
+) -> None:
+    """Stage 1: the precondition gate, before anything changes (when applying, with validate_before)."""
+    if operation == APPLY and config.validate_before:
+        with telemetry.stage_span(telemetry.STAGE_VALIDATE, migration.metadata.id):
+            await _gate(migration.validate_preconditions, conn, "preconditions", migration.metadata.id)
+
+
+async def _verify_stage(
+    migration: Migration, operation: str, config: MigrationConfig, conn: Connection, progress: _Progress
+) -> None:
+    """Stage 4: the postcondition gate, before committing (when applying, with validate_after)."""
+    if operation == APPLY and config.validate_after:
+        with telemetry.stage_span(telemetry.STAGE_VERIFY, migration.metadata.id):
+            progress.postconditions_passed = False
+            await _gate(migration.validate_postconditions, conn, "postconditions", migration.metadata.id)
+            progress.postconditions_passed = True
 
 
 async def _gate(hook: Any, conn: Connection, what: str, migration_id: str) -> None:
