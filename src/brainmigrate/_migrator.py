@@ -44,6 +44,18 @@ class _Catalog:
     graph: MigrationGraph
     checksums: Mapping[str, str]
 
+    def pending(
+        self, states: Mapping[str, MigrationState], migration_type: MigrationType | str | None
+    ) -> list[Migration]:
+        """Migrations not applied (of ``migration_type``, if given), in run order."""
+        wanted = None if migration_type is None else MigrationType.parse(migration_type)
+        return [
+            self.migrations[mid]
+            for mid in self.graph.order
+            if not _applied(states, mid)
+            and (wanted is None or self.migrations[mid].metadata.migration_type is wanted)
+        ]
+
     def get(self, migration_id: str) -> Migration:
         try:
             return self.migrations[migration_id]
@@ -95,13 +107,7 @@ class Migrator:
         catalog = await self._load()
         async with self.pool.acquire() as conn:
             states = await self._ledger.states(conn)
-        wanted = None if migration_type is None else MigrationType.parse(migration_type)
-        return [
-            catalog.migrations[mid].metadata
-            for mid in catalog.graph.order
-            if not _applied(states, mid)
-            and (wanted is None or catalog.migrations[mid].metadata.migration_type is wanted)
-        ]
+        return [migration.metadata for migration in catalog.pending(states, migration_type)]
 
     async def history(self) -> list[HistoryRecord]:
         """Every recorded attempt, oldest first."""
@@ -178,17 +184,11 @@ class Migrator:
         """
         cfg = self._config(config)
         catalog = await self._load()
-        wanted = None if migration_type is None else MigrationType.parse(migration_type)
         with telemetry.tracer().start_as_current_span(telemetry.SPAN_RUN) as span:
             span.set_attribute(telemetry.ATTR_DRY_RUN, cfg.dry_run)
             async with runner_session(self.pool, self.schema, cfg) as session:
                 states = await self._checked_states(catalog, cfg, session)
-                plan = [
-                    catalog.migrations[mid]
-                    for mid in catalog.graph.order
-                    if not _applied(states, mid)
-                    and (wanted is None or catalog.migrations[mid].metadata.migration_type is wanted)
-                ]
+                plan = catalog.pending(states, migration_type)
                 span.set_attribute(telemetry.ATTR_PENDING_COUNT, len(plan))
                 if cfg.dry_run:
                     return await self._executor.dry_run([(m, APPLY) for m in plan], cfg, session)
