@@ -25,7 +25,7 @@ from brainmigrate import (
     MissingDependencyError,
     PoolExhaustedError,
 )
-from helpers import create_table, history_rows, schema_migration, snapshot, table_exists
+from helpers import PythonMigration, create_table, history_rows, schema_migration, snapshot, table_exists
 
 pytestmark = pytest.mark.anyio
 
@@ -375,3 +375,29 @@ async def test_a_pool_without_a_free_connection_fails_in_time_and_writes_nothing
         assert not await table_exists(pool, "a")
     finally:
         await pool.close()
+
+
+class HalfDonePythonMigration(PythonMigration):
+    """A non-transactional Python migration whose up() fails after doing part of its work."""
+
+    transactional = False
+
+    async def up(self, conn: Any) -> None:
+        await conn.execute("CREATE TABLE settings (key text PRIMARY KEY, value text)")
+        raise RuntimeError("model API unavailable")
+
+
+async def test_a_failed_non_transactional_python_migration_is_reversed_with_down(
+    brainmigrate_pool: Any,
+) -> None:
+    """down() undoes what up() did before failing; the attempt is failed, not dirty, and can run again."""
+    migrator = Migrator(brainmigrate_pool, [HalfDonePythonMigration])
+
+    with pytest.raises(MigrationExecutionError, match="RuntimeError: model API unavailable"):
+        await migrator.run_pending()
+
+    assert not await table_exists(brainmigrate_pool, "settings")
+    [row] = await history_rows(brainmigrate_pool)
+    assert row["status"] == "failed"
+    assert "its work was reversed with down()" in row["error"]
+    assert await migrator.status("python_001") == MigrationStatus.FAILED

@@ -248,13 +248,13 @@ class MigrationExecutor:
         if started_any and attempt.operation == APPLY:
             if meta.reversible and config.enable_rollback:
                 try:
-                    if isinstance(migration, DatabaseSchemaMigration):
-                        for statement in await statements_of(migration, ROLLBACK):
-                            await conn.execute(statement)
-                        note += "; completed statements were reversed with the rollback statements"
-                    else:
-                        await migration.down(conn)
-                        note += "; its work was reversed with down()"
+                    undo = await statements_of(migration, ROLLBACK)
+                    await _execute(migration, undo, ROLLBACK, conn, _Progress())
+                    note += (
+                        "; completed statements were reversed with the rollback statements"
+                        if isinstance(migration, DatabaseSchemaMigration)
+                        else "; its work was reversed with down()"
+                    )
                 except Exception as undo_exc:  # the database is in an unknown state now
                     status = "dirty"
                     note += f"; reversing failed too: {type(undo_exc).__name__}: {undo_exc}"
