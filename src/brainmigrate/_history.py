@@ -161,7 +161,15 @@ class HistoryLedger:
             rows = await conn.fetch(_sql.select_history(self.schema))
         except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
             return []
-        return [
-            HistoryRecord(**{**dict(row), "migration_type": MigrationType.parse(row["migration_type"])})
-            for row in rows
-        ]
+        return [_record(row) for row in rows]
+
+    async def record(self, conn: Connection, attempt_id: int) -> HistoryRecord:
+        """One attempt by its id (which must exist)."""
+        row = await conn.fetchrow(_sql.select_history(self.schema, one=True), attempt_id)
+        if row is None:
+            raise LookupError(f"no history attempt {attempt_id}")
+        return _record(row)
+
+
+def _record(row: asyncpg.Record) -> HistoryRecord:
+    return HistoryRecord(**{**dict(row), "migration_type": MigrationType.parse(row["migration_type"])})

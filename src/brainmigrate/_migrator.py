@@ -288,7 +288,7 @@ class Migrator:
             conn = await session.work_connection()
             async with conn.transaction():
                 await self._ledger.close_interrupted(conn, migration_id, stamp)
-                await self._ledger.insert(
+                attempt_id = await self._ledger.insert(
                     conn,
                     Attempt(
                         migration_id=migration_id,
@@ -305,9 +305,9 @@ class Migrator:
                     ),
                     session.lock,
                 )
-            records = await self._ledger.records(conn)
+            record = await self._ledger.record(conn, attempt_id)
         logger.warning("dirty migration %s resolved by hand as applied=%s", migration_id, applied)
-        return records[-1]
+        return record
 
     # -- machinery -----------------------------------------------------------------------------
 

@@ -123,10 +123,13 @@ UPDATE {quote_ident(schema)}.{HISTORY_TABLE}
 """
 
 
-def select_history(schema: str) -> str:
+def select_history(schema: str, *, one: bool = False) -> str:
+    """Every attempt in order, or with ``one`` the attempt whose id is ``$1``."""
+    where = "WHERE attempt_id = $1" if one else ""
     return f"""
 SELECT attempt_id, {_COLUMNS}, db_user
   FROM {quote_ident(schema)}.{HISTORY_TABLE}
+ {where}
  ORDER BY attempt_id
 """
 
