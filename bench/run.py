@@ -3,6 +3,7 @@
     nox -s bench                                # on a throwaway embedded PostgreSQL
     nox -s bench -- --dsn postgresql://...      # on another server (or BRAINMIGRATE_BENCH_DSN)
     python bench/run.py --markdown out.md       # also write the tables as a markdown fragment
+    python bench/run.py --only data --rows 100000 --rounds 1   # a quick look at benchmark 3 alone
     python bench/run.py --profile               # where brainmigrate's time goes, instead
 
 The DSN must name a maintenance database (such as ``postgres``) of a role allowed to create
@@ -30,6 +31,7 @@ from pathlib import Path
 import asyncpg
 from apply_bench import bench_apply
 from common import Section, markdown_table, raw_samples, text_table, transport
+from data_bench import bench_data
 from noop_bench import bench_noop
 
 ENV_DSN = "BRAINMIGRATE_BENCH_DSN"
@@ -101,6 +103,9 @@ async def run_benchmarks(dsn: str, args: argparse.Namespace, workdir: Path) -> l
         for section in await bench_apply(dsn, workdir, args.migrations, args.apply_samples):
             sections.append(section)
             print(text_table(section), end="\n\n", flush=True)
+    if args.only in (None, "data"):
+        sections.append(await bench_data(dsn, args.rows, args.rounds, rss=args.rss))
+        print(text_table(sections[-1]), end="\n\n", flush=True)
     if args.raw:
         for section in sections:
             print(raw_samples(section), end="\n\n")
@@ -117,12 +122,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--migrations", type=int, default=200, help="migrations in the chain (default 200)")
     parser.add_argument("--latency-samples", type=int, default=40, help="samples per tool, benchmark 1")
     parser.add_argument("--apply-samples", type=int, default=9, help="samples per tool, benchmark 2")
-    parser.add_argument("--only", choices=("noop", "apply"), help="run one benchmark only")
+    parser.add_argument(
+        "--rows", type=int, default=1_000_000, help="memories in benchmark 3 (default 1000000)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of benchmark 3 (default 3)")
+    parser.add_argument(
+        "--rss", action="store_true", help="benchmark 3: also the peak memory of each client tool"
+    )
+    parser.add_argument("--only", choices=("noop", "apply", "data"), help="run one benchmark only")
     parser.add_argument("--markdown", type=Path, help="also write the results to this markdown file")
     parser.add_argument("--raw", action="store_true", help="also print every sample")
     parser.add_argument("--profile", action="store_true", help="profile brainmigrate instead of benchmarking")
     args = parser.parse_args(argv)
-    if args.migrations < 1 or args.latency_samples < 1 or args.apply_samples < 1:
+    if min(args.migrations, args.latency_samples, args.apply_samples, args.rows, args.rounds) < 1:
         parser.error("counts must be at least 1")
     return args
 

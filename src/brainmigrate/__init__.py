@@ -3,6 +3,7 @@
 import importlib.metadata as _importlib_metadata
 
 from ._config import MigrationConfig, RetryPolicy
+from ._data import DatabaseDataMigration, MemoryDataMigration
 from ._errors import (
     BrainMigrateError,
     ChecksumMismatchError,
@@ -22,10 +23,11 @@ from ._errors import (
     MissingDependencyError,
     PoolExhaustedError,
 )
+from ._items import BulkMemoryItem, DataSource, Progress
 from ._metadata import MigrationMetadata, MigrationStatus, MigrationType
 from ._migration import DatabaseSchemaMigration, Migration
 from ._migrator import Migrator
-from ._results import HistoryRecord, MigrationResult, ValidationReport
+from ._results import HistoryRecord, ItemChange, ItemError, MigrationResult, ValidationReport
 
 try:
     __version__ = _importlib_metadata.version("brainmigrate")
@@ -34,15 +36,21 @@ except _importlib_metadata.PackageNotFoundError:  # pragma: no cover - a source 
 
 __all__ = [
     "BrainMigrateError",
+    "BulkMemoryItem",
     "ChecksumMismatchError",
     "ConfigError",
     "CyclicDependencyError",
+    "DataSource",
+    "DatabaseDataMigration",
     "DatabaseSchemaMigration",
     "DependencyError",
     "DirtyMigrationError",
     "DuplicateMigrationError",
     "HistoryRecord",
     "IrreversibleMigrationError",
+    "ItemChange",
+    "ItemError",
+    "MemoryDataMigration",
     "Migration",
     "MigrationConfig",
     "MigrationExecutionError",
@@ -59,6 +67,7 @@ __all__ = [
     "Migrator",
     "MissingDependencyError",
     "PoolExhaustedError",
+    "Progress",
     "RetryPolicy",
     "ValidationReport",
     "__version__",

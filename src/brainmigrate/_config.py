@@ -28,6 +28,11 @@ def _number_in(low: float, high: float, *, integer: bool = False) -> Any:
     return validate
 
 
+def _optional_rate(_instance: Any, attribute: attrs.Attribute[float | None], value: object) -> None:
+    if value is not None:
+        _number_in(0.001, 1_000_000)(_instance, attribute, value)
+
+
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
     """How transient failures (lock timeouts, deadlocks, serialization failures) are retried.
@@ -83,3 +88,14 @@ class MigrationConfig:
     retry: RetryPolicy = attrs.field(factory=RetryPolicy, validator=_retry_policy)
     #: Accept applied migrations whose content changed since they were applied.
     allow_checksum_drift: bool = attrs.field(default=False, validator=_bool)
+    #: Transform calls in flight at once, per worker (remote model APIs gain most from this).
+    concurrency: int = attrs.field(default=4, validator=_number_in(1, 1000, integer=True))
+    #: With ``parallel_execution``: workers (each with its own connection) per process.
+    max_workers: int = attrs.field(default=2, validator=_number_in(1, 64, integer=True))
+    #: Transform calls per second at most (a model API's quota); None for no limit.
+    rate_limit: float | None = attrs.field(default=None, validator=_optional_rate)
+    #: How long a worker's claim on a part of the key space lasts without news from it; a worker
+    #: whose session ended loses its claim at once.
+    lease_seconds: float = attrs.field(default=60.0, validator=_number_in(1, 24 * 3600))
+    #: Items a data migration's dry run transforms.
+    dry_run_sample: int = attrs.field(default=100, validator=_number_in(1, 100_000, integer=True))

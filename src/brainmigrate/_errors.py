@@ -99,15 +99,25 @@ class DuplicateMigrationError(BrainMigrateError):
 class ChecksumMismatchError(BrainMigrateError):
     """An applied migration's content changed since it was applied."""
 
-    def __init__(self, migration_id: str, *, expected: str, actual: str) -> None:
+    def __init__(self, migration_id: str, *, expected: str, actual: str, resuming: bool = False) -> None:
         self.migration_id = migration_id
         self.expected = expected
         self.actual = actual
-        super().__init__(
-            f"migration {migration_id!r} was changed after it was applied "
-            f"(checksum {expected[:12]} applied, {actual[:12]} now); restore its original content and "
-            "write a new migration, or pass MigrationConfig(allow_checksum_drift=True)"
-        )
+        self.resuming = resuming
+        if resuming:
+            message = (
+                f"data migration {migration_id!r} was changed since its unfinished run started "
+                f"(checksum {expected[:12]} at the checkpoint, {actual[:12]} now), so resuming it would mix "
+                "two versions; restore its content to resume, or roll back the partial run with "
+                f"`await migrator.rollback({migration_id!r})` and start again"
+            )
+        else:
+            message = (
+                f"migration {migration_id!r} was changed after it was applied "
+                f"(checksum {expected[:12]} applied, {actual[:12]} now); restore its original content and "
+                "write a new migration, or pass MigrationConfig(allow_checksum_drift=True)"
+            )
+        super().__init__(message)
 
 
 class IrreversibleMigrationError(BrainMigrateError):

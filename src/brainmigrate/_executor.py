@@ -14,6 +14,8 @@ from opentelemetry.trace import StatusCode
 
 from . import _telemetry as telemetry
 from ._config import MigrationConfig
+from ._data import DataMigration
+from ._datarun import DataRunner
 from ._errors import (
     BrainMigrateError,
     MigrationExecutionError,
@@ -22,7 +24,7 @@ from ._errors import (
 from ._history import Attempt, HistoryLedger
 from ._metadata import MigrationStatus
 from ._migration import DatabaseSchemaMigration, Migration
-from ._results import MigrationResult
+from ._results import ItemChange, MigrationResult
 from ._retry import retrying
 from ._session import RunnerSession
 from ._types import Connection
@@ -59,15 +61,23 @@ class _Progress:
     postconditions_passed: bool | None = None
 
 
+class _DryRunDone(Exception):
+    """A data migration's dry run sampled what it would change; nothing more to run."""
+
+
 class _GateRefused(MigrationValidationError):
     """A validation hook returned False."""
 
 
 @attrs.frozen
 class MigrationExecutor:
-    """Applies or reverses one migration on a runner session's connection, recording each attempt."""
+    """Applies or reverses one migration on a runner session's connection, recording each attempt.
+
+    Data migrations are run by the :class:`DataRunner`; the executor only dry-runs them.
+    """
 
     ledger: HistoryLedger
+    data: DataRunner
 
     async def run(
         self,
@@ -394,6 +404,8 @@ class MigrationExecutor:
             progress = _Progress()
             status = MigrationStatus.COMPLETED if operation == APPLY else MigrationStatus.ROLLED_BACK
             error: str | None = None
+            data_counts = (0, 0, 0)
+            changes: list[ItemChange] = []
             if not migration.transactional:
                 status = MigrationStatus.SKIPPED
                 error = "not executed: a non-transactional migration cannot run inside a dry-run transaction"
@@ -401,6 +413,15 @@ class MigrationExecutor:
                 savepoint = conn.transaction()
                 await savepoint.start()
                 try:
+                    if isinstance(migration, DataMigration):
+                        plan = await self.data.plan(conn, migration, "")
+                        if operation == APPLY:
+                            counts, changes = await self.data.sample(conn, plan, config)
+                            data_counts = (counts.processed, counts.skipped, counts.failed)
+                        else:
+                            await self.data.check_reversible(conn, plan)
+                        await savepoint.rollback()
+                        raise _DryRunDone()
                     if operation == APPLY and config.validate_before:
                         await _gate(migration.validate_preconditions, conn, "preconditions", meta.id)
                     await _execute(migration, statements, operation, conn, progress)
@@ -409,6 +430,8 @@ class MigrationExecutor:
                         if not progress.postconditions_passed:
                             status = MigrationStatus.FAILED
                             error = "postconditions failed"
+                except _DryRunDone:
+                    pass
                 except Exception as exc:
                     translated = self._translate(exc, migration, statements, operation, progress, config)
                     status, error = MigrationStatus.FAILED, str(translated)
@@ -433,6 +456,10 @@ class MigrationExecutor:
                 statements=statements,
                 postconditions_passed=progress.postconditions_passed,
                 error=error,
+                items_processed=data_counts[0],
+                items_skipped=data_counts[1],
+                items_failed=data_counts[2],
+                changes=tuple(changes),
             )
 
 

@@ -45,6 +45,10 @@ class MigrationStatus(enum.StrEnum):
     ROLLED_BACK = "rolled_back"
     DIRTY = "dirty"
     SKIPPED = "skipped"
+    #: A data migration asked to stop; it stops at its next batch boundary.
+    CANCELLING = "cancelling"
+    #: A data migration stopped (paused) midway; ``execute(id)`` resumes it from its checkpoint.
+    CANCELLED = "cancelled"
 
 
 _VERSION_PART = re.compile(r"\d+|[A-Za-z]+")

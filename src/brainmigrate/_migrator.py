@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
+import anyio
 import asyncpg
 import attrs
+from opentelemetry.trace import StatusCode
 
 from . import _sql
 from . import _telemetry as telemetry
 from ._config import MigrationConfig
+from ._data import DataMigration
+from ._datarun import ACTIVE, DataRunner, Outcome, ProgressCallback, RunPlan
 from ._errors import (
+    BrainMigrateError,
     ChecksumMismatchError,
     ConfigError,
     DependencyError,
@@ -26,14 +32,28 @@ from ._errors import (
 from ._executor import APPLY, ROLLBACK, MigrationExecutor, now, statements_of
 from ._graph import MigrationGraph
 from ._history import Attempt, HistoryLedger, MigrationState
+from ._items import Progress
 from ._loader import configured_source, load_migrations
 from ._lock import lock_key
 from ._metadata import MigrationMetadata, MigrationStatus, MigrationType
 from ._migration import DatabaseSchemaMigration, Migration
-from ._results import HistoryRecord, MigrationResult, ValidationReport
+from ._results import HistoryRecord, ItemError, MigrationResult, ValidationReport
 from ._session import RunnerSession, runner_session
 
 logger = logging.getLogger("brainmigrate")
+
+_NO_RUN = Progress(
+    migration_id="",
+    status="none",
+    processed=0,
+    failed=0,
+    skipped=0,
+    total=None,
+    batch_number=0,
+    rate=None,
+    started_at=datetime.min,
+    updated_at=datetime.min,
+)
 
 
 @attrs.frozen
@@ -70,6 +90,8 @@ class Migrator:
     dotted name; its submodules are searched too), or a directory of ``.py`` files. When omitted it
     comes from ``[tool.brainmigrate] migrations`` in ./pyproject.toml or ``$BRAINMIGRATE_MIGRATIONS``.
 
+    ``on_progress`` is called with a :class:`Progress` after each checkpoint of a data migration.
+
     History lives in ``schema``. The pool needs at least two connections: one holds the runner
     lock while another does the work.
     """
@@ -81,6 +103,7 @@ class Migrator:
         *,
         config: MigrationConfig | None = None,
         schema: str = "brainmigrate",
+        on_progress: ProgressCallback | None = None,
     ) -> None:
         if config is not None and not isinstance(config, MigrationConfig):
             raise ConfigError(f"config must be a MigrationConfig, got {config!r}")
@@ -97,7 +120,9 @@ class Migrator:
         self.schema = schema
         self._source = migrations if migrations is not None else configured_source()
         self._ledger = HistoryLedger(schema)
-        self._executor = MigrationExecutor(self._ledger)
+        self._data = DataRunner(schema)
+        self._executor = MigrationExecutor(self._ledger, self._data)
+        self._on_progress = on_progress
         self._catalog: _Catalog | None = None
 
     # -- reading -------------------------------------------------------------------------------
@@ -114,11 +139,66 @@ class Migrator:
         async with self.pool.acquire() as conn:
             return await self._ledger.records(conn)
 
-    async def status(self, migration_id: str) -> MigrationStatus:
-        """Where one migration stands: pending, completed, failed, rolled back, running or dirty."""
+    async def progress(self, migration_id: str) -> Progress | None:
+        """How far a data migration's latest run got (from any process), or None if it never ran."""
+        migration = (await self._load()).get(migration_id)
+        if not isinstance(migration, DataMigration):
+            raise MigrationStateError(
+                f"migration {migration_id!r} is not a data migration; only those report progress",
+                migration_id=migration_id,
+            )
+        async with self.pool.acquire() as conn:
+            return await self._data.progress(conn, migration_id)
+
+    async def failed_items(self, migration_id: str) -> list[ItemError]:
+        """The items of a data migration that failed (with ``continue_on_error``), from its error ledger."""
         (await self._load()).get(migration_id)
         async with self.pool.acquire() as conn:
+            return await self._data.errors(conn, migration_id)
+
+    async def cancel(self, migration_id: str) -> MigrationStatus:
+        """Stop a running data migration at its next batch boundary, from any process.
+
+        Its workers stop after committing their current batch; the run stays resumable:
+        ``execute(id)`` resumes it (so cancel, then execute later, is pause and resume).
+        Returns CANCELLING while workers are still stopping, CANCELLED once none is left.
+        """
+        migration = (await self._load()).get(migration_id)
+        async with self.pool.acquire() as conn:
+            if not isinstance(migration, DataMigration) or (
+                await self._data.set_status(conn, migration_id, "cancelling", ("running",)) is None
+                and (await self._data.progress(conn, migration_id) or _NO_RUN).status != "cancelling"
+            ):
+                raise MigrationStateError(
+                    f"migration {migration_id!r} is not a running data migration, so there is nothing to cancel",
+                    migration_id=migration_id,
+                )
+            if not await self._data.live_workers(conn, migration_id):
+                await self._data.set_status(conn, migration_id, "cancelled", ("cancelling",))
+                return MigrationStatus.CANCELLED
+        logger.info("data migration %s: cancellation requested", migration_id)
+        return MigrationStatus.CANCELLING
+
+    async def status(self, migration_id: str) -> MigrationStatus:
+        """Where one migration stands: pending, completed, failed, rolled back, running or dirty.
+
+        A data migration can also be cancelling or cancelled (paused); one whose workers all died
+        midway is failed (and resumable).
+        """
+        migration = (await self._load()).get(migration_id)
+        async with self.pool.acquire() as conn:
             state = (await self._ledger.states(conn)).get(migration_id)
+            if isinstance(migration, DataMigration) and not (state is not None and state.applied):
+                progress = await self._data.progress(conn, migration_id)
+                if progress is not None and progress.status in (
+                    "running",
+                    "cancelling",
+                    "cancelled",
+                    "failed",
+                ):
+                    if progress.status in ACTIVE and not progress.workers:
+                        return MigrationStatus.FAILED
+                    return MigrationStatus(progress.status)
             if state is not None and state.status == "running":
                 # A running mark with the runner lock free means its runner died: dirty.
                 key = lock_key(self.schema)
@@ -184,17 +264,35 @@ class Migrator:
         """
         cfg = self._config(config)
         catalog = await self._load()
+        results: list[MigrationResult] = []
+        settled: set[str] = set()  # reported already: applied, skipped, failed or running elsewhere
         with telemetry.tracer().start_as_current_span(telemetry.SPAN_RUN) as span:
             span.set_attribute(telemetry.ATTR_DRY_RUN, cfg.dry_run)
-            async with runner_session(self.pool, self.schema, cfg) as session:
-                states = await self._checked_states(catalog, cfg, session)
-                plan = catalog.pending(states, migration_type)
-                span.set_attribute(telemetry.ATTR_PENDING_COUNT, len(plan))
-                if cfg.dry_run:
-                    return await self._executor.dry_run([(m, APPLY) for m in plan], cfg, session)
-                if plan:
-                    await self._prepare_writes(session, states)
-                return await self._apply_plan(plan, states, catalog, cfg, session)
+            while True:
+                # The runner lock is held for schema migrations and for the short transitions of
+                # data migrations, never while a data migration's batches run.
+                async with runner_session(self.pool, self.schema, cfg) as session:
+                    states = await self._checked_states(catalog, cfg, session)
+                    plan = [
+                        m for m in catalog.pending(states, migration_type) if m.metadata.id not in settled
+                    ]
+                    if not settled:
+                        span.set_attribute(telemetry.ATTR_PENDING_COUNT, len(plan))
+                    if cfg.dry_run:
+                        return await self._executor.dry_run([(m, APPLY) for m in plan], cfg, session)
+                    if plan:
+                        await self._prepare_writes(session, states)
+                    claimed = await self._apply_plan(plan, states, catalog, cfg, session, results, settled)
+                if claimed is None:
+                    return results
+                settled.add(claimed.migration_id)
+                try:
+                    results.append(await self._run_data(claimed, cfg))
+                except (MigrationExecutionError, MigrationValidationError) as exc:
+                    if not cfg.continue_on_error:
+                        raise
+                    logger.warning("migration %s failed, continuing: %s", claimed.migration_id, exc)
+                    results.append(_not_run(claimed.migration.metadata, MigrationStatus.FAILED, str(exc)))
 
     async def execute(self, migration_id: str, config: MigrationConfig | None = None) -> MigrationResult:
         """Apply one migration by id; its dependencies must already be applied."""
@@ -218,7 +316,20 @@ class Migrator:
             if cfg.dry_run:
                 return (await self._executor.dry_run([(migration, APPLY)], cfg, session))[0]
             await self._prepare_writes(session, states)
-            return await self._executor.run(migration, catalog.checksums[migration_id], APPLY, cfg, session)
+            if not isinstance(migration, DataMigration):
+                return await self._executor.run(
+                    migration, catalog.checksums[migration_id], APPLY, cfg, session
+                )
+            claim = await self._data.claim(
+                await session.work_connection(),
+                migration,
+                catalog.checksums[migration_id],
+                cfg,
+                resume_paused=True,
+            )
+            if claim.kind != "work" or claim.plan is None:
+                return _not_run(migration.metadata, MigrationStatus.RUNNING, claim.note)
+        return await self._run_data(claim.plan, cfg)
 
     async def rollback(
         self, migration_id: str, config: MigrationConfig | None = None, cascade: bool = False
@@ -226,14 +337,18 @@ class Migrator:
         """Reverse an applied migration; with ``cascade``, first the applied migrations that depend on it.
 
         Refused (with nothing changed) when a migration to reverse is not reversible, or when applied
-        migrations depend on it and ``cascade`` is False.
+        migrations depend on it and ``cascade`` is False. A data migration is restored from its
+        before-images (or its inverse transform); one stopped midway (failed or cancelled) can be
+        rolled back too, which undoes the part it wrote.
         """
         cfg = self._config(config)
         catalog = await self._load()
         catalog.get(migration_id)
         async with runner_session(self.pool, self.schema, cfg) as session:
             states = await self._checked_states(catalog, cfg, session)
-            if not _applied(states, migration_id):
+            if not _applied(states, migration_id) and not await self._stopped_data_run(
+                catalog, migration_id, session
+            ):
                 raise MigrationStateError(
                     f"migration {migration_id!r} is not applied, so there is nothing to roll back",
                     migration_id=migration_id,
@@ -250,6 +365,7 @@ class Migrator:
                     migration_id=migration_id,
                 )
             targets = [catalog.migrations[mid] for mid in [*dependents, migration_id]]
+            data_plans: dict[str, RunPlan] = {}
             for target in targets:
                 if not target.metadata.reversible:
                     raise IrreversibleMigrationError(target.metadata.id)
@@ -258,14 +374,65 @@ class Migrator:
                         target.metadata.id,
                         reason="it declares reversible=True but has no rollback statements",
                     )
+                if isinstance(target, DataMigration):
+                    conn = await session.work_connection()
+                    plan = await self._data.plan(conn, target, catalog.checksums[target.metadata.id])
+                    await self._data.check_reversible(conn, plan)
+                    data_plans[target.metadata.id] = plan
             if cfg.dry_run:
                 return await self._executor.dry_run([(t, ROLLBACK) for t in targets], cfg, session)
-            return [
-                await self._executor.run(
-                    target, catalog.checksums[target.metadata.id], ROLLBACK, cfg, session
+            results = []
+            for target in targets:
+                plan_of_data = data_plans.get(target.metadata.id)
+                if plan_of_data is None:
+                    results.append(
+                        await self._executor.run(
+                            target, catalog.checksums[target.metadata.id], ROLLBACK, cfg, session
+                        )
+                    )
+                else:
+                    results.append(await self._rollback_data(plan_of_data, cfg, session))
+            return results
+
+    async def _stopped_data_run(self, catalog: _Catalog, migration_id: str, session: RunnerSession) -> bool:
+        """Whether ``migration_id`` is a data migration whose run stopped midway (failed or cancelled)."""
+        if not isinstance(catalog.migrations[migration_id], DataMigration):
+            return False
+        progress = await self._data.progress(session.lock.conn, migration_id)
+        return progress is not None and (
+            progress.status in ("failed", "cancelled") or (progress.status in ACTIVE and not progress.workers)
+        )
+
+    async def _rollback_data(
+        self, plan: RunPlan, cfg: MigrationConfig, session: RunnerSession
+    ) -> MigrationResult:
+        """Restore what a data migration changed and record it, in one transaction."""
+        meta = plan.migration.metadata
+        started = now()
+        with telemetry.migration_span(telemetry.SPAN_ROLLBACK, meta.id, meta.migration_type, False):
+            conn = await session.work_connection()
+            async with conn.transaction():
+                restored = await self._data.reverse(conn, plan, cfg)
+                await self._data.discard(conn, plan, "rolled_back")
+                attempt = attrs.evolve(
+                    self._data_attempt(plan, "completed", False, None, started),
+                    operation=ROLLBACK,
+                    started_at=started,
                 )
-                for target in targets
-            ]
+                await self._ledger.insert(conn, attempt, session.lock)
+        finished = now()
+        logger.info("rolled back data migration %s: %d rows restored", meta.id, restored)
+        return MigrationResult(
+            migration_id=meta.id,
+            name=meta.name,
+            migration_type=meta.migration_type,
+            operation=ROLLBACK,
+            status=MigrationStatus.ROLLED_BACK,
+            started_at=started,
+            finished_at=finished,
+            duration_seconds=(finished - started).total_seconds(),
+            items_processed=restored,
+        )
 
     async def resolve(self, migration_id: str, *, applied: bool) -> HistoryRecord:
         """Clear a dirty mark after inspecting the database by hand.
@@ -376,16 +543,37 @@ class Migrator:
         catalog: _Catalog,
         cfg: MigrationConfig,
         session: RunnerSession,
-    ) -> list[MigrationResult]:
+        results: list[MigrationResult],
+        settled: set[str],
+    ) -> RunPlan | None:
+        """Apply schema migrations in order until a data migration is claimed for work (returned).
+
+        Data migrations running elsewhere, or paused, are reported and their dependents skipped.
+        """
         applied = {mid for mid, state in states.items() if state.applied}
-        results: list[MigrationResult] = []
         for migration in plan:
             meta = migration.metadata
+            settled.add(meta.id)
             blocked = [dep for dep in meta.dependencies if dep not in applied]
             if blocked:
                 results.append(_not_run(meta, MigrationStatus.SKIPPED, f"waiting for {', '.join(blocked)}"))
                 continue
             try:
+                if isinstance(migration, DataMigration):
+                    claim = await self._data.claim(
+                        await session.work_connection(),
+                        migration,
+                        catalog.checksums[meta.id],
+                        cfg,
+                        resume_paused=False,
+                    )
+                    if claim.kind == "work" and claim.plan is not None:
+                        settled.discard(meta.id)
+                        return claim.plan
+                    status = MigrationStatus.CANCELLED if claim.kind == "paused" else MigrationStatus.RUNNING
+                    logger.info("data migration %s: %s", meta.id, claim.note)
+                    results.append(_not_run(meta, status, claim.note))
+                    continue
                 results.append(
                     await self._executor.run(migration, catalog.checksums[meta.id], APPLY, cfg, session)
                 )
@@ -396,7 +584,167 @@ class Migrator:
                 results.append(_not_run(meta, MigrationStatus.FAILED, str(exc)))
                 continue
             applied.add(meta.id)
-        return results
+        return None
+
+    # -- data migrations -------------------------------------------------------------------------
+
+    async def _run_data(self, plan: RunPlan, cfg: MigrationConfig) -> MigrationResult:
+        """Work on a claimed data migration without the runner lock, then settle it under the lock."""
+        meta = plan.migration.metadata
+        started = now()
+        with telemetry.migration_span(telemetry.SPAN_MIGRATION, meta.id, meta.migration_type, False) as span:
+            try:
+                outcome = await self._data.work(self.pool, plan, cfg, self._on_progress)
+                if outcome.stop == "timeout":
+                    raise MigrationExecutionError(
+                        f"data migration {meta.id!r} did not finish within timeout_seconds="
+                        f"{cfg.timeout_seconds:g}; it stopped at a batch boundary",
+                        migration_id=meta.id,
+                    )
+            except BaseException as exc:
+                error = _data_error(exc, meta.id)
+                if error is None:
+                    raise
+                with anyio.CancelScope(shield=True):
+                    error = await self._fail_data(plan, cfg, error, started)
+                span.set_attribute(telemetry.ATTR_STATUS, MigrationStatus.FAILED.value)
+                span.record_exception(error)
+                span.set_status(StatusCode.ERROR, str(error))
+                if error is exc:
+                    raise
+                raise error from exc
+            async with runner_session(self.pool, self.schema, cfg) as session:
+                result = await self._settle_data(session, plan, outcome, started)
+            span.set_attribute(telemetry.ATTR_STATUS, result.status.value)
+            return result
+
+    async def _settle_data(
+        self, session: RunnerSession, plan: RunPlan, outcome: Outcome, started: datetime
+    ) -> MigrationResult:
+        """Under the lock: record a finished run as applied, or report where it stands."""
+        meta = plan.migration.metadata
+        conn = await session.work_connection()
+        progress = await self._data.progress(conn, meta.id)
+        assert progress is not None
+        counts = outcome.counts
+        status = MigrationStatus.RUNNING
+        note: str | None = None
+        if progress.status in ("cancelling", "cancelled"):
+            if progress.workers == 0:
+                await self._data.set_status(conn, meta.id, "cancelled", ("cancelling",))
+            status, note = MigrationStatus.CANCELLED, "cancelled at a batch boundary; execute(id) resumes it"
+        elif progress.status == "failed":
+            status, note = MigrationStatus.FAILED, progress.error or "failed in another worker"
+        elif progress.status == "completed":
+            status = MigrationStatus.COMPLETED
+        elif await self._data.chunks_left(conn, meta.id):
+            note = f"still running in {progress.workers} other worker(s)"
+        else:
+            async with conn.transaction():
+                await self._ledger.insert(
+                    conn,
+                    self._data_attempt(plan, "completed", True, progress, started),
+                    session.lock,
+                )
+                await self._data.set_status(conn, meta.id, "completed", ("running",))
+            status = MigrationStatus.COMPLETED
+            logger.info(
+                "applied data migration %s: %d written, %d skipped, %d failed",
+                meta.id,
+                progress.processed,
+                progress.skipped,
+                progress.failed,
+            )
+        finished = now()
+        return MigrationResult(
+            migration_id=meta.id,
+            name=meta.name,
+            migration_type=meta.migration_type,
+            operation=APPLY,
+            status=status,
+            started_at=started,
+            finished_at=finished,
+            duration_seconds=(finished - started).total_seconds(),
+            error=note,
+            items_processed=counts.processed,
+            items_skipped=counts.skipped,
+            items_failed=counts.failed,
+        )
+
+    def _data_attempt(
+        self, plan: RunPlan, status: str, applied: bool | None, progress: Progress | None, started: datetime
+    ) -> Attempt:
+        meta = plan.migration.metadata
+        error = None
+        if progress is not None and progress.failed:
+            error = f"{progress.failed} items failed; see Migrator.failed_items({meta.id!r})"
+        return Attempt(
+            migration_id=meta.id,
+            name=meta.name,
+            migration_type=meta.migration_type,
+            version=meta.version,
+            checksum=plan.checksum,
+            operation=APPLY,
+            status=status,
+            applied_after=applied,
+            started_at=progress.started_at if progress is not None else started,
+            finished_at=now(),
+            error=error,
+        )
+
+    async def _fail_data(
+        self, plan: RunPlan, cfg: MigrationConfig, error: BrainMigrateError, started: datetime
+    ) -> BrainMigrateError:
+        """After a failed run: reverse it (with ``enable_rollback``) or leave it resumable; record it."""
+        meta = plan.migration.metadata
+        message = str(error)
+        async with runner_session(self.pool, self.schema, cfg) as session:
+            conn = await session.work_connection()
+            await self._data.set_status(conn, meta.id, "failed", ACTIVE, message)
+            if cfg.enable_rollback and plan.reverse is not None:
+                if await self._data.live_workers(conn, meta.id):
+                    message += "; not reversed, because other workers are still running it"
+                else:
+                    try:
+                        await self._data.check_reversible(conn, plan)
+                        async with conn.transaction():
+                            restored = await self._data.reverse(conn, plan, cfg)
+                            await self._data.discard(conn, plan, "rolled_back", message)
+                        message += f"; its writes were reversed ({restored} rows restored)"
+                    except Exception as undo:
+                        logger.exception("reversing data migration %s failed", meta.id)
+                        message += f"; reversing it failed too ({type(undo).__name__}: {undo})"
+            else:
+                message += "; it can be resumed from its last checkpoint: run it again"
+            progress = await self._data.progress(conn, meta.id)
+            failed = attrs.evolve(self._data_attempt(plan, "failed", None, progress, started), error=message)
+            await self._ledger.insert(conn, failed)
+        if isinstance(error, MigrationExecutionError):
+            return MigrationExecutionError(
+                message,
+                migration_id=meta.id,
+                statement_index=error.statement_index,
+                statement=error.statement,
+                sqlstate=error.sqlstate,
+            )
+        if isinstance(error, MigrationValidationError):
+            return MigrationValidationError(message, migration_id=meta.id)
+        return error
+
+
+def _data_error(exc: BaseException, migration_id: str) -> BrainMigrateError | None:
+    """The public error for a failed data run, or None for what must propagate (cancellation)."""
+    if isinstance(exc, BrainMigrateError):
+        return exc
+    if not isinstance(exc, Exception):
+        return None
+    reason = f"{type(exc).__name__}: {exc}"
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(exc, asyncpg.PostgresError):
+        reason = f"[{sqlstate}] {exc}"
+    return MigrationExecutionError(
+        f"data migration {migration_id!r} failed: {reason}", migration_id=migration_id, sqlstate=sqlstate
+    )
 
 
 def _applied(states: Mapping[str, MigrationState], migration_id: str) -> bool:

@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import attrs
 
 from ._metadata import MigrationStatus, MigrationType
+
+
+@attrs.frozen(kw_only=True)
+class ItemChange:
+    """One value a data migration changes (or, in a dry run, would change)."""
+
+    key: Any
+    column: str
+    before: Any
+    after: Any
+
+
+@attrs.frozen(kw_only=True)
+class ItemError:
+    """One item that failed, as kept in the error ledger."""
+
+    key: str
+    error: str
+    attempts: int
+    first_failed_at: datetime
+    last_failed_at: datetime
 
 
 @attrs.frozen(kw_only=True)
@@ -29,6 +51,13 @@ class MigrationResult:
     #: How many tries it took (transient failures are retried).
     attempts: int = 1
     error: str | None = None
+    #: Data migrations: items written by this run (committed), skipped by the transform, and failed
+    #: (recorded in the error ledger, see ``Migrator.failed_items``).
+    items_processed: int = 0
+    items_skipped: int = 0
+    items_failed: int = 0
+    #: Data migrations in a dry run: examples of the values that would change.
+    changes: tuple[ItemChange, ...] = ()
 
     @property
     def succeeded(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 
 from ._metadata import MigrationType
 
@@ -71,3 +71,53 @@ def stage_span(stage: str, migration_id: str) -> Iterator[trace.Span]:
         stage_span_name(stage), attributes={ATTR_STAGE: stage, ATTR_MIGRATION_ID: migration_id}
     ) as span:
         yield span
+
+
+SPAN_BATCH = "brainmigrate.batch"
+ATTR_BATCH_NUMBER = "brainmigrate.batch.number"
+ATTR_BATCH_SIZE = "brainmigrate.batch.size"
+ATTR_BATCH_FAILED = "brainmigrate.batch.failed"
+
+METRIC_ITEMS_PROCESSED = "brainmigrate.items.processed"
+METRIC_ITEMS_FAILED = "brainmigrate.items.failed"
+METRIC_BATCH_DURATION = "brainmigrate.batch.duration"
+
+
+def start_batch_span(migration_id: str, number: int) -> trace.Span:
+    """A span for one batch, a child of the current (migration) span; ended when it is committed."""
+    return tracer().start_span(
+        SPAN_BATCH, attributes={ATTR_MIGRATION_ID: migration_id, ATTR_BATCH_NUMBER: number}
+    )
+
+
+def end_batch_span(span: trace.Span, *, size: int, failed: int) -> None:
+    span.set_attribute(ATTR_BATCH_SIZE, size)
+    span.set_attribute(ATTR_BATCH_FAILED, failed)
+    span.end()
+
+
+class DataMetrics:
+    """Counters of items processed and failed, and a histogram of batch durations (seconds)."""
+
+    def __init__(self) -> None:
+        meter = metrics.get_meter(TRACER_NAME)
+        self._processed = meter.create_counter(
+            METRIC_ITEMS_PROCESSED, unit="{item}", description="Items a data migration wrote or skipped"
+        )
+        self._failed = meter.create_counter(
+            METRIC_ITEMS_FAILED, unit="{item}", description="Items a data migration could not migrate"
+        )
+        self._duration = meter.create_histogram(
+            METRIC_BATCH_DURATION, unit="s", description="Time from reading a batch to committing it"
+        )
+
+    def record_batch(self, migration_id: str, processed: int, failed: int, seconds: float) -> None:
+        attributes = {ATTR_MIGRATION_ID: migration_id}
+        self._processed.add(processed, attributes)
+        if failed:
+            self._failed.add(failed, attributes)
+        self._duration.record(seconds, attributes)
+
+
+def data_metrics() -> DataMetrics:
+    return DataMetrics()

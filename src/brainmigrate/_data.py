@@ -1,0 +1,136 @@
+"""The base classes of data migrations: rows (DATABASE_DATA) and memories (MEMORY_DATA)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from ._items import BulkMemoryItem, DataSource
+from ._migration import Migration
+
+
+class DataMigration(Migration):
+    """What both kinds of data migration share; subclass one of the two public kinds.
+
+    A data migration pages through :attr:`source` by key, transforms each batch of items, and
+    writes the changes back set-based, checkpointing as it goes (see the guide).
+    """
+
+    #: The rows to page through. Required unless the migration overrides a query method.
+    source: ClassVar[DataSource | None] = None
+    #: Exceptions of the transform worth another try (a flaky model API); retried with the
+    #: config's retry policy. An exception with a ``retry_after`` attribute (seconds), or a
+    #: ``response`` whose headers carry ``Retry-After``, waits at least that long.
+    retry_on: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: Items per ``transform_batch`` call (model APIs take many texts per call).
+    transform_batch_size: ClassVar[int] = 64
+
+    async def throttle(self) -> float:
+        """Seconds to pause before the next batch (0 to go on): back off while the database is busy."""
+        return 0.0
+
+    # -- machinery ---------------------------------------------------------------------------
+
+    def _overrides(self, name: str, base: type) -> bool:
+        return getattr(type(self), name) is not getattr(base, name)
+
+    def _transform_methods(self) -> Sequence[str]:
+        return ()
+
+    async def checksum_material(self) -> str:
+        """The source of the methods that decide what is written, and the declared source."""
+        parts = [repr(type(self).source)]
+        for name in self._transform_methods():
+            method = getattr(type(self), name)
+            try:
+                parts.append(inspect.getsource(method))
+            except (OSError, TypeError):
+                parts.append(f"{type(self).__module__}.{type(self).__qualname__}.{name}")
+        return "\n".join(parts)
+
+
+class DatabaseDataMigration(DataMigration):
+    """Bulk DML over a table, in key-ordered batches: in Python or entirely on the server.
+
+    In Python: set :attr:`source` and override :meth:`transform_row` (or :meth:`transform_batch`);
+    it returns the columns to change, and brainmigrate writes them back with one ``UPDATE`` per
+    batch. On the server: override :meth:`get_batch_statement` with one statement run per key range
+    (``$1`` and ``$2`` are the range's first and last key, inclusive).
+
+    When ``reversible``, the before-image of the changed columns is kept, so a rollback restores
+    them exactly; or override :meth:`reverse_row` (or :meth:`get_rollback_batch_statement`).
+    """
+
+    #: Columns a server-side batch statement changes; their before-images make it reversible.
+    writes: ClassVar[tuple[str, ...]] = ()
+
+    async def transform_row(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """New values for some of ``row``'s columns, or None to leave the row alone."""
+        raise NotImplementedError(f"{type(self).__qualname__} does not implement transform_row()")
+
+    async def transform_batch(self, rows: list[dict[str, Any]]) -> Sequence[dict[str, Any] | None]:
+        """New values for each of ``rows``, in order (by default, :meth:`transform_row` on each)."""
+        return [await self.transform_row(row) for row in rows]
+
+    async def reverse_row(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """The inverse of :meth:`transform_row`, used by rollback when overridden."""
+        raise NotImplementedError(f"{type(self).__qualname__} does not implement reverse_row()")
+
+    async def get_batch_statement(self) -> str | None:
+        """An SQL statement applied to each key range (``$1`` first key, ``$2`` last key)."""
+        return None
+
+    async def get_rollback_batch_statement(self) -> str | None:
+        """The statement that reverses :meth:`get_batch_statement` on one key range."""
+        return None
+
+    def _transform_methods(self) -> Sequence[str]:
+        return ("transform_row", "transform_batch", "get_batch_statement")
+
+    async def checksum_material(self) -> str:
+        return f"{await super().checksum_material()}\n{await self.get_batch_statement()}"
+
+
+#: The memories table of a Second Brain store: key, and the columns a transform usually reads.
+MEMORIES = DataSource(table="memories", key="id", columns=("content", "metadata"))
+
+
+class MemoryDataMigration(DataMigration):
+    """A transform over memories (sentiment, embeddings, summaries), hours long and resumable.
+
+    Override :meth:`transform_memory` (or :meth:`transform_batch` for model APIs taking many texts
+    per call); it returns a :class:`BulkMemoryItem` with the fields to write, or None to skip.
+    Memories come from :attr:`source` (the ``memories`` table by default), paged by key; or
+    override :meth:`get_memories_to_migrate` with a query that returns memories not migrated yet.
+    """
+
+    source: ClassVar[DataSource | None] = MEMORIES
+
+    async def get_memories_to_migrate(self) -> list[dict[str, Any]]:
+        """Memories still to migrate (the next slice); called until it returns none.
+
+        Override it only when a query is easier than a source; it must leave out memories already
+        migrated, or the run stops with an error instead of looping.
+        """
+        raise NotImplementedError(f"{type(self).__qualname__} does not implement get_memories_to_migrate()")
+
+    async def transform_memory(self, memory: dict[str, Any]) -> BulkMemoryItem | None:
+        """The new values of ``memory`` (JSONB columns arrive as Python objects), or None to skip it."""
+        raise NotImplementedError(f"{type(self).__qualname__} does not implement transform_memory()")
+
+    async def transform_batch(self, memories: list[dict[str, Any]]) -> Sequence[BulkMemoryItem | None]:
+        """New values for each of ``memories``, in order (by default, :meth:`transform_memory` on each)."""
+        return [await self.transform_memory(memory) for memory in memories]
+
+    async def reverse_memory(self, memory: dict[str, Any]) -> BulkMemoryItem | None:
+        """The inverse of :meth:`transform_memory`, used by rollback when overridden."""
+        raise NotImplementedError(f"{type(self).__qualname__} does not implement reverse_memory()")
+
+    @property
+    def uses_query(self) -> bool:
+        """Whether memories come from :meth:`get_memories_to_migrate` rather than the source."""
+        return self._overrides("get_memories_to_migrate", MemoryDataMigration)
+
+    def _transform_methods(self) -> Sequence[str]:
+        return ("get_memories_to_migrate", "transform_memory", "transform_batch")

@@ -1,0 +1,135 @@
+"""Values of data migrations: where items come from, what a transform returns, how far a run got."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from ._errors import MigrationValidationError
+
+
+class Unset(enum.Enum):
+    """The type of :data:`UNSET`."""
+
+    UNSET = "UNSET"
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: A field a transform left alone: it is not written.
+UNSET = Unset.UNSET
+
+#: The memory columns a :class:`BulkMemoryItem` can write, in this order.
+MEMORY_FIELDS = ("content", "metadata", "memory_type", "importance_score", "embedding")
+
+
+@attrs.frozen(kw_only=True)
+class BulkMemoryItem:
+    """The new values of one existing memory, as returned by a memory transform.
+
+    Only the fields given are written, in place: an UPDATE of the memory ``memory_id``, never a new
+    row. A field left out keeps its value; passing ``None`` writes NULL.
+    """
+
+    memory_id: Any
+    content: str | Unset | None = UNSET
+    metadata: Mapping[str, Any] | Unset | None = UNSET
+    memory_type: str | Unset | None = UNSET
+    importance_score: float | Decimal | Unset | None = UNSET
+    embedding: Sequence[float] | Unset | None = UNSET
+
+    def changes(self) -> dict[str, Any]:
+        """The fields this item sets, by column name."""
+        return {name: value for name in MEMORY_FIELDS if (value := getattr(self, name)) is not UNSET}
+
+
+def _identifier(_instance: Any, attribute: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str) or not value or "\0" in value or len(value) > 63:
+        raise MigrationValidationError(
+            f"DataSource.{attribute.name} must be a PostgreSQL identifier of 1 to 63 characters, got {value!r}"
+        )
+
+
+def _optional_identifier(_instance: Any, attribute: attrs.Attribute[str | None], value: object) -> None:
+    if value is not None:
+        _identifier(_instance, attribute, value)  # type: ignore[arg-type]
+
+
+def _columns(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise MigrationValidationError("DataSource.columns must be a sequence of column names, not a string")
+    return tuple(value)
+
+
+def _column_names(
+    _instance: Any, _attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
+) -> None:
+    for name in value:
+        if not isinstance(name, str) or not name or "\0" in name:
+            raise MigrationValidationError(f"DataSource.columns holds an invalid column name {name!r}")
+
+
+@attrs.frozen(kw_only=True)
+class DataSource:
+    """The rows a data migration pages through: ``table`` by its unique ``key``, in key order.
+
+    ``columns`` are read for the transform (the key always is); ``where`` is an SQL condition that
+    filters the rows (a trusted fragment, written by the migration's author).
+    """
+
+    table: str = attrs.field(validator=_identifier)
+    key: str = attrs.field(default="id", validator=_identifier)
+    columns: tuple[str, ...] = attrs.field(default=(), converter=_columns, validator=_column_names)
+    where: str | None = None
+    schema: str | None = attrs.field(default=None, validator=_optional_identifier)
+
+
+@attrs.frozen(kw_only=True)
+class Progress:
+    """How far a data migration's run got; persisted, so any process can ask for it."""
+
+    migration_id: str
+    #: ``running``, ``cancelling``, ``cancelled`` (paused), ``failed``, ``completed`` or ``rolled_back``.
+    status: str
+    #: Items written (or found already up to date and skipped, see ``skipped``).
+    processed: int
+    #: Items that failed and are recorded in the error ledger.
+    failed: int
+    #: Items the transform returned None for.
+    skipped: int
+    #: Items the run will look at, when known.
+    total: int | None
+    #: Batches committed so far.
+    batch_number: int
+    #: Items per second since the run (or its latest resume) started, when measurable.
+    rate: float | None
+    started_at: datetime
+    updated_at: datetime
+    #: Workers holding a part of the key space right now.
+    workers: int = 0
+    error: str | None = None
+
+    @property
+    def done(self) -> int:
+        """Items handled in any way: processed, skipped or failed."""
+        return self.processed + self.skipped + self.failed
+
+    @property
+    def fraction(self) -> float | None:
+        """Share of ``total`` handled, from 0 to 1, when the total is known."""
+        if not self.total:
+            return None
+        return min(1.0, self.done / self.total)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the current rate, when both the total and the rate are known."""
+        if self.total is None or not self.rate:
+            return None
+        return max(0, self.total - self.done) / self.rate

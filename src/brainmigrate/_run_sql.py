@@ -1,0 +1,360 @@
+"""The SQL of data-migration runs: run state, leased chunks of the key space, the error ledger,
+before-images, and the batched reads and writes.
+
+Keys are stored as text and cast back to the key column's type; values are bound parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from ._sql import quote_ident
+
+RUNS = "data_runs"
+CHUNKS = "data_chunks"
+ERRORS = "data_errors"
+
+RUN_STATUSES = ("running", "cancelling", "cancelled", "failed", "completed", "rolled_back")
+
+
+def bootstrap(schema: str) -> str:
+    """Create the run tables if they are missing (run under the runner lock)."""
+    s = quote_ident(schema)
+    statuses = ", ".join(f"'{status}'" for status in RUN_STATUSES)
+    return f"""
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.{RUNS} (
+    migration_id        text PRIMARY KEY,
+    checksum            text NOT NULL,
+    status              text NOT NULL CHECK (status IN ({statuses})),
+    mode                text NOT NULL,
+    total               bigint,
+    before_images       text,
+    image_columns       text[],
+    started_at          timestamptz NOT NULL,
+    resumed_at          timestamptz NOT NULL,
+    processed_at_resume bigint NOT NULL DEFAULT 0,
+    finished_at         timestamptz,
+    error               text
+);
+CREATE TABLE IF NOT EXISTS {s}.{CHUNKS} (
+    migration_id     text NOT NULL REFERENCES {s}.{RUNS} ON DELETE CASCADE,
+    chunk            integer NOT NULL,
+    lower_key        text,
+    upper_key        text,
+    cursor_key       text,
+    done             boolean NOT NULL DEFAULT false,
+    lease_owner      uuid,
+    lease_pid        integer,
+    lease_expires_at timestamptz,
+    processed        bigint NOT NULL DEFAULT 0,
+    failed           bigint NOT NULL DEFAULT 0,
+    skipped          bigint NOT NULL DEFAULT 0,
+    batches          bigint NOT NULL DEFAULT 0,
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (migration_id, chunk)
+);
+CREATE TABLE IF NOT EXISTS {s}.{ERRORS} (
+    migration_id    text NOT NULL,
+    item_key        text NOT NULL,
+    error           text NOT NULL,
+    attempts        integer NOT NULL,
+    first_failed_at timestamptz NOT NULL,
+    last_failed_at  timestamptz NOT NULL,
+    PRIMARY KEY (migration_id, item_key)
+);
+"""
+
+
+def select_run(schema: str) -> str:
+    return f"""
+SELECT migration_id, checksum, status, mode, total, before_images, image_columns, started_at, error
+  FROM {quote_ident(schema)}.{RUNS} WHERE migration_id = $1
+"""
+
+
+def start_run(schema: str) -> str:
+    """Create the run row, or reset one that was rolled back ($1 id … $6 before-images table)."""
+    return f"""
+INSERT INTO {quote_ident(schema)}.{RUNS}
+       (migration_id, checksum, status, mode, total, before_images, started_at, resumed_at)
+VALUES ($1, $2, 'running', $3, $4, $5, now(), now())
+ON CONFLICT (migration_id) DO UPDATE
+   SET checksum = EXCLUDED.checksum, status = 'running', mode = EXCLUDED.mode, total = EXCLUDED.total,
+       before_images = EXCLUDED.before_images, image_columns = NULL, started_at = now(),
+       resumed_at = now(), processed_at_resume = 0, finished_at = NULL, error = NULL
+"""
+
+
+def resume_run(schema: str) -> str:
+    """Mark a stopped run running again, remembering where this leg of it started."""
+    s = quote_ident(schema)
+    return f"""
+UPDATE {s}.{RUNS} r
+   SET status = 'running', resumed_at = now(), error = NULL, finished_at = NULL,
+       processed_at_resume = (SELECT coalesce(sum(processed + skipped + failed), 0)
+                                FROM {s}.{CHUNKS} c WHERE c.migration_id = r.migration_id)
+ WHERE migration_id = $1
+"""
+
+
+def set_status(schema: str) -> str:
+    """Move a run to status $2 (with error $3) if its status is one of $4; return the new status."""
+    return f"""
+UPDATE {quote_ident(schema)}.{RUNS}
+   SET status = $2, error = coalesce($3, error),
+       finished_at = CASE WHEN $2 IN ('running', 'cancelling') THEN NULL ELSE now() END
+ WHERE migration_id = $1 AND status = ANY($4::text[])
+RETURNING status
+"""
+
+
+def set_image_columns(schema: str) -> str:
+    return f"UPDATE {quote_ident(schema)}.{RUNS} SET image_columns = $2 WHERE migration_id = $1"
+
+
+def insert_chunks(schema: str) -> str:
+    return f"""
+INSERT INTO {quote_ident(schema)}.{CHUNKS} (migration_id, chunk, lower_key, upper_key)
+SELECT $1, ordinality - 1, lower_key, upper_key
+  FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS b(lower_key, upper_key, ordinality)
+"""
+
+
+def clear_chunks(schema: str) -> str:
+    """Forget the chunks and failed items of run $1."""
+    s = quote_ident(schema)
+    return f"""
+WITH forgotten AS (DELETE FROM {s}.{ERRORS} WHERE migration_id = $1)
+DELETE FROM {s}.{CHUNKS} WHERE migration_id = $1
+"""
+
+
+def _lease_alive(alias: str) -> str:
+    """True while a chunk's lease is held by a live session that has not let it expire."""
+    return f"""({alias}.lease_owner IS NOT NULL AND {alias}.lease_expires_at > now()
+     AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = {alias}.lease_pid))"""
+
+
+def lease_chunk(schema: str) -> str:
+    """Lease the first chunk of run $1 that is not done and not leased by a live worker, for owner $2."""
+    s = quote_ident(schema)
+    return f"""
+UPDATE {s}.{CHUNKS} c
+   SET lease_owner = $2, lease_pid = pg_backend_pid(),
+       lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
+ WHERE (c.migration_id, c.chunk) = (
+       SELECT f.migration_id, f.chunk FROM {s}.{CHUNKS} f
+        WHERE f.migration_id = $1 AND NOT f.done AND NOT {_lease_alive("f")}
+        ORDER BY f.chunk
+        LIMIT 1
+          FOR UPDATE SKIP LOCKED)
+RETURNING chunk, lower_key, upper_key, cursor_key
+"""
+
+
+def checkpoint(schema: str) -> str:
+    """Advance chunk $2 of run $1 while owner $10 holds its lease; return the run's status.
+
+    Runs in the transaction of the writes it covers: no row means the lease was lost, and the
+    transaction must be rolled back.
+    """
+    s = quote_ident(schema)
+    return f"""
+UPDATE {s}.{CHUNKS}
+   SET cursor_key = coalesce($3, cursor_key), processed = processed + $4, failed = failed + $5,
+       skipped = skipped + $6, batches = batches + $7, done = $8, lease_pid = pg_backend_pid(),
+       lease_expires_at = now() + make_interval(secs => $9), updated_at = now(),
+       lease_owner = CASE WHEN $8 THEN NULL ELSE lease_owner END
+ WHERE migration_id = $1 AND chunk = $2 AND lease_owner = $10
+RETURNING (SELECT status FROM {s}.{RUNS} WHERE migration_id = $1)
+"""
+
+
+def release_chunks(schema: str) -> str:
+    """Give up every lease owner $2 holds in run $1."""
+    return f"""
+UPDATE {quote_ident(schema)}.{CHUNKS} SET lease_owner = NULL, lease_pid = NULL, updated_at = now()
+ WHERE migration_id = $1 AND lease_owner = $2
+"""
+
+
+def run_progress(schema: str) -> str:
+    s = quote_ident(schema)
+    return f"""
+SELECT r.status, r.total, r.started_at, r.resumed_at, r.processed_at_resume, r.error,
+       coalesce(sum(c.processed), 0)::bigint, coalesce(sum(c.failed), 0)::bigint,
+       coalesce(sum(c.skipped), 0)::bigint, coalesce(sum(c.batches), 0)::bigint,
+       greatest(max(c.updated_at), r.resumed_at),
+       count(*) FILTER (WHERE NOT c.done AND {_lease_alive("c")}),
+       count(*) FILTER (WHERE NOT c.done), now()
+  FROM {s}.{RUNS} r LEFT JOIN {s}.{CHUNKS} c USING (migration_id)
+ WHERE r.migration_id = $1
+ GROUP BY r.migration_id
+"""
+
+
+def record_errors(schema: str) -> str:
+    """Add failed items ($2 keys, $3 errors) of run $1 to the ledger, counting attempts."""
+    s = quote_ident(schema)
+    return f"""
+INSERT INTO {s}.{ERRORS} AS e (migration_id, item_key, error, attempts, first_failed_at, last_failed_at)
+SELECT $1, k, m, 1, now(), now() FROM unnest($2::text[], $3::text[]) AS u(k, m)
+ON CONFLICT (migration_id, item_key) DO UPDATE
+   SET error = EXCLUDED.error, attempts = e.attempts + 1, last_failed_at = now()
+"""
+
+
+def forget_errors(schema: str) -> str:
+    return (
+        f"DELETE FROM {quote_ident(schema)}.{ERRORS} WHERE migration_id = $1 AND item_key = ANY($2::text[])"
+    )
+
+
+def select_errors(schema: str) -> str:
+    return f"""
+SELECT item_key, error, attempts, first_failed_at, last_failed_at
+  FROM {quote_ident(schema)}.{ERRORS} WHERE migration_id = $1 ORDER BY item_key
+"""
+
+
+# -- the source table -------------------------------------------------------------------------
+
+
+def image_table(migration_id: str) -> str:
+    """The name of the table keeping a migration's before-images."""
+    digest = hashlib.sha256(migration_id.encode()).hexdigest()[:10]
+    readable = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in migration_id.lower())[:40]
+    return f"before_{readable}_{digest}"
+
+
+def create_images(image: str, table: str, key: str, columns: Sequence[str]) -> str:
+    """An empty table for before-images: the key, which columns were written, and their old values."""
+    return f"""
+CREATE TABLE {image} AS SELECT {key}, NULL::text[] AS written, {", ".join(columns)} FROM {table} WITH NO DATA;
+ALTER TABLE {image} ADD PRIMARY KEY ({key});
+"""
+
+
+def page(
+    table: str,
+    key: str,
+    selects: Sequence[str],
+    where: str | None,
+    key_type: str,
+    *,
+    lower: str | None,
+    upper: bool,
+) -> str:
+    """Up to $1 rows in key order, from a key (``lower`` is ``>`` or ``>=``) and before a key (``upper``).
+
+    The bounds, when present, are the next parameters, as text.
+    """
+    conditions = [f"({where})"] if where else []
+    n = 1
+    if lower:
+        n += 1
+        conditions.append(f"{key} {lower} ${n}::text::{key_type}")
+    if upper:
+        n += 1
+        conditions.append(f"{key} < ${n}::text::{key_type}")
+    where_sql = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    return f"SELECT {', '.join(selects)} FROM {table} {where_sql} ORDER BY {key} LIMIT $1"
+
+
+def rows_by_key(table: str, key: str, selects: Sequence[str], key_type: str) -> str:
+    return (
+        f"SELECT {', '.join(selects)} FROM {table} WHERE {key} = ANY($1::text[]::{key_type}[]) ORDER BY {key}"
+    )
+
+
+def key_range(
+    table: str, key: str, where: str | None, key_type: str, *, lower: str | None, upper: bool
+) -> str:
+    """First key, last key (also as text) and count of the next $1 rows in range (server-side batches)."""
+    inner = page(table, key, [key], where, key_type, lower=lower, upper=upper)
+    return f"""
+WITH batch AS MATERIALIZED ({inner})
+SELECT (SELECT {key} FROM batch ORDER BY {key} LIMIT 1) AS first_key,
+       last.k, last.k::text, (SELECT count(*) FROM batch)
+  FROM (SELECT {key} AS k FROM batch ORDER BY {key} DESC LIMIT 1) AS last
+"""
+
+
+def boundaries(table: str, key: str, where: str | None) -> str:
+    """Keys splitting the rows into $1 parts of about equal size, as text."""
+    where_sql = f"WHERE {where}" if where else ""
+    return f"""
+SELECT DISTINCT b::text FROM (
+    SELECT unnest(percentile_disc(
+               (SELECT array_agg(i::float8 / $1) FROM generate_series(1, $1 - 1) AS i)
+           ) WITHIN GROUP (ORDER BY {key})) AS b
+      FROM {table} {where_sql}) AS q
+ WHERE b IS NOT NULL ORDER BY 1
+"""
+
+
+def count_rows(table: str, where: str | None) -> str:
+    return f"SELECT count(*) FROM {table}" + (f" WHERE {where}" if where else "")
+
+
+def write_batch(
+    table: str, key: str, key_type: str, columns: Sequence[tuple[str, str, str]], image: str | None = None
+) -> str:
+    """One UPDATE writing a batch: $1 the keys, then one array per column (name, array type, cast).
+
+    With ``image``, the before-images of the written columns are saved first, in the same statement
+    (both parts read the same snapshot); the last parameter names the written columns. Run it with
+    hash and merge joins off (:data:`PLANNER_SETTINGS`), so each row is found through the key's index
+    however large the batch.
+    """
+    aliases = ["k", *(f"c{i}" for i in range(len(columns)))]
+    params = [f"$1::{key_type}[]", *(f"${i + 2}::{array}" for i, (_, array, _) in enumerate(columns))]
+    sets = ", ".join(f"{name} = u.c{i}{cast}" for i, (name, _, cast) in enumerate(columns))
+    statement = (
+        f"UPDATE {table} AS m SET {sets} FROM unnest({', '.join(params)}) AS u({', '.join(aliases)}) "
+        f"WHERE m.{key} = u.k"
+    )
+    if image is None:
+        return statement
+    names = [name for name, _, _ in columns]
+    return (
+        f"WITH saved AS (INSERT INTO {image} ({key}, written, {', '.join(names)}) "
+        f"SELECT m.{key}, ${len(columns) + 2}::text[], {', '.join(f'm.{n}' for n in names)} FROM {table} AS m "
+        f"JOIN unnest($1::{key_type}[]) AS s(k) ON m.{key} = s.k ON CONFLICT DO NOTHING) {statement}"
+    )
+
+
+def save_images_in_range(image: str, table: str, key: str, columns: Sequence[str]) -> str:
+    """Save the before-images of rows with keys from $1 to $2 (a server-side batch; $3 the columns)."""
+    return (
+        f"INSERT INTO {image} ({key}, written, {', '.join(columns)}) "
+        f"SELECT {key}, $3::text[], {', '.join(columns)} FROM {table} WHERE {key} BETWEEN $1 AND $2 "
+        "ON CONFLICT DO NOTHING"
+    )
+
+
+def restore_images(
+    image: str, table: str, key: str, columns: Sequence[tuple[str, str]], *, by_key: str = ""
+) -> str:
+    """Put the saved before-images back (only the written columns of each row).
+
+    ``columns`` pairs each quoted column with its name as stored in ``written``; with ``by_key``
+    (the key's type), only rows whose keys are in $1 (as text).
+    """
+    sets = ", ".join(
+        f"{quoted} = CASE WHEN b.written @> ARRAY[{_literal(name)}] THEN b.{quoted} ELSE m.{quoted} END"
+        for quoted, name in columns
+    )
+    only = f" AND b.{key} = ANY($1::text[]::{by_key}[])" if by_key else ""
+    return f"UPDATE {table} AS m SET {sets} FROM {image} AS b WHERE m.{key} = b.{key}{only}"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+#: Keep batched writes on the key's index: past ~2% of the table, the planner may choose a hash
+#: join that scans the whole table on every batch.
+PLANNER_SETTINGS = "SET enable_hashjoin = off; SET enable_mergejoin = off"

@@ -1,0 +1,147 @@
+"""The table a data migration works on: its columns and types, and how values cross the wire.
+
+Values are read and written without touching the codecs of the user's pool: JSON and vector
+columns travel as text and are decoded and encoded here (faster than a type codec, too).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+
+from ._errors import MigrationValidationError
+from ._items import DataSource
+from ._sql import quote_ident
+from ._types import Connection
+
+_COLUMNS = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname, t.typcategory,
+       EXISTS (SELECT 1 FROM pg_index i
+                WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indnkeyatts = 1
+                  AND i.indkey[0] = a.attnum AND i.indpred IS NULL)
+  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+ WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY a.attnum
+"""
+
+_TEXT_TYPES = frozenset({"json", "jsonb", "vector", "halfvec", "sparsevec"})
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+@attrs.frozen
+class Column:
+    """One column: its name, its SQL type, and whether it travels as text."""
+
+    name: str
+    sql_type: str
+    type_name: str
+    category: str
+    unique: bool
+
+    @property
+    def quoted(self) -> str:
+        return quote_ident(self.name)
+
+    @property
+    def as_text(self) -> bool:
+        """JSON, vectors, enums and other user types are sent and read as text."""
+        return self.type_name in _TEXT_TYPES or self.category in ("E", "U")
+
+    @property
+    def is_json(self) -> bool:
+        return self.type_name in ("json", "jsonb")
+
+    def select(self, alias: str = "") -> str:
+        """The expression that reads this column."""
+        expr = f"{alias}{self.quoted}"
+        return f"{expr}::text" if self.as_text else expr
+
+    def param_type(self) -> str:
+        """The array type a batch of this column's values is bound as."""
+        if self.as_text:
+            return "text[]"
+        if self.category == "A":
+            raise MigrationValidationError(
+                f"column {self.name!r} is an array ({self.sql_type}); data migrations cannot write array columns"
+            )
+        return f"{self.sql_type}[]"
+
+    def decode(self, value: Any) -> Any:
+        """A value read with :meth:`select`, as Python sees it (JSON and vectors parsed)."""
+        if value is None or not isinstance(value, str):
+            return value
+        if self.is_json or self.type_name == "vector":
+            return json.loads(value)
+        return value
+
+    def encode(self, value: Any) -> Any:
+        """A Python value, ready to bind in this column's array parameter."""
+        if value is None or not self.as_text:
+            return value
+        if self.is_json:
+            return _dumps(value)
+        if self.type_name in ("vector", "halfvec") and not isinstance(value, str):
+            return "[" + ",".join(repr(float(x)) for x in value) + "]"
+        return str(value)
+
+
+@attrs.frozen
+class TableShape:
+    """A source table as the database describes it."""
+
+    qualified: str
+    key: Column
+    columns: dict[str, Column]
+
+    @classmethod
+    async def read(cls, conn: Connection, source: DataSource, migration_id: str) -> TableShape:
+        """Describe ``source``'s table; raise MigrationValidationError if it, its key or a column is missing."""
+        qualified = quote_ident(source.table)
+        if source.schema is not None:
+            qualified = f"{quote_ident(source.schema)}.{qualified}"
+        if await conn.fetchval("SELECT to_regclass($1)", qualified) is None:
+            raise MigrationValidationError(
+                f"data migration {migration_id!r}: source table {qualified} does not exist; "
+                "create it with a schema migration this one depends on",
+                migration_id=migration_id,
+            )
+        rows = await conn.fetch(_COLUMNS, qualified)
+        columns = {row[0]: Column(row[0], row[1], row[2], row[3], row[4]) for row in rows}
+        key = columns.get(source.key)
+        if key is None:
+            raise MigrationValidationError(
+                f"data migration {migration_id!r}: key column {source.key!r} does not exist in {qualified}",
+                migration_id=migration_id,
+            )
+        if not key.unique:
+            raise MigrationValidationError(
+                f"data migration {migration_id!r}: key column {source.key!r} of {qualified} has no unique "
+                "index; batches page by key, so it must be unique (use the primary key)",
+                migration_id=migration_id,
+            )
+        shape = cls(qualified, key, columns)
+        shape.check_columns(source.columns, migration_id, "reads")
+        return shape
+
+    def check_columns(self, names: Iterable[str], migration_id: str, verb: str) -> list[Column]:
+        """The named columns; MigrationValidationError names the first one that is missing."""
+        found = []
+        for name in names:
+            column = self.columns.get(name)
+            if column is None:
+                raise MigrationValidationError(
+                    f"data migration {migration_id!r} {verb} column {name!r}, which {self.qualified} "
+                    f"does not have (it has {', '.join(self.columns)})",
+                    migration_id=migration_id,
+                )
+            found.append(column)
+        return found
+
+    def read_columns(self, names: Sequence[str]) -> list[Column]:
+        return [self.key, *(self.columns[name] for name in names if name != self.key.name)]

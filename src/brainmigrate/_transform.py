@@ -1,0 +1,119 @@
+"""Calling a data migration's transform: bounded concurrency, a rate limit, retries with Retry-After."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import anyio
+import tenacity
+
+from ._config import MigrationConfig, RetryPolicy
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class RateLimiter:
+    """At most ``rate`` calls per second, spaced evenly; shared by every task of a run."""
+
+    def __init__(self, rate: float | None) -> None:
+        self._interval = 0.0 if not rate else 1.0 / rate
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        if not self._interval:
+            return
+        now = time.monotonic()
+        slot = max(now, self._next)
+        self._next = slot + self._interval
+        if slot > now:
+            await anyio.sleep(slot - now)
+
+
+def retry_after_seconds(exc: BaseException | None) -> float:
+    """The wait an error asks for: its ``retry_after`` (seconds), or a ``Retry-After`` response header."""
+    if exc is None:
+        return 0.0
+    value: Any = getattr(exc, "retry_after", None)
+    if value is None:
+        headers = getattr(getattr(exc, "response", None), "headers", None)
+        value = headers.get("Retry-After") if headers is not None else None
+    if value is None:
+        return 0.0
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        try:  # an HTTP date
+            seconds = parsedate_to_datetime(str(value)).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return 0.0
+    return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
+
+
+def _wait(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
+    backoff = tenacity.wait_exponential(
+        multiplier=policy.initial_delay, max=policy.max_delay
+    ) + tenacity.wait_random(0, policy.jitter)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        asked = retry_after_seconds(state.outcome.exception() if state.outcome else None)
+        return max(float(backoff(state)), asked)
+
+    return wait
+
+
+class TransformCaller:
+    """Runs transform calls for one run: ``concurrency`` at a time, rate-limited, retried."""
+
+    def __init__(self, config: MigrationConfig, retry_on: tuple[type[BaseException], ...]) -> None:
+        self._concurrency = config.concurrency
+        self._limiter = RateLimiter(config.rate_limit)
+        self._policy = config.retry
+        self._retry_on = retry_on
+
+    async def call(self, fn: Callable[[T], Awaitable[R]], arg: T) -> R:
+        """``fn(arg)``, retrying the exceptions the migration marked as retryable."""
+        if not self._retry_on:
+            await self._limiter.wait()
+            return await fn(arg)
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type(self._retry_on),
+            stop=tenacity.stop_after_attempt(self._policy.attempts),
+            wait=_wait(self._policy),
+            sleep=anyio.sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._limiter.wait()
+                return await fn(arg)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def map(self, fn: Callable[[T], Awaitable[R]], args: Sequence[T]) -> list[R | Exception]:
+        """``fn`` over ``args`` in order, each result or the exception it raised."""
+        results: list[R | Exception] = [None] * len(args)  # type: ignore[list-item]
+
+        async def one(index: int) -> None:
+            try:
+                results[index] = await self.call(fn, args[index])
+            except Exception as exc:
+                results[index] = exc
+
+        if self._concurrency == 1 or len(args) <= 1:
+            for index in range(len(args)):
+                await one(index)
+            return results
+        indexes = iter(range(len(args)))
+
+        async def worker() -> None:
+            for index in indexes:
+                await one(index)
+
+        async with anyio.create_task_group() as group:
+            for _ in range(min(self._concurrency, len(args))):
+                group.start_soon(worker)
+        return results
