@@ -385,6 +385,7 @@ class DataRunner:
         config: MigrationConfig,
         *,
         resume_paused: bool,
+        before_start: Callable[[Connection], Awaitable[None]] | None = None,
     ) -> Claim:
         """Under the runner lock: start a run, resume a stopped one, join a parallel one, or step aside."""
         meta = migration.metadata
@@ -406,6 +407,8 @@ class DataRunner:
         if status in ("cancelled", "failed"):
             await conn.execute(sql.resume_run(self.schema), meta.id)
             return Claim("work", plan)
+        if before_start is not None:
+            await before_start(conn)
         await self._start(conn, plan, config)
         return Claim("work", plan)
 
@@ -484,6 +487,12 @@ class DataRunner:
         outcome.counts = tracker.counts
         if errors:
             raise errors[0]
+        if outcome.stop == "timeout":
+            raise MigrationExecutionError(
+                f"data migration {plan.migration_id!r} did not finish within timeout_seconds="
+                f"{config.timeout_seconds:g}; it stopped at a batch boundary",
+                migration_id=plan.migration_id,
+            )
         return outcome
 
     # -- reversing ---------------------------------------------------------------------------
@@ -578,6 +587,47 @@ class DataRunner:
         """Forget a run's chunks and errors, keeping its row with ``status``."""
         await conn.execute(sql.clear_chunks(self.schema), plan.migration_id)
         await self.set_status(conn, plan.migration_id, status, sql.RUN_STATUSES, error)
+
+    async def retry_failed(self, conn: Connection, plan: RunPlan, config: MigrationConfig) -> Counts:
+        """Transform and write again the items in the error ledger, and only those.
+
+        Items that now succeed (or are skipped, or no longer exist) leave the ledger; the others
+        stay with one more attempt counted. Each slice commits with its ledger changes.
+        """
+        shape = plan.table
+        keys = [error.key for error in await self.errors(conn, plan.migration_id)]
+        caller = TransformCaller(config, plan.migration.retry_on)
+        select = sql.rows_by_key(
+            shape.qualified, shape.key.quoted, [c.select() for c in plan.read_columns], shape.key.sql_type
+        )
+        counts = Counts()
+        for first in range(0, len(keys), config.batch_size):
+            wanted = keys[first : first + config.batch_size]
+            items = [_decode(plan, row) for row in await conn.fetch(select, wanted)]
+            entries = await transform_items(plan, caller, items)
+            async with conn.transaction():
+                ok = [e for e in entries if e.changes is not None and e.error is None]
+                failed = [e for e in entries if e.error is not None]
+                failed += await write_entries(conn, plan, ok, isolate=True)
+                failed_keys = {_key_text(e.key) for e in failed}
+                settled = [key for key in wanted if key not in failed_keys]
+                await conn.execute(sql.forget_errors(self.schema), plan.migration_id, settled)
+                if failed:
+                    await conn.execute(
+                        sql.record_errors(self.schema),
+                        plan.migration_id,
+                        [_key_text(e.key) for e in failed],
+                        [e.error or "" for e in failed],
+                    )
+                written = len(ok) - (len(failed) - sum(1 for e in entries if e.error is not None))
+                skipped = sum(1 for e in entries if e.changes is None and e.error is None)
+                await conn.execute(
+                    sql.move_failed(self.schema), plan.migration_id, written, skipped, len(settled)
+                )
+            counts.processed += written
+            counts.skipped += skipped
+            counts.failed += len(failed)
+        return counts
 
     # -- dry run -----------------------------------------------------------------------------
 

@@ -61,10 +61,6 @@ class _Progress:
     postconditions_passed: bool | None = None
 
 
-class _DryRunDone(Exception):
-    """A data migration's dry run sampled what it would change; nothing more to run."""
-
-
 class _GateRefused(MigrationValidationError):
     """A validation hook returned False."""
 
@@ -414,24 +410,16 @@ class MigrationExecutor:
                 await savepoint.start()
                 try:
                     if isinstance(migration, DataMigration):
-                        plan = await self.data.plan(conn, migration, "")
-                        if operation == APPLY:
-                            counts, changes = await self.data.sample(conn, plan, config)
-                            data_counts = (counts.processed, counts.skipped, counts.failed)
-                        else:
-                            await self.data.check_reversible(conn, plan)
-                        await savepoint.rollback()
-                        raise _DryRunDone()
-                    if operation == APPLY and config.validate_before:
-                        await _gate(migration.validate_preconditions, conn, "preconditions", meta.id)
-                    await _execute(migration, statements, operation, conn, progress)
+                        data_counts, changes = await self._sample_data(conn, migration, operation, config)
+                    else:
+                        if operation == APPLY and config.validate_before:
+                            await run_gate(migration.validate_preconditions, conn, "preconditions", meta.id)
+                        await _execute(migration, statements, operation, conn, progress)
                     if operation == APPLY and config.validate_after:
                         progress.postconditions_passed = await _passes(migration, conn)
                         if not progress.postconditions_passed:
                             status = MigrationStatus.FAILED
                             error = "postconditions failed"
-                except _DryRunDone:
-                    pass
                 except Exception as exc:
                     translated = self._translate(exc, migration, statements, operation, progress, config)
                     status, error = MigrationStatus.FAILED, str(translated)
@@ -463,6 +451,18 @@ class MigrationExecutor:
             )
 
 
+    async def _sample_data(
+        self, conn: Connection, migration: DataMigration, operation: str, config: MigrationConfig
+    ) -> tuple[tuple[int, int, int], list[ItemChange]]:
+        """A data migration's dry run: transform a sample (or check it can be reversed); write nothing."""
+        plan = await self.data.plan(conn, migration, "")
+        if operation != APPLY:
+            await self.data.check_reversible(conn, plan)
+            return (0, 0, 0), []
+        counts, changes = await self.data.sample(conn, plan, config)
+        return (counts.processed, counts.skipped, counts.failed), changes
+
+
 async def _passes(migration: Migration, conn: Connection) -> bool:
     """The postcondition gate's answer, with an exception counting as False."""
     try:
@@ -491,7 +491,7 @@ async def _validate_stage(
     """Stage 1: the precondition gate, before anything changes (when applying, with validate_before)."""
     if operation == APPLY and config.validate_before:
         with telemetry.stage_span(telemetry.STAGE_VALIDATE, migration.metadata.id):
-            await _gate(migration.validate_preconditions, conn, "preconditions", migration.metadata.id)
+            await run_gate(migration.validate_preconditions, conn, "preconditions", migration.metadata.id)
 
 
 async def _verify_stage(
@@ -501,11 +501,11 @@ async def _verify_stage(
     if operation == APPLY and config.validate_after:
         with telemetry.stage_span(telemetry.STAGE_VERIFY, migration.metadata.id):
             progress.postconditions_passed = False
-            await _gate(migration.validate_postconditions, conn, "postconditions", migration.metadata.id)
+            await run_gate(migration.validate_postconditions, conn, "postconditions", migration.metadata.id)
             progress.postconditions_passed = True
 
 
-async def _gate(hook: Any, conn: Connection, what: str, migration_id: str) -> None:
+async def run_gate(hook: Any, conn: Connection, what: str, migration_id: str) -> None:
     """Run a validation hook; False or an exception refuses the migration."""
     try:
         passed = await hook(conn)

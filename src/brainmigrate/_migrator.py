@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +29,7 @@ from ._errors import (
     MigrationStateError,
     MigrationValidationError,
 )
-from ._executor import APPLY, ROLLBACK, MigrationExecutor, now, statements_of
+from ._executor import APPLY, ROLLBACK, MigrationExecutor, now, run_gate, statements_of
 from ._graph import MigrationGraph
 from ._history import Attempt, HistoryLedger, MigrationState
 from ._items import Progress
@@ -39,21 +39,9 @@ from ._metadata import MigrationMetadata, MigrationStatus, MigrationType
 from ._migration import DatabaseSchemaMigration, Migration
 from ._results import HistoryRecord, ItemError, MigrationResult, ValidationReport
 from ._session import RunnerSession, runner_session
+from ._types import Connection
 
 logger = logging.getLogger("brainmigrate")
-
-_NO_RUN = Progress(
-    migration_id="",
-    status="none",
-    processed=0,
-    failed=0,
-    skipped=0,
-    total=None,
-    batch_number=0,
-    rate=None,
-    started_at=datetime.min,
-    updated_at=datetime.min,
-)
 
 
 @attrs.frozen
@@ -156,6 +144,48 @@ class Migrator:
         async with self.pool.acquire() as conn:
             return await self._data.errors(conn, migration_id)
 
+    async def retry_failed(self, migration_id: str, config: MigrationConfig | None = None) -> MigrationResult:
+        """Run a data migration's transform again over the items in its error ledger, and only those.
+
+        For a run that completed with failures (``continue_on_error``) once the cause is fixed. Items
+        that succeed now are written (with their before-images) and leave the ledger.
+        """
+        cfg = self._config(config)
+        catalog = await self._load()
+        migration = catalog.get(migration_id)
+        if not isinstance(migration, DataMigration):
+            raise MigrationStateError(
+                f"migration {migration_id!r} is not a data migration; only those keep failed items",
+                migration_id=migration_id,
+            )
+        started = now()
+        async with runner_session(self.pool, self.schema, cfg) as session:
+            conn = await session.work_connection()
+            row = await self._data.run_row(conn, migration_id)
+            if row is None or row["status"] not in ("completed", "failed", "cancelled"):
+                raise MigrationStateError(
+                    f"data migration {migration_id!r} has no finished or stopped run whose failed items "
+                    "could be retried",
+                    migration_id=migration_id,
+                )
+            plan = await self._data.plan(conn, migration, catalog.checksums[migration_id])
+            counts = await self._data.retry_failed(conn, plan, cfg)
+        finished = now()
+        meta = migration.metadata
+        return MigrationResult(
+            migration_id=migration_id,
+            name=meta.name,
+            migration_type=meta.migration_type,
+            operation=APPLY,
+            status=MigrationStatus.COMPLETED,
+            started_at=started,
+            finished_at=finished,
+            duration_seconds=(finished - started).total_seconds(),
+            items_processed=counts.processed,
+            items_skipped=counts.skipped,
+            items_failed=counts.failed,
+        )
+
     async def cancel(self, migration_id: str) -> MigrationStatus:
         """Stop a running data migration at its next batch boundary, from any process.
 
@@ -165,12 +195,13 @@ class Migrator:
         """
         migration = (await self._load()).get(migration_id)
         async with self.pool.acquire() as conn:
-            if not isinstance(migration, DataMigration) or (
-                await self._data.set_status(conn, migration_id, "cancelling", ("running",)) is None
-                and (await self._data.progress(conn, migration_id) or _NO_RUN).status != "cancelling"
+            if (
+                not isinstance(migration, DataMigration)
+                or await self._data.set_status(conn, migration_id, "cancelling", ACTIVE) is None
             ):
                 raise MigrationStateError(
-                    f"migration {migration_id!r} is not a running data migration, so there is nothing to cancel",
+                    f"migration {migration_id!r} is not a running data migration, so there is nothing "
+                    "to cancel",
                     migration_id=migration_id,
                 )
             if not await self._data.live_workers(conn, migration_id):
@@ -566,6 +597,7 @@ class Migrator:
                         catalog.checksums[meta.id],
                         cfg,
                         resume_paused=False,
+                        before_start=self._preconditions(migration, cfg),
                     )
                     if claim.kind == "work" and claim.plan is not None:
                         settled.discard(meta.id)
@@ -595,12 +627,6 @@ class Migrator:
         with telemetry.migration_span(telemetry.SPAN_MIGRATION, meta.id, meta.migration_type, False) as span:
             try:
                 outcome = await self._data.work(self.pool, plan, cfg, self._on_progress)
-                if outcome.stop == "timeout":
-                    raise MigrationExecutionError(
-                        f"data migration {meta.id!r} did not finish within timeout_seconds="
-                        f"{cfg.timeout_seconds:g}; it stopped at a batch boundary",
-                        migration_id=meta.id,
-                    )
             except BaseException as exc:
                 error = _data_error(exc, meta.id)
                 if error is None:
@@ -614,14 +640,36 @@ class Migrator:
                     raise
                 raise error from exc
             async with runner_session(self.pool, self.schema, cfg) as session:
-                result = await self._settle_data(session, plan, outcome, started)
+                result = await self._settle_data(session, plan, outcome, started, cfg)
+            if isinstance(result, BrainMigrateError):  # the postconditions refused the finished run
+                with anyio.CancelScope(shield=True):
+                    refusal = await self._fail_data(plan, cfg, result, started)
+                span.set_attribute(telemetry.ATTR_STATUS, MigrationStatus.FAILED.value)
+                span.set_status(StatusCode.ERROR, str(refusal))
+                raise refusal
             span.set_attribute(telemetry.ATTR_STATUS, result.status.value)
             return result
 
+    def _preconditions(
+        self, migration: Migration, cfg: MigrationConfig
+    ) -> Callable[[Connection], Awaitable[None]] | None:
+        """The precondition gate, run before a data migration's first batch (with validate_before)."""
+        if not cfg.validate_before:
+            return None
+
+        async def gate(conn: Connection) -> None:
+            await run_gate(migration.validate_preconditions, conn, "preconditions", migration.metadata.id)
+
+        return gate
+
     async def _settle_data(
-        self, session: RunnerSession, plan: RunPlan, outcome: Outcome, started: datetime
-    ) -> MigrationResult:
-        """Under the lock: record a finished run as applied, or report where it stands."""
+        self, session: RunnerSession, plan: RunPlan, outcome: Outcome, started: datetime, cfg: MigrationConfig
+    ) -> MigrationResult | BrainMigrateError:
+        """Under the lock: record a finished run as applied, or report where it stands.
+
+        A finished run must pass the postcondition gate (with validate_after); when it does not,
+        the refusal is returned, to be handled once the lock is released.
+        """
         meta = plan.migration.metadata
         conn = await session.work_connection()
         progress = await self._data.progress(conn, meta.id)
@@ -641,6 +689,13 @@ class Migrator:
             note = f"still running in {progress.workers} other worker(s)"
         else:
             async with conn.transaction():
+                if cfg.validate_after:
+                    try:
+                        await run_gate(
+                            plan.migration.validate_postconditions, conn, "postconditions", meta.id
+                        )
+                    except MigrationValidationError as refused:
+                        return refused
                 await self._ledger.insert(
                     conn,
                     self._data_attempt(plan, "completed", True, progress, started),

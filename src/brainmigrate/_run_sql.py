@@ -212,6 +212,16 @@ def forget_errors(schema: str) -> str:
     )
 
 
+def move_failed(schema: str) -> str:
+    """After retrying failed items of run $1: $2 more written, $3 more skipped, $4 fewer failed."""
+    s = quote_ident(schema)
+    return f"""
+UPDATE {s}.{CHUNKS}
+   SET processed = processed + $2, skipped = skipped + $3, failed = greatest(failed - $4, 0), updated_at = now()
+ WHERE migration_id = $1 AND chunk = (SELECT min(chunk) FROM {s}.{CHUNKS} WHERE migration_id = $1)
+"""
+
+
 def select_errors(schema: str) -> str:
     return f"""
 SELECT item_key, error, attempts, first_failed_at, last_failed_at
