@@ -10,16 +10,18 @@ lease, so each item is written exactly once whatever dies when.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 import asyncpg
 import attrs
 import tenacity
@@ -41,7 +43,12 @@ from ._retry import TRANSIENT_SQLSTATES
 from ._sql import quote_ident, set_session_timeouts
 from ._table import Column, TableShape
 from ._transform import TransformCaller
-from ._types import Connection, Pool
+from ._types import Connection, Pool, is_usable
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+T = TypeVar("T")
 
 logger = logging.getLogger("brainmigrate")
 
@@ -571,7 +578,7 @@ class DataRunner:
             rows = await conn.fetch(text, config.batch_size, *([cursor] if cursor else []))
             if not rows:
                 return count
-            items = [_decode(plan, row) for row in rows]
+            items = _decode_rows(plan, rows)
             entries: list[_Entry] = []
             for item in items:
                 if isinstance(migration, MemoryDataMigration):
@@ -603,7 +610,7 @@ class DataRunner:
         counts = Counts()
         for first in range(0, len(keys), config.batch_size):
             wanted = keys[first : first + config.batch_size]
-            items = [_decode(plan, row) for row in await conn.fetch(select, wanted)]
+            items = _decode_rows(plan, await conn.fetch(select, wanted))
             entries = await transform_items(plan, caller, items)
             async with conn.transaction():
                 ok = [e for e in entries if e.changes is not None and e.error is None]
@@ -644,7 +651,7 @@ class DataRunner:
             items = items[: config.dry_run_sample]
         else:
             rows = await conn.fetch(plan.page_sql(None, False), config.dry_run_sample)
-            items = [_decode(plan, row) for row in rows]
+            items = _decode_rows(plan, rows)
         caller = TransformCaller(config, migration.retry_on)
         entries = await transform_items(plan, caller, items)
         counts = Counts()
@@ -674,7 +681,31 @@ def _key_text(key: Any) -> str:
 
 
 def _decode(plan: RunPlan, row: asyncpg.Record) -> dict[str, Any]:
-    return {column.name: column.decode(value) for column, value in zip(plan.read_columns, row, strict=True)}
+    return _decode_rows(plan, [row])[0]
+
+
+def _decode_rows(plan: RunPlan, rows: Sequence[asyncpg.Record]) -> list[dict[str, Any]]:
+    """Rows read with the plan's columns, by column name, each value as :meth:`Column.decode` makes it.
+
+    The same as ``{c.name: c.decode(v) ...}`` for each row, with the per-column checks made once
+    per page rather than once per value: only columns whose text is parsed are looked at again.
+    """
+    columns = plan.read_columns
+    names = [column.name for column in columns]
+    parsed = list(dict.fromkeys(column.name for column in columns if column.parsed))
+    # Every row of a result has the same length: checked once, as zip(strict=True) costs per row.
+    for row in rows[:1]:
+        if len(row) != len(names):
+            raise ValueError(f"a row of {len(row)} values read for {len(names)} columns")
+    items = [dict(zip(names, row)) for row in rows]  # noqa: B905 (lengths checked above)
+    if parsed:
+        loads = json.loads
+        for item in items:
+            for name in parsed:
+                value = item[name]
+                if isinstance(value, str):
+                    item[name] = loads(value)
+    return items
 
 
 def _decode_mapping(plan: RunPlan, memory: Any) -> dict[str, Any]:
@@ -686,6 +717,22 @@ def _decode_mapping(plan: RunPlan, memory: Any) -> dict[str, Any]:
         if column is not None and column.is_json and isinstance(value, str):
             item[name] = json.loads(value)
     return item
+
+
+def _entry_maker(plan: RunPlan) -> Callable[[dict[str, Any], Any], _Entry]:
+    """:func:`_entry_of` bound to ``plan``; for memories, with its checks of the plan made once."""
+    if not isinstance(plan.migration, MemoryDataMigration):
+        return functools.partial(_entry_of, plan)
+    key_name = plan.table.key.name
+
+    def memory_entry(item: dict[str, Any], result: Any) -> _Entry:
+        if result is None:
+            return _Entry(item.get(key_name))
+        if not isinstance(result, BulkMemoryItem):
+            return _entry_of(plan, item, result)  # raises MigrationValidationError
+        return _Entry(result.memory_id, result.changes())
+
+    return memory_entry
 
 
 def _entry_of(plan: RunPlan, item: dict[str, Any], result: Any) -> _Entry:
@@ -726,6 +773,7 @@ async def transform_items(
     migration = plan.migration
     base: type = MemoryDataMigration if isinstance(migration, MemoryDataMigration) else DatabaseDataMigration
     entries: list[_Entry] = []
+    entry_of = _entry_maker(plan)
     if migration._overrides("transform_batch", base):
         size = migration.transform_batch_size
         slices = [items[i : i + size] for i in range(0, len(items), size)]
@@ -742,14 +790,14 @@ async def transform_items(
                     f"results for {len(part)} items; return one per item, in order (None to skip)",
                     migration_id=migration.metadata.id,
                 )
-            entries.extend(_entry_of(plan, item, output) for item, output in zip(part, outputs, strict=True))
+            entries.extend(entry_of(item, output) for item, output in zip(part, outputs, strict=True))
         return entries
     one: Callable[[dict[str, Any]], Awaitable[Any]] = (
         migration.transform_memory if isinstance(migration, MemoryDataMigration) else migration.transform_row  # type: ignore[attr-defined]
     )
     for item, result in zip(items, await caller.map(one, items), strict=True):
         entries.append(
-            _failed(plan, item, result) if isinstance(result, Exception) else _entry_of(plan, item, result)
+            _failed(plan, item, result) if isinstance(result, Exception) else entry_of(item, result)
         )
     return entries
 
@@ -761,12 +809,14 @@ def _failed(plan: RunPlan, item: dict[str, Any], exc: Exception) -> _Entry:
 
 
 async def write_entries(
-    conn: Connection, plan: RunPlan, entries: Sequence[_Entry], *, isolate: bool
+    conn: Connection, plan: RunPlan, entries: Sequence[_Entry], *, isolate: bool, pipe: _Pipe | None = None
 ) -> list[_Entry]:
     """Write entries with changes, one UPDATE per set of written columns; return those that failed.
 
     With ``isolate``, a failing write is split in halves inside savepoints until the failing items
     are found, so one bad item never aborts the transaction holding its neighbours' writes.
+    Without, ``pipe`` (if given) sends each UPDATE as soon as the one before is done, and encodes
+    the next meanwhile: the statements, their order and their errors stay the same.
     """
     groups: dict[tuple[str, ...], list[_Entry]] = {}
     for entry in entries:
@@ -776,29 +826,55 @@ async def write_entries(
     for fields, group in groups.items():
         if not fields:
             continue
-        statement, columns = plan.write_sql(fields)
+        try:
+            statement, columns = plan.write_sql(fields)
+        except BaseException:
+            if pipe is not None:
+                await pipe.wait()  # the statement before fails first, as it would have unpiped
+            raise
 
         async def run(
-            part: Sequence[_Entry], statement: str = statement, columns: list[Column] = columns
+            part: Sequence[_Entry],
+            statement: str = statement,
+            columns: list[Column] = columns,
+            fields: tuple[str, ...] = fields,
         ) -> None:
-            args: list[Any] = [[e.key for e in part]]
-            args += [[column.encode(e.changes[column.name]) for e in part] for column in columns]  # type: ignore[index]
-            if plan.reverse == "images":
-                args.append(list(fields))
-            status = await conn.execute(statement, *args)
-            written = int(status.split()[-1])
-            if written != len(part):
-                raise MigrationExecutionError(
-                    f"data migration {plan.migration_id!r}: {len(part) - written} of {len(part)} items name "
-                    "rows that do not exist; a transform updates existing rows, never creates them",
-                    migration_id=plan.migration_id,
-                )
+            status = await conn.execute(statement, *_write_args(plan, fields, columns, part))
+            _check_written(plan, len(part), status)
 
         if isolate:
             failed += await _isolated(conn, run, group)
-        else:
+        elif pipe is None:
             await run(group)
+        else:
+            try:
+                args = _write_args(plan, fields, columns, group)
+            except BaseException:
+                await pipe.wait()  # the statement before fails first, as it would have unpiped
+                raise
+            await pipe.send(statement, args, functools.partial(_check_written, plan, len(group)))
     return failed
+
+
+def _write_args(
+    plan: RunPlan, fields: tuple[str, ...], columns: list[Column], part: Sequence[_Entry]
+) -> list[Any]:
+    """The parameters of a batch's UPDATE: the keys, then each column's values, encoded."""
+    args: list[Any] = [[e.key for e in part]]
+    args += [column.encode_all([e.changes[column.name] for e in part]) for column in columns]  # type: ignore[index]
+    if plan.reverse == "images":
+        args.append(list(fields))
+    return args
+
+
+def _check_written(plan: RunPlan, expected: int, status: str) -> None:
+    written = int(status.split()[-1])
+    if written != expected:
+        raise MigrationExecutionError(
+            f"data migration {plan.migration_id!r}: {expected - written} of {expected} items name "
+            "rows that do not exist; a transform updates existing rows, never creates them",
+            migration_id=plan.migration_id,
+        )
 
 
 async def _isolated(
@@ -854,6 +930,80 @@ class _Tracker:
             await result
 
 
+class _InFlight(Generic[T]):
+    """A statement running in the background on a worker's connection, awaited later.
+
+    It runs shielded from cancellation, so the connection is never left in mid-statement: a task
+    group holding it waits for it to finish, whatever happens to its other tasks.
+    """
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    async def run(self, call: Callable[[], Awaitable[T]]) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                self._value = await call()
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                self._done.set()
+
+    async def result(self) -> T:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+def _in_background(group: TaskGroup, call: Callable[[], Awaitable[T]]) -> _InFlight[T]:
+    flight: _InFlight[T] = _InFlight()
+    group.start_soon(flight.run, call)
+    return flight
+
+
+class _Pipe:
+    """Statements run one at a time, in order, on one connection, while the client prepares the next.
+
+    :meth:`send` first waits for the statement before it and raises its error, so the statements
+    run and fail exactly as if each were awaited in turn; only the client's work on the next one
+    (encoding a batch) overlaps the server's work on the last. Used within :func:`_piped`.
+    """
+
+    def __init__(self, conn: Connection, group: TaskGroup) -> None:
+        self._conn = conn
+        self._group = group
+        self._pending: tuple[_InFlight[str], Callable[[str], None]] | None = None
+
+    async def send(self, statement: str, args: Sequence[Any], check: Callable[[str], None]) -> None:
+        """Run ``statement`` once the one before is done; ``check`` its status when it is waited for."""
+        await self.wait()
+
+        async def execute() -> str:
+            status: str = await self._conn.execute(statement, *args)
+            return status
+
+        self._pending = (_in_background(self._group, execute), check)
+        await anyio.lowlevel.checkpoint()  # let it go out now
+
+    async def wait(self) -> None:
+        """Wait for the statement in flight, if any; raise its error or its check's."""
+        if self._pending is not None:
+            (flight, check), self._pending = self._pending, None
+            check(await flight.result())
+
+
+@asynccontextmanager
+async def _piped(conn: Connection) -> AsyncIterator[_Pipe]:
+    """A :class:`_Pipe` whose last statement is done (or failed) when the block ends."""
+    async with anyio.create_task_group() as group:
+        pipe = _Pipe(conn, group)
+        yield pipe
+        await pipe.wait()
+
+
 @attrs.define
 class _Batch:
     number: int
@@ -890,7 +1040,7 @@ class _ChunkWorker:
         self._last_written: set[str] = set()
 
     async def connection(self) -> Any:
-        if self._conn is not None and self._conn.is_closed():
+        if self._conn is not None and not is_usable(self._conn):
             await self.pool.release(self._conn)
             self._conn = None
         if self._conn is None:
@@ -911,10 +1061,13 @@ class _ChunkWorker:
         if self._conn is None:
             return
         conn, self._conn = self._conn, None
-        if not conn.is_closed():
-            with suppress(Exception):
+        try:
+            if is_usable(conn):
                 await conn.execute(sql.release_chunks(self.runner.schema), self.plan.migration_id, self.owner)
-        await self.pool.release(conn)
+        except Exception as exc:  # its leases end with its session, or expire
+            logger.debug("could not release the leases of a data worker: %s", exc)
+        with suppress(Exception):
+            await self.pool.release(conn)
 
     def _retrying(self) -> tenacity.AsyncRetrying:
         policy = self.config.retry
@@ -983,85 +1136,112 @@ class _ChunkWorker:
         stop: str | None = None
         number = self.tracker.counts.batches
         statements_done = 0
-        while items_in_group < config.checkpoint_frequency:
-            if time.monotonic() > self.deadline:
-                stop = "timeout"
-                break
-            pause = await plan.migration.throttle()
-            if pause and pause > 0:
-                await anyio.sleep(pause)
-            started = time.monotonic()
-            span = telemetry.start_batch_span(plan.migration_id, number + len(batches) + 1)
-            if plan.mode == STATEMENT:
-                # Server-side batches run in the checkpoint's transaction below.
-                batches.append(_Batch(number + len(batches) + 1, [], span, started))
-                items_in_group = config.checkpoint_frequency
-                break
-            if plan.mode == QUERY:
-                # One slice per checkpoint: the next call must see this slice's writes committed.
-                items = await self._query_slice()
-                if items is None:
-                    end = True
-                    span.end()
+        # In a stream without a throttle, the next page is read while this one is transformed.
+        ahead: _InFlight[list[asyncpg.Record]] | None = None
+        read_ahead = plan.mode == STREAM and not plan.migration._overrides("throttle", DataMigration)
+        async with anyio.create_task_group() as reads:
+            while items_in_group < config.checkpoint_frequency:
+                if time.monotonic() > self.deadline:
+                    stop = "timeout"
                     break
-                items_in_group = config.checkpoint_frequency
-            else:
-                text, args = self._bounds(plan.page_sql, cursor, lower, upper)
-                rows = await conn.fetch(text, config.batch_size, *args)
-                if not rows:
-                    end = True
-                    span.end()
+                if ahead is None:
+                    pause = await plan.migration.throttle()
+                    if pause and pause > 0:
+                        await anyio.sleep(pause)
+                started = time.monotonic()
+                span = telemetry.start_batch_span(plan.migration_id, number + len(batches) + 1)
+                if plan.mode == STATEMENT:
+                    # Server-side batches run in the checkpoint's transaction below.
+                    batches.append(_Batch(number + len(batches) + 1, [], span, started))
+                    items_in_group = config.checkpoint_frequency
                     break
-                cursor = str(rows[-1][0])
-                items = [_decode(plan, row) for row in rows]
-                if len(rows) < config.batch_size:
-                    end = True
-            entries = await transform_items(plan, self.caller, items)
-            failures = [e for e in entries if e.error is not None]
-            if failures and not config.continue_on_error:
-                span.end()
-                raise MigrationExecutionError(
-                    f"data migration {plan.migration_id!r} failed on item {failures[0].key}: {failures[0].error}; "
-                    "pass MigrationConfig(continue_on_error=True) to record failing items and go on",
-                    migration_id=plan.migration_id,
-                )
-            for first in range(0, len(entries), config.batch_size):
-                if first:
-                    span = telemetry.start_batch_span(plan.migration_id, number + len(batches) + 1)
-                batches.append(
-                    _Batch(
-                        number + len(batches) + 1, entries[first : first + config.batch_size], span, started
+                if plan.mode == QUERY:
+                    # One slice per checkpoint: the next call must see this slice's writes committed.
+                    items = await self._query_slice()
+                    if items is None:
+                        end = True
+                        span.end()
+                        break
+                    items_in_group = config.checkpoint_frequency
+                else:
+                    if ahead is None:
+                        text, args = self._bounds(plan.page_sql, cursor, lower, upper)
+                        rows = await conn.fetch(text, config.batch_size, *args)
+                    else:
+                        rows, ahead = await ahead.result(), None
+                    if not rows:
+                        end = True
+                        span.end()
+                        break
+                    cursor = str(rows[-1][0])
+                    if len(rows) < config.batch_size:
+                        end = True
+                    elif read_ahead and items_in_group + len(rows) < config.checkpoint_frequency:
+                        text, args = self._bounds(plan.page_sql, cursor, lower, upper)
+                        ahead = _in_background(
+                            reads, functools.partial(conn.fetch, text, config.batch_size, *args)
+                        )
+                        await anyio.lowlevel.checkpoint()  # let it send the query now
+                    items = _decode_rows(plan, rows)
+                entries = await transform_items(plan, self.caller, items)
+                failures = [e for e in entries if e.error is not None]
+                if failures and not config.continue_on_error:
+                    span.end()
+                    raise MigrationExecutionError(
+                        f"data migration {plan.migration_id!r} failed on item {failures[0].key}: "
+                        f"{failures[0].error}; pass MigrationConfig(continue_on_error=True) to record "
+                        "failing items and go on",
+                        migration_id=plan.migration_id,
                     )
-                )
-            items_in_group += len(entries)
-            if end:
-                break
+                for first in range(0, len(entries), config.batch_size):
+                    if first:
+                        span = telemetry.start_batch_span(plan.migration_id, number + len(batches) + 1)
+                    batches.append(
+                        _Batch(
+                            number + len(batches) + 1,
+                            entries[first : first + config.batch_size],
+                            span,
+                            started,
+                        )
+                    )
+                items_in_group += len(entries)
+                if end:
+                    break
         counts = Counts(batches=len(batches))
         async with conn.transaction():
             if plan.mode == STATEMENT:
                 statements_done, cursor, end = await self._statement_batches(conn, cursor, lower, upper)
                 counts.processed = statements_done
             else:
-                for batch in batches:
-                    to_write = [e for e in batch.entries if e.changes is not None and e.error is None]
-                    failed = [e for e in batch.entries if e.error is not None]
-                    failed += await write_entries(conn, plan, to_write, isolate=config.continue_on_error)
-                    if failed and not config.continue_on_error:
-                        raise MigrationExecutionError(
-                            f"data migration {plan.migration_id!r} failed on item {failed[0].key}: {failed[0].error}",
-                            migration_id=plan.migration_id,
+                async with _piped(conn) as pipe:
+                    for batch in batches:
+                        to_write = [e for e in batch.entries if e.changes is not None and e.error is None]
+                        failed = [e for e in batch.entries if e.error is not None]
+                        failed += await write_entries(
+                            conn,
+                            plan,
+                            to_write,
+                            isolate=config.continue_on_error,
+                            pipe=None if config.continue_on_error else pipe,
                         )
-                    if failed:
-                        await conn.execute(
-                            sql.record_errors(self.runner.schema),
-                            plan.migration_id,
-                            [_key_text(e.key) for e in failed],
-                            [e.error or "" for e in failed],
-                        )
-                    skipped = sum(1 for e in batch.entries if e.changes is None and e.error is None)
-                    counts.failed += len(failed)
-                    counts.skipped += skipped
-                    counts.processed += len(batch.entries) - len(failed) - skipped
+                        if failed and not config.continue_on_error:
+                            await pipe.wait()
+                            raise MigrationExecutionError(
+                                f"data migration {plan.migration_id!r} failed on item {failed[0].key}: "
+                                f"{failed[0].error}",
+                                migration_id=plan.migration_id,
+                            )
+                        if failed:
+                            await conn.execute(
+                                sql.record_errors(self.runner.schema),
+                                plan.migration_id,
+                                [_key_text(e.key) for e in failed],
+                                [e.error or "" for e in failed],
+                            )
+                        skipped = sum(1 for e in batch.entries if e.changes is None and e.error is None)
+                        counts.failed += len(failed)
+                        counts.skipped += skipped
+                        counts.processed += len(batch.entries) - len(failed) - skipped
             status = await conn.fetchval(
                 sql.checkpoint(self.runner.schema),
                 plan.migration_id,

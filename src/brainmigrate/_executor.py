@@ -27,7 +27,7 @@ from ._migration import DatabaseSchemaMigration, Migration
 from ._results import ItemChange, MigrationResult
 from ._retry import retrying
 from ._session import RunnerSession
-from ._types import Connection
+from ._types import Connection, is_usable
 
 logger = logging.getLogger("brainmigrate")
 
@@ -186,7 +186,7 @@ class MigrationExecutor:
                 await transaction.commit()
         except BaseException:
             with anyio.CancelScope(shield=True):
-                if not conn.is_closed():
+                if is_usable(conn):
                     await transaction.rollback()
             raise
 
@@ -449,7 +449,6 @@ class MigrationExecutor:
                 items_failed=data_counts[2],
                 changes=tuple(changes),
             )
-
 
     async def _sample_data(
         self, conn: Connection, migration: DataMigration, operation: str, config: MigrationConfig

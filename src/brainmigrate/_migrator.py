@@ -16,7 +16,7 @@ from . import _sql
 from . import _telemetry as telemetry
 from ._config import MigrationConfig
 from ._data import DataMigration
-from ._datarun import ACTIVE, DataRunner, Outcome, ProgressCallback, RunPlan
+from ._datarun import ACTIVE, DataRunner, Outcome, ProgressCallback, RunPlan, is_transient
 from ._errors import (
     BrainMigrateError,
     ChecksumMismatchError,
@@ -632,7 +632,9 @@ class Migrator:
                 if error is None:
                     raise
                 with anyio.CancelScope(shield=True):
-                    error = await self._fail_data(plan, cfg, error, started)
+                    # After transient failures outlast the retries (the database is unreachable),
+                    # reversing would fail or throw away hours of work: the run stays resumable.
+                    error = await self._fail_data(plan, cfg, error, started, reverse=not is_transient(exc))
                 span.set_attribute(telemetry.ATTR_STATUS, MigrationStatus.FAILED.value)
                 span.record_exception(error)
                 span.set_status(StatusCode.ERROR, str(error))
@@ -748,7 +750,13 @@ class Migrator:
         )
 
     async def _fail_data(
-        self, plan: RunPlan, cfg: MigrationConfig, error: BrainMigrateError, started: datetime
+        self,
+        plan: RunPlan,
+        cfg: MigrationConfig,
+        error: BrainMigrateError,
+        started: datetime,
+        *,
+        reverse: bool = True,
     ) -> BrainMigrateError:
         """After a failed run: reverse it (with ``enable_rollback``) or leave it resumable; record it."""
         meta = plan.migration.metadata
@@ -756,7 +764,7 @@ class Migrator:
         async with runner_session(self.pool, self.schema, cfg) as session:
             conn = await session.work_connection()
             await self._data.set_status(conn, meta.id, "failed", ACTIVE, message)
-            if cfg.enable_rollback and plan.reverse is not None:
+            if reverse and cfg.enable_rollback and plan.reverse is not None:
                 if await self._data.live_workers(conn, meta.id):
                     message += "; not reversed, because other workers are still running it"
                 else:

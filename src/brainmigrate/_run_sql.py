@@ -286,9 +286,10 @@ def key_range(
     inner = page(table, key, [key], where, key_type, lower=lower, upper=upper)
     return f"""
 WITH batch AS MATERIALIZED ({inner})
-SELECT (SELECT {key} FROM batch ORDER BY {key} LIMIT 1) AS first_key,
-       last.k, last.k::text, (SELECT count(*) FROM batch)
-  FROM (SELECT {key} AS k FROM batch ORDER BY {key} DESC LIMIT 1) AS last
+SELECT (SELECT {key} FROM batch ORDER BY {key} LIMIT 1),
+       (SELECT {key} FROM batch ORDER BY {key} DESC LIMIT 1),
+       (SELECT {key}::text FROM batch ORDER BY {key} DESC LIMIT 1),
+       (SELECT count(*) FROM batch)
 """
 
 

@@ -12,7 +12,7 @@ from . import _sql
 from ._config import MigrationConfig
 from ._errors import PoolExhaustedError
 from ._lock import RunnerLock, migration_lock
-from ._types import Connection
+from ._types import Connection, is_usable
 
 
 class RunnerSession:
@@ -33,7 +33,7 @@ class RunnerSession:
 
     async def work_connection(self) -> Connection:
         """The connection migrations run on; replaced if it broke."""
-        if self._work is None or self._work.is_closed():
+        if self._work is None or not is_usable(self._work):
             try:
                 conn = await self._stack.enter_async_context(
                     self.pool.acquire(timeout=self.config.lock_wait_seconds)

@@ -30,8 +30,13 @@ SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname, t.typcategory
 _TEXT_TYPES = frozenset({"json", "jsonb", "vector", "halfvec", "sparsevec"})
 
 
+#: What ``json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)`` builds on
+#: every call (any argument but the value makes it build a new encoder); built once here.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _ENCODER.encode(value)
 
 
 @attrs.frozen
@@ -72,11 +77,16 @@ class Column:
             )
         return f"{self.sql_type}[]"
 
+    @property
+    def parsed(self) -> bool:
+        """Whether :meth:`decode` parses this column's text (JSON and vectors)."""
+        return self.is_json or self.type_name == "vector"
+
     def decode(self, value: Any) -> Any:
         """A value read with :meth:`select`, as Python sees it (JSON and vectors parsed)."""
         if value is None or not isinstance(value, str):
             return value
-        if self.is_json or self.type_name == "vector":
+        if self.parsed:
             return json.loads(value)
         return value
 
@@ -89,6 +99,15 @@ class Column:
         if self.type_name in ("vector", "halfvec") and not isinstance(value, str):
             return "[" + ",".join(repr(float(x)) for x in value) + "]"
         return str(value)
+
+    def encode_all(self, values: Iterable[Any]) -> list[Any]:
+        """:meth:`encode` of each value, in order: the checks made once, not once per value."""
+        if not self.as_text:
+            return list(values)
+        if self.is_json:
+            dumps = _ENCODER.encode
+            return [None if value is None else dumps(value) for value in values]
+        return [self.encode(value) for value in values]
 
 
 @attrs.frozen

@@ -24,6 +24,11 @@ class RateLimiter:
         self._interval = 0.0 if not rate else 1.0 / rate
         self._next = 0.0
 
+    @property
+    def active(self) -> bool:
+        """Whether calls are limited at all (without a rate, :meth:`wait` returns at once)."""
+        return bool(self._interval)
+
     async def wait(self) -> None:
         if not self._interval:
             return
@@ -72,13 +77,15 @@ class TransformCaller:
     def __init__(self, config: MigrationConfig, retry_on: tuple[type[BaseException], ...]) -> None:
         self._concurrency = config.concurrency
         self._limiter = RateLimiter(config.rate_limit)
+        self._limited = self._limiter.active
         self._policy = config.retry
         self._retry_on = retry_on
 
     async def call(self, fn: Callable[[T], Awaitable[R]], arg: T) -> R:
         """``fn(arg)``, retrying the exceptions the migration marked as retryable."""
         if not self._retry_on:
-            await self._limiter.wait()
+            if self._limited:
+                await self._limiter.wait()
             return await fn(arg)
         retrying = tenacity.AsyncRetrying(
             retry=tenacity.retry_if_exception_type(self._retry_on),
@@ -96,22 +103,20 @@ class TransformCaller:
     async def map(self, fn: Callable[[T], Awaitable[R]], args: Sequence[T]) -> list[R | Exception]:
         """``fn`` over ``args`` in order, each result or the exception it raised."""
         results: list[R | Exception] = [None] * len(args)  # type: ignore[list-item]
-
-        async def one(index: int) -> None:
-            try:
-                results[index] = await self.call(fn, args[index])
-            except Exception as exc:
-                results[index] = exc
-
-        if self._concurrency == 1 or len(args) <= 1:
-            for index in range(len(args)):
-                await one(index)
-            return results
+        call = self.call
+        direct = not self._retry_on and not self._limited  # then call(fn, arg) is fn(arg)
         indexes = iter(range(len(args)))
 
         async def worker() -> None:
             for index in indexes:
-                await one(index)
+                try:
+                    results[index] = await (fn(args[index]) if direct else call(fn, args[index]))
+                except Exception as exc:
+                    results[index] = exc
+
+        if self._concurrency == 1 or len(args) <= 1:
+            await worker()
+            return results
 
         async with anyio.create_task_group() as group:
             for _ in range(min(self._concurrency, len(args))):

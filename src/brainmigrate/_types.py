@@ -10,3 +10,15 @@ from asyncpg.pool import PoolConnectionProxy
 #: A connection as users and brainmigrate see it: direct, or borrowed from a pool.
 Connection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
 Pool: TypeAlias = "asyncpg.Pool[Any]"
+
+
+def is_usable(conn: Connection) -> bool:
+    """Whether ``conn`` can still run statements.
+
+    When the server ends a pooled connection's session, the pool takes the connection back and
+    every call on the borrowed handle raises InterfaceError: that handle is not usable either.
+    """
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False

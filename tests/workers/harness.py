@@ -18,6 +18,7 @@ T = TypeVar("T")
 
 WORKERS = Path(__file__).resolve().parent
 RUN_PENDING = WORKERS / "run_pending.py"
+DATA_WORKER = WORKERS / "data_worker.py"
 
 
 def migrations_dir(name: str) -> Path:
@@ -68,6 +69,19 @@ async def start_worker(
         args += ["--lock-wait", str(lock_wait)]
     return await asyncio.create_subprocess_exec(
         sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+
+
+async def start_data_worker(dsn: str, migrations: str, *options: str) -> asyncio.subprocess.Process:
+    """Start ``data_worker.py`` on the migration directory ``migrations`` with command-line ``options``."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(DATA_WORKER),
+        dsn,
+        str(migrations_dir(migrations)),
+        *options,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
 
 

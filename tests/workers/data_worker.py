@@ -1,0 +1,117 @@
+"""Run ``run_pending()`` (or ``execute(id)``) of a data-migration directory in a process of its own.
+
+Usage::
+
+    python data_worker.py DSN MIGRATIONS_DIR [--execute ID] [--batch-size N]
+                          [--checkpoint-frequency N] [--parallel --max-workers N]
+                          [--lease-seconds S] [--batch-delay S] [--application-name NAME]
+                          [--ready-file PATH --start-file PATH]
+
+``--batch-delay`` sets ``$BM_BATCH_DELAY``, which the test migrations sleep for in each batch's
+transform. With ``--ready-file``/``--start-file``, the process opens its pool, creates the ready
+file and waits for the start file, so that a test can release many processes at once.
+
+One line of JSON goes to stdout: ``{"pid": ..., "results": [[id, status], ...], "details": [...],
+"error": null}`` on success (exit status 0), where each detail is ``{"id", "status",
+"items_processed", "note"}``; or ``"error": {"type", "module", "message"}`` with ``"results": null``
+on failure (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import asyncpg
+
+from brainmigrate import MigrationConfig, Migrator, RetryPolicy
+
+BARRIER_TIMEOUT_SECONDS = 30.0
+DELAY_VARIABLE = "BM_BATCH_DELAY"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dsn")
+    parser.add_argument("migrations", type=Path)
+    parser.add_argument("--execute", metavar="ID")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--checkpoint-frequency", type=int, default=500)
+    parser.add_argument("--parallel", action="store_true")
+    parser.add_argument("--max-workers", type=int, default=2)
+    parser.add_argument("--lease-seconds", type=float, default=60.0)
+    parser.add_argument("--batch-delay", type=float, default=0.0)
+    parser.add_argument("--application-name", default="data worker")
+    parser.add_argument("--ready-file", type=Path)
+    parser.add_argument("--start-file", type=Path)
+    return parser.parse_args(argv)
+
+
+async def wait_for_start(ready_file: Path | None, start_file: Path | None) -> None:
+    if ready_file is not None:
+        await anyio.Path(ready_file).touch()
+    if start_file is None:
+        return
+    deadline = time.monotonic() + BARRIER_TIMEOUT_SECONDS
+    while not await anyio.Path(start_file).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{start_file} did not appear within {BARRIER_TIMEOUT_SECONDS:g} s")
+        await asyncio.sleep(0.005)
+
+
+async def main(args: argparse.Namespace) -> dict[str, object]:
+    os.environ[DELAY_VARIABLE] = str(args.batch_delay)
+    config = MigrationConfig(
+        batch_size=args.batch_size,
+        checkpoint_frequency=args.checkpoint_frequency,
+        parallel_execution=args.parallel,
+        max_workers=args.max_workers,
+        lease_seconds=args.lease_seconds,
+        retry=RetryPolicy(attempts=5, initial_delay=0.05, max_delay=0.5, jitter=0.05),
+    )
+    pool = await asyncpg.create_pool(
+        args.dsn,
+        min_size=2,
+        max_size=args.max_workers + 2,
+        server_settings={"application_name": args.application_name},
+    )
+    try:
+        migrator = Migrator(pool, args.migrations, config=config)
+        await wait_for_start(args.ready_file, args.start_file)
+        if args.execute:
+            results = [await migrator.execute(args.execute)]
+        else:
+            results = await migrator.run_pending()
+    finally:
+        await pool.close()
+    return {
+        "pid": os.getpid(),
+        "results": [[r.migration_id, r.status.value] for r in results],
+        "details": [
+            {
+                "id": r.migration_id,
+                "status": r.status.value,
+                "items_processed": r.items_processed,
+                "note": r.error,
+            }
+            for r in results
+        ],
+        "error": None,
+    }
+
+
+if __name__ == "__main__":
+    arguments = parse_args(sys.argv[1:])
+    try:
+        report = asyncio.run(main(arguments))
+    except Exception as exc:
+        error = {"type": type(exc).__name__, "module": type(exc).__module__, "message": str(exc)}
+        print(json.dumps({"pid": os.getpid(), "results": None, "error": error}), flush=True)
+        sys.exit(1)
+    print(json.dumps(report), flush=True)
