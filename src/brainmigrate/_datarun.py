@@ -169,7 +169,7 @@ class RunPlan:
                 self.table.qualified,
                 self.table.key.quoted,
                 self.table.key.sql_type,
-                [(c.quoted, c.param_type(), f"::{c.sql_type}" if c.as_text else "") for c in columns],
+                [(c.quoted, c.param_type(), f"::{c.sql_type}" if c.sent_as_text else "") for c in columns],
                 self.image if self.reverse == "images" else None,
             )
         return self._sql_cache[key], columns
@@ -267,7 +267,8 @@ class DataRunner:
     async def chunks_left(self, conn: Connection, migration_id: str) -> int:
         """Chunks of the key space not done yet."""
         count: int = await conn.fetchval(
-            f"SELECT count(*) FROM {quote_ident(self.schema)}.{sql.CHUNKS} WHERE migration_id = $1 AND NOT done",
+            f"SELECT count(*) FROM {quote_ident(self.schema)}.{sql.CHUNKS} "
+            "WHERE migration_id = $1 AND NOT done",
             migration_id,
         )
         return count
@@ -325,23 +326,14 @@ class DataRunner:
                 migration_id=meta.id,
             )
         shape = await TableShape.read(conn, source, meta.id)
-        if mode == STREAM and isinstance(migration, DatabaseDataMigration):
-            if not (
-                migration._overrides("transform_row", DatabaseDataMigration)
-                or migration._overrides("transform_batch", DatabaseDataMigration)
-            ):
+        if mode == STREAM:
+            memory = isinstance(migration, MemoryDataMigration)
+            base: type = MemoryDataMigration if memory else DatabaseDataMigration
+            one = "transform_memory" if memory else "transform_row"
+            if not (migration._overrides(one, base) or migration._overrides("transform_batch", base)):
                 raise MigrationValidationError(
-                    f"data migration {meta.id!r} has nothing to do: override transform_row(), "
-                    "transform_batch() or get_batch_statement()",
-                    migration_id=meta.id,
-                )
-        if mode == STREAM and isinstance(migration, MemoryDataMigration):
-            if not (
-                migration._overrides("transform_memory", MemoryDataMigration)
-                or migration._overrides("transform_batch", MemoryDataMigration)
-            ):
-                raise MigrationValidationError(
-                    f"data migration {meta.id!r} has nothing to do: override transform_memory() or transform_batch()",
+                    f"data migration {meta.id!r} has nothing to do: override {one}() or transform_batch()"
+                    + ("" if memory else " or get_batch_statement()"),
                     migration_id=meta.id,
                 )
         reverse = None
@@ -482,7 +474,7 @@ class DataRunner:
             except _Stop as stop:
                 outcome.stop = stop.reason
             except Exception as exc:  # the first failure stops the other workers too
-                errors.append(exc)
+                errors.append(_unwrap(exc))
                 scope.cancel()
             finally:
                 with anyio.CancelScope(shield=True):
@@ -674,6 +666,13 @@ class DataRunner:
 
 
 # -- helpers shared by the workers ----------------------------------------------------------------
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one error inside (nested) exception groups of one error each, or ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _key_text(key: Any) -> str:

@@ -68,7 +68,8 @@ assert tuple(field.name for field in attrs.fields(BulkMemoryItem))[1:] == MEMORY
 def _identifier(_instance: Any, attribute: attrs.Attribute[str], value: object) -> None:
     if not isinstance(value, str) or not value or "\0" in value or len(value) > 63:
         raise MigrationValidationError(
-            f"DataSource.{attribute.name} must be a PostgreSQL identifier of 1 to 63 characters, got {value!r}"
+            f"DataSource.{attribute.name} must be a PostgreSQL identifier of 1 to 63 characters, "
+            f"got {value!r}"
         )
 
 

@@ -217,7 +217,8 @@ def move_failed(schema: str) -> str:
     s = quote_ident(schema)
     return f"""
 UPDATE {s}.{CHUNKS}
-   SET processed = processed + $2, skipped = skipped + $3, failed = greatest(failed - $4, 0), updated_at = now()
+   SET processed = processed + $2, skipped = skipped + $3, failed = greatest(failed - $4, 0),
+       updated_at = now()
  WHERE migration_id = $1 AND chunk = (SELECT min(chunk) FROM {s}.{CHUNKS} WHERE migration_id = $1)
 """
 
@@ -332,7 +333,8 @@ def write_batch(
     names = [name for name, _, _ in columns]
     return (
         f"WITH saved AS (INSERT INTO {image} ({key}, written, {', '.join(names)}) "
-        f"SELECT m.{key}, ${len(columns) + 2}::text[], {', '.join(f'm.{n}' for n in names)} FROM {table} AS m "
+        f"SELECT m.{key}, ${len(columns) + 2}::text[], {', '.join(f'm.{n}' for n in names)} "
+        f"FROM {table} AS m "
         f"JOIN unnest($1::{key_type}[]) AS s(k) ON m.{key} = s.k ON CONFLICT DO NOTHING) {statement}"
     )
 

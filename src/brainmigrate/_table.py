@@ -18,7 +18,7 @@ from ._sql import quote_ident
 from ._types import Connection
 
 _COLUMNS = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname, t.typcategory,
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname::text, t.typcategory::text,
        EXISTS (SELECT 1 FROM pg_index i
                 WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indnkeyatts = 1
                   AND i.indkey[0] = a.attnum AND i.indpred IS NULL)
@@ -37,6 +37,22 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=s
 
 def _dumps(value: Any) -> str:
     return _ENCODER.encode(value)
+
+
+def _array_literal(value: Any) -> str:
+    """A (nested) sequence as a PostgreSQL array literal: ``[1.5, None]`` is ``{1.5,NULL}``."""
+    parts = []
+    for element in value:
+        if element is None:
+            parts.append("NULL")
+        elif isinstance(element, list | tuple):
+            parts.append(_array_literal(element))
+        elif isinstance(element, float):
+            parts.append(repr(element))
+        else:
+            text = str(element).replace("\\", "\\\\").replace('"', '\\"')
+            parts.append(f'"{text}"')
+    return "{" + ",".join(parts) + "}"
 
 
 @attrs.frozen
@@ -59,6 +75,11 @@ class Column:
         return self.type_name in _TEXT_TYPES or self.category in ("E", "U")
 
     @property
+    def sent_as_text(self) -> bool:
+        """Whether values are bound as text and cast by the server: text types, and arrays."""
+        return self.as_text or self.category == "A"
+
+    @property
     def is_json(self) -> bool:
         return self.type_name in ("json", "jsonb")
 
@@ -69,12 +90,8 @@ class Column:
 
     def param_type(self) -> str:
         """The array type a batch of this column's values is bound as."""
-        if self.as_text:
+        if self.sent_as_text:
             return "text[]"
-        if self.category == "A":
-            raise MigrationValidationError(
-                f"column {self.name!r} is an array ({self.sql_type}); data migrations cannot write array columns"
-            )
         return f"{self.sql_type}[]"
 
     @property
@@ -92,8 +109,10 @@ class Column:
 
     def encode(self, value: Any) -> Any:
         """A Python value, ready to bind in this column's array parameter."""
-        if value is None or not self.as_text:
+        if value is None or not self.sent_as_text:
             return value
+        if self.category == "A" and not isinstance(value, str):
+            return _array_literal(value)
         if self.is_json:
             return _dumps(value)
         if self.type_name in ("vector", "halfvec") and not isinstance(value, str):
@@ -102,7 +121,7 @@ class Column:
 
     def encode_all(self, values: Iterable[Any]) -> list[Any]:
         """:meth:`encode` of each value, in order: the checks made once, not once per value."""
-        if not self.as_text:
+        if not self.sent_as_text:
             return list(values)
         if self.is_json:
             dumps = _ENCODER.encode
@@ -120,7 +139,7 @@ class TableShape:
 
     @classmethod
     async def read(cls, conn: Connection, source: DataSource, migration_id: str) -> TableShape:
-        """Describe ``source``'s table; raise MigrationValidationError if it, its key or a column is missing."""
+        """Describe ``source``'s table; MigrationValidationError if it, its key or a column is missing."""
         qualified = quote_ident(source.table)
         if source.schema is not None:
             qualified = f"{quote_ident(source.schema)}.{qualified}"
