@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import anyio
 import asyncpg
 import pytest
 
-from brainmigrate import MigrationStatus, Migrator
+from brainmigrate import MigrationConfig, MigrationStatus, MigrationType, Migrator
 from brainmigrate.testing import assert_reversible, fingerprint
 
 pytestmark = pytest.mark.anyio
@@ -26,7 +27,9 @@ ORDER = [
     "add_user_preferences_001",
     "index_importance_by_type_001",
     "touch_memories_updated_at_001",
+    "enrich_memories_with_sentiment_001",
 ]
+SENTIMENT = "enrich_memories_with_sentiment_001"
 
 # What the example schema leaves behind in the public schema, read from the catalogs.
 USER_OBJECTS = """
@@ -213,26 +216,102 @@ async def test_examples_pass_the_stairway_check(brainmigrate_pool):
 
 
 async def test_demo_runs_end_to_end_on_a_given_database(brainmigrate_database):
-    """examples/demo.py --dsn migrates that database, prints the history and exits 0."""
+    """examples/demo.py --dsn migrates that database, enriches its memories, rolls that back, exits 0."""
     env = {**os.environ, "COLUMNS": "120"}
     env.pop("BRAINMIGRATE_DEMO_DSN", None)
 
     with anyio.fail_after(120):
         process = await anyio.run_process(
-            [sys.executable, str(EXAMPLES / "demo.py"), "--dsn", brainmigrate_database],
+            [sys.executable, str(EXAMPLES / "demo.py"), "--dsn", brainmigrate_database, "--memories", "3000"],
             check=False,
             env=env,
         )
     output = process.stdout.decode()
+    text = " ".join(output.split())  # rich wraps long lines
 
     assert process.returncode == 0, output + process.stderr.decode()
-    assert "History" in output
-    assert all(migration_id in output for migration_id in ORDER)
-    assert "Dry run: roll back touch_memories_updated_at_001" in output
-    assert "It returned 0 results" in output
+    assert "History" in text
+    assert all(migration_id in text for migration_id in ORDER)
+    assert f"applied {SENTIMENT}: 3,000 memories written, 0 skipped, 0 failed" in text
+    assert "It returned 0 results" in text
+    assert f"Roll back {SENTIMENT}" in text
+    assert "Every memory's metadata is identical to before the migration" in text
     pool = await asyncpg.create_pool(brainmigrate_database, min_size=2, max_size=2)
     try:
-        assert await Migrator(pool, MIGRATIONS).pending() == []
-        assert len(ORDER) == len(await Migrator(pool, MIGRATIONS).history())
+        migrator = Migrator(pool, MIGRATIONS)
+        assert [meta.id for meta in await migrator.pending()] == [SENTIMENT]
+        assert [(r.migration_id, r.operation) for r in await migrator.history()] == [
+            *((mid, "apply") for mid in ORDER),
+            (SENTIMENT, "rollback"),
+        ]
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM memories WHERE metadata ? 'sentiment'") == 0
+            assert await conn.fetchval("SELECT count(*) FROM memories") == 3000
     finally:
         await pool.close()
+
+
+# Memories whose sentiment the word list decides, with metadata the migration must keep.
+SEEDED = [
+    ("The team offsite was a great success", {"source": "journal"}, "positive"),
+    ("The flight was delayed and I felt exhausted", {"source": "chat", "tags": ["travel"]}, "negative"),
+    ("The review was not great, honestly", {"nested": {"depth": [1, 2, {"x": None}]}}, "negative"),
+    ("Sprint planning is on Tuesday", {}, "neutral"),
+    ("Café crème, naïve résumé: wonderful ☕", {"lang": "fr", "score": 1.50}, "positive"),
+]
+
+
+async def test_sentiment_migration_enriches_memories_and_rolls_back_to_the_byte(brainmigrate_pool):
+    """The memory data migration adds metadata.sentiment in batches, keeps the rest, and its rollback
+    restores the database exactly: every row of every table is as before (fingerprint)."""
+    migrator = Migrator(brainmigrate_pool, MIGRATIONS)
+    # Only what the data migration depends on: the trigger of 007 would stamp updated_at on every
+    # write, the rollback's included, so rows would differ in that column.
+    await migrator.execute("enable_pgvector_001")
+    await migrator.execute("create_memories_001")
+    async with brainmigrate_pool.acquire() as conn:
+        await conn.executemany(
+            "INSERT INTO memories (content, metadata) VALUES ($1, $2::jsonb)",
+            [(content, json.dumps(metadata)) for content, metadata, _ in SEEDED],
+        )
+        await conn.execute(
+            "INSERT INTO memories (content, metadata, memory_type, importance_score) "
+            "SELECT 'Memory ' || i || CASE WHEN i % 3 = 0 THEN ' was fun' ELSE '' END, "
+            "       jsonb_build_object('n', i), 'episodic', 0.1234 FROM generate_series(1, 500) AS i"
+        )
+        # The application already wrote this one's sentiment: the source's filter leaves it out.
+        await conn.execute(
+            "INSERT INTO memories (content, metadata) "
+            """VALUES ('I hate mondays', '{"sentiment": {"label": "custom"}}')"""
+        )
+        before = await fingerprint(conn)
+    config = MigrationConfig(batch_size=64, checkpoint_frequency=128, parallel_execution=True)
+
+    [result] = await migrator.run_pending(MigrationType.MEMORY_DATA, config=config)
+    async with brainmigrate_pool.acquire() as conn:
+        rows = {
+            row["content"]: json.loads(row["metadata"])
+            for row in await conn.fetch("SELECT content, metadata::text FROM memories")
+        }
+        applied = await fingerprint(conn)
+    [rolled_back] = await migrator.rollback(SENTIMENT)
+    async with brainmigrate_pool.acquire() as conn:
+        after = await fingerprint(conn)
+
+    assert (result.status, result.items_processed, result.items_failed) == (
+        MigrationStatus.COMPLETED,
+        len(SEEDED) + 500,
+        0,
+    )
+    for content, metadata, label in SEEDED:
+        sentiment = rows[content].pop("sentiment")
+        assert (sentiment["label"], rows[content]) == (label, metadata), content
+        assert -1 < sentiment["score"] < 1
+    assert rows["Memory 3 was fun"]["sentiment"]["label"] == "positive"
+    assert rows["Memory 4"]["sentiment"]["label"] == "neutral"
+    assert rows["I hate mondays"] == {"sentiment": {"label": "custom"}}
+    assert before.diff(applied) != []
+    restored = (rolled_back.status, rolled_back.items_processed)
+    assert restored == (MigrationStatus.ROLLED_BACK, len(SEEDED) + 500)
+    assert before.diff(after) == []
+    assert [meta.id for meta in await migrator.pending(MigrationType.MEMORY_DATA)] == [SENTIMENT]

@@ -514,14 +514,22 @@ class DataRunner:
         shape = plan.table
         if plan.reverse == "images":
             assert plan.image is not None
-            columns = [c for c in image_candidates(plan.migration, shape)]
-            status = await conn.execute(
-                sql.restore_images(
-                    plan.image, shape.qualified, shape.key.quoted, [(quote_ident(c), c) for c in columns]
+            sets = [row[0] for row in await conn.fetch(sql.written_sets(plan.image))]
+            written = sorted({name for names in sets for name in names})
+            restored = 0
+            if written:
+                status = await conn.execute(
+                    sql.restore_images(
+                        plan.image,
+                        shape.qualified,
+                        shape.key.quoted,
+                        [(quote_ident(c), c) for c in written],
+                        uniform=len(sets) == 1,
+                    )
                 )
-            )
+                restored = int(status.split()[-1])
             await conn.execute(f"DROP TABLE {plan.image}")
-            return int(status.split()[-1])
+            return restored
         migration = plan.migration
         if isinstance(migration, DatabaseDataMigration) and (
             statement := await migration.get_rollback_batch_statement()
@@ -1209,8 +1217,10 @@ class _ChunkWorker:
         counts = Counts(batches=len(batches))
         async with conn.transaction():
             if plan.mode == STATEMENT:
-                statements_done, cursor, end = await self._statement_batches(conn, cursor, lower, upper)
-                counts.processed = statements_done
+                statements_done, ranges, cursor, end = await self._statement_batches(
+                    conn, cursor, lower, upper
+                )
+                counts.processed, counts.batches = statements_done, ranges
             else:
                 async with _piped(conn) as pipe:
                     for batch in batches:
@@ -1268,17 +1278,18 @@ class _ChunkWorker:
 
     async def _statement_batches(
         self, conn: Connection, cursor: str | None, lower: str | None, upper: str | None
-    ) -> tuple[int, str | None, bool]:
+    ) -> tuple[int, int, str | None, bool]:
+        """Run the batch statement over key ranges up to a checkpoint: rows, ranges, cursor, done."""
         plan, config = self.plan, self.config
         assert plan.statement is not None
-        done = 0
+        done = ranges = 0
         while done < config.checkpoint_frequency:
             text, args = self._bounds(plan.range_sql, cursor, lower, upper)
             row = await conn.fetchrow(text, config.batch_size, *args)
             assert row is not None
             first, last, last_text, count = row
             if not count:
-                return done, cursor, True
+                return done, ranges, cursor, True
             if plan.reverse == "images":
                 assert plan.image is not None and isinstance(plan.migration, DatabaseDataMigration)
                 writes = list(plan.migration.writes)
@@ -1296,9 +1307,10 @@ class _ChunkWorker:
             await conn.execute(plan.statement, first, last)
             cursor = last_text
             done += count
+            ranges += 1
             if count < config.batch_size:
-                return done, cursor, True
-        return done, cursor, False
+                return done, ranges, cursor, True
+        return done, ranges, cursor, False
 
     @staticmethod
     def _bounds(

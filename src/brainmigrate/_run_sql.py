@@ -79,11 +79,11 @@ def start_run(schema: str) -> str:
     return f"""
 INSERT INTO {quote_ident(schema)}.{RUNS}
        (migration_id, checksum, status, mode, total, before_images, started_at, resumed_at)
-VALUES ($1, $2, 'running', $3, $4, $5, now(), now())
+VALUES ($1, $2, 'running', $3, $4, $5, clock_timestamp(), clock_timestamp())
 ON CONFLICT (migration_id) DO UPDATE
    SET checksum = EXCLUDED.checksum, status = 'running', mode = EXCLUDED.mode, total = EXCLUDED.total,
-       before_images = EXCLUDED.before_images, image_columns = NULL, started_at = now(),
-       resumed_at = now(), processed_at_resume = 0, finished_at = NULL, error = NULL
+       before_images = EXCLUDED.before_images, image_columns = NULL, started_at = clock_timestamp(),
+       resumed_at = clock_timestamp(), processed_at_resume = 0, finished_at = NULL, error = NULL
 """
 
 
@@ -92,7 +92,7 @@ def resume_run(schema: str) -> str:
     s = quote_ident(schema)
     return f"""
 UPDATE {s}.{RUNS} r
-   SET status = 'running', resumed_at = now(), error = NULL, finished_at = NULL,
+   SET status = 'running', resumed_at = clock_timestamp(), error = NULL, finished_at = NULL,
        processed_at_resume = (SELECT coalesce(sum(processed + skipped + failed), 0)
                                 FROM {s}.{CHUNKS} c WHERE c.migration_id = r.migration_id)
  WHERE migration_id = $1
@@ -143,7 +143,7 @@ def lease_chunk(schema: str) -> str:
     return f"""
 UPDATE {s}.{CHUNKS} c
    SET lease_owner = $2, lease_pid = pg_backend_pid(),
-       lease_expires_at = now() + make_interval(secs => $3), updated_at = now()
+       lease_expires_at = clock_timestamp() + make_interval(secs => $3), updated_at = clock_timestamp()
  WHERE (c.migration_id, c.chunk) = (
        SELECT f.migration_id, f.chunk FROM {s}.{CHUNKS} f
         WHERE f.migration_id = $1 AND NOT f.done AND NOT {_lease_alive("f")}
@@ -165,7 +165,7 @@ def checkpoint(schema: str) -> str:
 UPDATE {s}.{CHUNKS}
    SET cursor_key = coalesce($3, cursor_key), processed = processed + $4, failed = failed + $5,
        skipped = skipped + $6, batches = batches + $7, done = $8, lease_pid = pg_backend_pid(),
-       lease_expires_at = now() + make_interval(secs => $9), updated_at = now(),
+       lease_expires_at = clock_timestamp() + make_interval(secs => $9), updated_at = clock_timestamp(),
        lease_owner = CASE WHEN $8 THEN NULL ELSE lease_owner END
  WHERE migration_id = $1 AND chunk = $2 AND lease_owner = $10
 RETURNING (SELECT status FROM {s}.{RUNS} WHERE migration_id = $1)
@@ -175,7 +175,7 @@ RETURNING (SELECT status FROM {s}.{RUNS} WHERE migration_id = $1)
 def release_chunks(schema: str) -> str:
     """Give up every lease owner $2 holds in run $1."""
     return f"""
-UPDATE {quote_ident(schema)}.{CHUNKS} SET lease_owner = NULL, lease_pid = NULL, updated_at = now()
+UPDATE {quote_ident(schema)}.{CHUNKS} SET lease_owner = NULL, lease_pid = NULL, updated_at = clock_timestamp()
  WHERE migration_id = $1 AND lease_owner = $2
 """
 
@@ -218,7 +218,7 @@ def move_failed(schema: str) -> str:
     return f"""
 UPDATE {s}.{CHUNKS}
    SET processed = processed + $2, skipped = skipped + $3, failed = greatest(failed - $4, 0),
-       updated_at = now()
+       updated_at = clock_timestamp()
  WHERE migration_id = $1 AND chunk = (SELECT min(chunk) FROM {s}.{CHUNKS} WHERE migration_id = $1)
 """
 
@@ -348,20 +348,27 @@ def save_images_in_range(image: str, table: str, key: str, columns: Sequence[str
     )
 
 
+def written_sets(image: str) -> str:
+    """The distinct sets of columns the rows of a before-image table had written."""
+    return f"SELECT DISTINCT written FROM {image}"
+
+
 def restore_images(
-    image: str, table: str, key: str, columns: Sequence[tuple[str, str]], *, by_key: str = ""
+    image: str, table: str, key: str, columns: Sequence[tuple[str, str]], *, uniform: bool = False
 ) -> str:
     """Put the saved before-images back (only the written columns of each row).
 
-    ``columns`` pairs each quoted column with its name as stored in ``written``; with ``by_key``
-    (the key's type), only rows whose keys are in $1 (as text).
+    ``columns`` pairs each quoted column with its name as stored in ``written``. With ``uniform``
+    (every row had the same columns written), those columns are set without a per-row test.
     """
-    sets = ", ".join(
-        f"{quoted} = CASE WHEN b.written @> ARRAY[{_literal(name)}] THEN b.{quoted} ELSE m.{quoted} END"
-        for quoted, name in columns
-    )
-    only = f" AND b.{key} = ANY($1::text[]::{by_key}[])" if by_key else ""
-    return f"UPDATE {table} AS m SET {sets} FROM {image} AS b WHERE m.{key} = b.{key}{only}"
+    if uniform:
+        sets = ", ".join(f"{quoted} = b.{quoted}" for quoted, _ in columns)
+    else:
+        sets = ", ".join(
+            f"{quoted} = CASE WHEN b.written @> ARRAY[{_literal(name)}] THEN b.{quoted} ELSE m.{quoted} END"
+            for quoted, name in columns
+        )
+    return f"UPDATE {table} AS m SET {sets} FROM {image} AS b WHERE m.{key} = b.{key}"
 
 
 def _literal(text: str) -> str:
