@@ -134,3 +134,27 @@ def server_side_migration(
 
     Made.writes = tuple(writes)
     return Made
+
+
+async def key_at(conn: Any, position: int) -> str:
+    """The id (as text) of the memory at ``position`` (1-based) in key order, the order batches follow."""
+    key: str = await conn.fetchval(
+        "SELECT id::text FROM memories ORDER BY id OFFSET $1 LIMIT 1", position - 1
+    )
+    return key
+
+
+async def stop_counting_writes(conn: Any) -> None:
+    """Disable the write-counting trigger, so a restore leaves the rows exactly as they were."""
+    await conn.execute("ALTER TABLE memories DISABLE TRIGGER memories_count_writes")
+
+
+async def tagged_count(conn: Any) -> int:
+    """Memories whose metadata carries the ``tagged`` mark of the default transform."""
+    count: int = await conn.fetchval("SELECT count(*) FROM memories WHERE metadata ? 'tagged'")
+    return count
+
+
+def tag(memory: dict[str, Any]) -> BulkMemoryItem:
+    """The default transform's result: the memory's metadata with ``"tagged": true`` added."""
+    return BulkMemoryItem(memory_id=memory["id"], metadata={**memory["metadata"], "tagged": True})

@@ -18,15 +18,20 @@ from helpers import create_table, schema_migration
 pytestmark = pytest.mark.anyio
 
 _EXPORTER = InMemorySpanExporter()
+_ATTACHED: list[TracerProvider] = []
 
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    """The global tracer provider can be set once per process; tests share one exporter."""
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+    """The global tracer provider can be set once per process (another module may have set it);
+    this module's exporter is attached to it once, and its tests share that exporter."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
         provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
         trace.set_tracer_provider(provider)
+    if not _ATTACHED:
+        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        _ATTACHED.append(provider)
     _EXPORTER.clear()
     yield _EXPORTER
     _EXPORTER.clear()

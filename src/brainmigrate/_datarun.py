@@ -285,9 +285,13 @@ class DataRunner:
         allowed: Sequence[str],
         error: str | None = None,
     ) -> str | None:
-        result: str | None = await conn.fetchval(
-            sql.set_status(self.schema), migration_id, status, error, list(allowed)
-        )
+        """Move run ``migration_id`` to ``status`` if it is in one of ``allowed``; None if it was not."""
+        try:
+            result: str | None = await conn.fetchval(
+                sql.set_status(self.schema), migration_id, status, error, list(allowed)
+            )
+        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+            return None
         return result
 
     async def errors(self, conn: Connection, migration_id: str) -> list[ItemError]:
@@ -1155,10 +1159,10 @@ class _ChunkWorker:
                     pause = await plan.migration.throttle()
                     if pause and pause > 0:
                         await anyio.sleep(pause)
-                started = time.monotonic()
-                span = telemetry.start_batch_span(plan.migration_id, number + len(batches) + 1)
+                started, started_ns = time.monotonic(), time.time_ns()
                 if plan.mode == STATEMENT:
                     # Server-side batches run in the checkpoint's transaction below.
+                    span = telemetry.start_batch_span(plan.migration_id, number + 1, started_ns)
                     batches.append(_Batch(number + len(batches) + 1, [], span, started))
                     items_in_group = config.checkpoint_frequency
                     break
@@ -1167,7 +1171,6 @@ class _ChunkWorker:
                     items = await self._query_slice()
                     if items is None:
                         end = True
-                        span.end()
                         break
                     items_in_group = config.checkpoint_frequency
                 else:
@@ -1178,7 +1181,6 @@ class _ChunkWorker:
                         rows, ahead = await ahead.result(), None
                     if not rows:
                         end = True
-                        span.end()
                         break
                     cursor = str(rows[-1][0])
                     if len(rows) < config.batch_size:
@@ -1190,6 +1192,7 @@ class _ChunkWorker:
                         )
                         await anyio.lowlevel.checkpoint()  # let it send the query now
                     items = _decode_rows(plan, rows)
+                span = telemetry.start_batch_span(plan.migration_id, number + len(batches) + 1, started_ns)
                 entries = await transform_items(plan, self.caller, items)
                 failures = [e for e in entries if e.error is not None]
                 if failures and not config.continue_on_error:

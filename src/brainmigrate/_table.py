@@ -21,7 +21,8 @@ _COLUMNS = """
 SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname::text, t.typcategory::text,
        EXISTS (SELECT 1 FROM pg_index i
                 WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indnkeyatts = 1
-                  AND i.indkey[0] = a.attnum AND i.indpred IS NULL)
+                  AND i.indkey[0] = a.attnum AND i.indpred IS NULL),
+       t.typnamespace = 'pg_catalog'::regnamespace
   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
  WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
  ORDER BY a.attnum
@@ -64,6 +65,8 @@ class Column:
     type_name: str
     category: str
     unique: bool
+    #: A type of PostgreSQL itself (uuid, numeric...), which the driver knows, or an extension's.
+    builtin: bool = True
 
     @property
     def quoted(self) -> str:
@@ -71,8 +74,8 @@ class Column:
 
     @property
     def as_text(self) -> bool:
-        """JSON, vectors, enums and other user types are sent and read as text."""
-        return self.type_name in _TEXT_TYPES or self.category in ("E", "U")
+        """JSON, vectors, enums and types from extensions are sent and read as text."""
+        return self.type_name in _TEXT_TYPES or self.category == "E" or not self.builtin
 
     @property
     def sent_as_text(self) -> bool:
@@ -150,7 +153,7 @@ class TableShape:
                 migration_id=migration_id,
             )
         rows = await conn.fetch(_COLUMNS, qualified)
-        columns = {row[0]: Column(row[0], row[1], row[2], row[3], row[4]) for row in rows}
+        columns = {row[0]: Column(row[0], row[1], row[2], row[3], row[4], row[5]) for row in rows}
         key = columns.get(source.key)
         if key is None:
             raise MigrationValidationError(

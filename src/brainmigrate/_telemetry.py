@@ -83,10 +83,15 @@ METRIC_ITEMS_FAILED = "brainmigrate.items.failed"
 METRIC_BATCH_DURATION = "brainmigrate.batch.duration"
 
 
-def start_batch_span(migration_id: str, number: int) -> trace.Span:
-    """A span for one batch, a child of the current (migration) span; ended when it is committed."""
+def start_batch_span(migration_id: str, number: int, start_time: int | None = None) -> trace.Span:
+    """A span for one batch (from ``start_time``, in ns), a child of the current (migration) span.
+
+    It is ended when the batch is committed.
+    """
     return tracer().start_span(
-        SPAN_BATCH, attributes={ATTR_MIGRATION_ID: migration_id, ATTR_BATCH_NUMBER: number}
+        SPAN_BATCH,
+        attributes={ATTR_MIGRATION_ID: migration_id, ATTR_BATCH_NUMBER: number},
+        start_time=start_time,
     )
 
 
