@@ -16,7 +16,7 @@ from . import _sql
 from . import _telemetry as telemetry
 from ._config import MigrationConfig
 from ._data import DataMigration
-from ._datarun import ACTIVE, DataRunner, Outcome, ProgressCallback, RunPlan, is_transient
+from ._datarun import DataRunner, Outcome
 from ._errors import (
     BrainMigrateError,
     ChecksumMismatchError,
@@ -37,7 +37,9 @@ from ._loader import configured_source, load_migrations
 from ._lock import lock_key
 from ._metadata import MigrationMetadata, MigrationStatus, MigrationType
 from ._migration import DatabaseSchemaMigration, Migration
+from ._plan import ACTIVE, ProgressCallback, RunPlan
 from ._results import HistoryRecord, ItemError, MigrationResult, ValidationReport
+from ._retry import is_recoverable
 from ._session import RunnerSession, runner_session
 from ._types import Connection
 
@@ -634,7 +636,7 @@ class Migrator:
                 with anyio.CancelScope(shield=True):
                     # After transient failures outlast the retries (the database is unreachable),
                     # reversing would fail or throw away hours of work: the run stays resumable.
-                    error = await self._fail_data(plan, cfg, error, started, reverse=not is_transient(exc))
+                    error = await self._fail_data(plan, cfg, error, started, reverse=not is_recoverable(exc))
                 span.set_attribute(telemetry.ATTR_STATUS, MigrationStatus.FAILED.value)
                 span.record_exception(error)
                 span.set_status(StatusCode.ERROR, str(error))

@@ -35,3 +35,14 @@ def retrying(policy: RetryPolicy) -> tenacity.AsyncRetrying:
         before_sleep=_log_retry,
         reraise=True,
     )
+
+
+def is_recoverable(exc: BaseException) -> bool:
+    """Whether a data migration's batch is worth retrying from its checkpoint: a lost connection
+    (the session was ended, the server restarted) or a transient conflict."""
+    if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | OSError):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        state = getattr(exc, "sqlstate", None) or ""
+        return state in TRANSIENT_SQLSTATES or state.startswith("08") or state in ("57P01", "57P02", "57P03")
+    return False

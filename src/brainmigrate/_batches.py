@@ -1,0 +1,350 @@
+"""Items of a batch: decoded from rows, transformed, and written back set-based."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+import anyio.lowlevel
+import asyncpg
+import attrs
+
+from ._data import DatabaseDataMigration, MemoryDataMigration
+from ._errors import (
+    MigrationExecutionError,
+    MigrationValidationError,
+)
+from ._items import BulkMemoryItem
+from ._plan import RunPlan
+from ._retry import is_recoverable
+from ._table import Column
+from ._transform import TransformCaller
+from ._types import Connection
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+T = TypeVar("T")
+
+
+@attrs.define
+class Counts:
+    processed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    batches: int = 0
+
+    def add(self, other: Counts) -> None:
+        self.processed += other.processed
+        self.failed += other.failed
+        self.skipped += other.skipped
+        self.batches += other.batches
+
+
+@attrs.frozen
+class Entry:
+    """One item's outcome after its transform: changes to write, a skip, or a failure."""
+
+    key: Any
+    changes: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The one error inside (nested) exception groups of one error each, or ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def key_text(key: Any) -> str:
+    return str(key)
+
+
+def decode_row(plan: RunPlan, row: asyncpg.Record) -> dict[str, Any]:
+    return decode_rows(plan, [row])[0]
+
+
+def decode_rows(plan: RunPlan, rows: Sequence[asyncpg.Record]) -> list[dict[str, Any]]:
+    """Rows read with the plan's columns, by column name, each value as :meth:`Column.decode` makes it.
+
+    The same as ``{c.name: c.decode(v) ...}`` for each row, with the per-column checks made once
+    per page rather than once per value: only columns whose text is parsed are looked at again.
+    """
+    columns = plan.read_columns
+    names = [column.name for column in columns]
+    parsed = list(dict.fromkeys(column.name for column in columns if column.parsed))
+    # Every row of a result has the same length: checked once, as zip(strict=True) costs per row.
+    for row in rows[:1]:
+        if len(row) != len(names):
+            raise ValueError(f"a row of {len(row)} values read for {len(names)} columns")
+    items = [dict(zip(names, row)) for row in rows]  # noqa: B905 (lengths checked above)
+    if parsed:
+        loads = json.loads
+        for item in items:
+            for name in parsed:
+                value = item[name]
+                if isinstance(value, str):
+                    item[name] = loads(value)
+    return items
+
+
+def decode_mapping(plan: RunPlan, memory: Any) -> dict[str, Any]:
+    """A memory from the user's query: JSON columns that arrived as text become Python objects."""
+    item = dict(memory)
+    columns = plan.table.columns
+    for name, value in item.items():
+        column = columns.get(name)
+        if column is not None and column.is_json and isinstance(value, str):
+            item[name] = json.loads(value)
+    return item
+
+
+def entry_maker(plan: RunPlan) -> Callable[[dict[str, Any], Any], Entry]:
+    """:func:`entry_of` bound to ``plan``; for memories, with its checks of the plan made once."""
+    if not isinstance(plan.migration, MemoryDataMigration):
+        return functools.partial(entry_of, plan)
+    key_name = plan.table.key.name
+
+    def memory_entry(item: dict[str, Any], result: Any) -> Entry:
+        if result is None:
+            return Entry(item.get(key_name))
+        if not isinstance(result, BulkMemoryItem):
+            return entry_of(plan, item, result)  # raises MigrationValidationError
+        return Entry(result.memory_id, result.changes())
+
+    return memory_entry
+
+
+def entry_of(plan: RunPlan, item: dict[str, Any], result: Any) -> Entry:
+    """Check a transform's return value and turn it into the changes to write."""
+    meta = plan.migration.metadata
+    key = item.get(plan.table.key.name)
+    if result is None:
+        return Entry(key)
+    if isinstance(plan.migration, MemoryDataMigration):
+        if not isinstance(result, BulkMemoryItem):
+            raise MigrationValidationError(
+                f"data migration {meta.id!r}: the transform must return a BulkMemoryItem or None, "
+                f"got {type(result).__name__} for memory {key}",
+                migration_id=meta.id,
+            )
+        return Entry(result.memory_id, result.changes())
+    if not isinstance(result, dict):
+        raise MigrationValidationError(
+            f"data migration {meta.id!r}: the transform must return a dict of column values or None, "
+            f"got {type(result).__name__} for row {key}",
+            migration_id=meta.id,
+        )
+    changes = dict(result)
+    new_key = changes.pop(plan.table.key.name, key)
+    if new_key != key:
+        raise MigrationValidationError(
+            f"data migration {meta.id!r}: the transform changed the key of row {key}; data migrations "
+            "update rows in place",
+            migration_id=meta.id,
+        )
+    return Entry(key, changes)
+
+
+async def transform_items(plan: RunPlan, caller: TransformCaller, items: list[dict[str, Any]]) -> list[Entry]:
+    """Run the migration's transform over ``items``; a failing item becomes an entry with its error."""
+    migration = plan.migration
+    base: type = MemoryDataMigration if isinstance(migration, MemoryDataMigration) else DatabaseDataMigration
+    entries: list[Entry] = []
+    entry_of = entry_maker(plan)
+    if migration._overrides("transform_batch", base):
+        size = migration.transform_batch_size
+        slices = [items[i : i + size] for i in range(0, len(items), size)]
+        batch_transform: Callable[[list[dict[str, Any]]], Awaitable[Any]] = migration.transform_batch  # type: ignore[attr-defined]
+        results = await caller.map(batch_transform, slices)
+        for part, result in zip(slices, results, strict=True):
+            if isinstance(result, Exception):
+                entries.extend(failed_entry(plan, item, result) for item in part)
+                continue
+            outputs = list(result)
+            if len(outputs) != len(part):
+                raise MigrationValidationError(
+                    f"data migration {migration.metadata.id!r}: transform_batch returned {len(outputs)} "
+                    f"results for {len(part)} items; return one per item, in order (None to skip)",
+                    migration_id=migration.metadata.id,
+                )
+            entries.extend(entry_of(item, output) for item, output in zip(part, outputs, strict=True))
+        return entries
+    one: Callable[[dict[str, Any]], Awaitable[Any]] = (
+        migration.transform_memory if isinstance(migration, MemoryDataMigration) else migration.transform_row  # type: ignore[attr-defined]
+    )
+    for item, result in zip(items, await caller.map(one, items), strict=True):
+        entries.append(
+            failed_entry(plan, item, result) if isinstance(result, Exception) else entry_of(item, result)
+        )
+    return entries
+
+
+def failed_entry(plan: RunPlan, item: dict[str, Any], exc: Exception) -> Entry:
+    if isinstance(exc, MigrationValidationError):
+        raise exc
+    return Entry(item.get(plan.table.key.name), error=f"{type(exc).__name__}: {exc}")
+
+
+async def write_entries(
+    conn: Connection, plan: RunPlan, entries: Sequence[Entry], *, isolate: bool, pipe: Pipe | None = None
+) -> list[Entry]:
+    """Write entries with changes, one UPDATE per set of written columns; return those that failed.
+
+    With ``isolate``, a failing write is split in halves inside savepoints until the failing items
+    are found, so one bad item never aborts the transaction holding its neighbours' writes.
+    Without, ``pipe`` (if given) sends each UPDATE as soon as the one before is done, and encodes
+    the next meanwhile: the statements, their order and their errors stay the same.
+    """
+    groups: dict[tuple[str, ...], list[Entry]] = {}
+    for entry in entries:
+        assert entry.changes is not None
+        groups.setdefault(tuple(entry.changes), []).append(entry)
+    failed: list[Entry] = []
+    for fields, group in groups.items():
+        if not fields:
+            continue
+        try:
+            statement, columns = plan.write_sql(fields)
+        except BaseException:
+            if pipe is not None:
+                await pipe.wait()  # the statement before fails first, as it would have unpiped
+            raise
+
+        async def run(
+            part: Sequence[Entry],
+            statement: str = statement,
+            columns: list[Column] = columns,
+            fields: tuple[str, ...] = fields,
+        ) -> None:
+            status = await conn.execute(statement, *_write_args(plan, fields, columns, part))
+            _check_written(plan, len(part), status)
+
+        if isolate:
+            failed += await _isolated(conn, run, group)
+        elif pipe is None:
+            await run(group)
+        else:
+            try:
+                args = _write_args(plan, fields, columns, group)
+            except BaseException:
+                await pipe.wait()  # the statement before fails first, as it would have unpiped
+                raise
+            await pipe.send(statement, args, functools.partial(_check_written, plan, len(group)))
+    return failed
+
+
+def _write_args(
+    plan: RunPlan, fields: tuple[str, ...], columns: list[Column], part: Sequence[Entry]
+) -> list[Any]:
+    """The parameters of a batch's UPDATE: the keys, then each column's values, encoded."""
+    args: list[Any] = [[e.key for e in part]]
+    args += [column.encode_all([e.changes[column.name] for e in part]) for column in columns]  # type: ignore[index]
+    if plan.reverse == "images":
+        args.append(list(fields))
+    return args
+
+
+def _check_written(plan: RunPlan, expected: int, status: str) -> None:
+    written = int(status.split()[-1])
+    if written != expected:
+        raise MigrationExecutionError(
+            f"data migration {plan.migration_id!r}: {expected - written} of {expected} items name "
+            "rows that do not exist; a transform updates existing rows, never creates them",
+            migration_id=plan.migration_id,
+        )
+
+
+async def _isolated(
+    conn: Connection, run: Callable[[Sequence[Entry]], Awaitable[None]], part: Sequence[Entry]
+) -> list[Entry]:
+    try:
+        async with conn.transaction():  # a savepoint inside the batch's transaction
+            await run(part)
+    except Exception as exc:
+        if is_recoverable(exc):
+            raise
+        if len(part) == 1:
+            return [attrs.evolve(part[0], error=f"{type(exc).__name__}: {exc}")]
+        middle = len(part) // 2
+        return await _isolated(conn, run, part[:middle]) + await _isolated(conn, run, part[middle:])
+    return []
+
+
+class InFlight(Generic[T]):
+    """A statement running in the background on a worker's connection, awaited later.
+
+    It runs shielded from cancellation, so the connection is never left in mid-statement: a task
+    group holding it waits for it to finish, whatever happens to its other tasks.
+    """
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    async def run(self, call: Callable[[], Awaitable[T]]) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                self._value = await call()
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                self._done.set()
+
+    async def result(self) -> T:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+def in_background(group: TaskGroup, call: Callable[[], Awaitable[T]]) -> InFlight[T]:
+    flight: InFlight[T] = InFlight()
+    group.start_soon(flight.run, call)
+    return flight
+
+
+class Pipe:
+    """Statements run one at a time, in order, on one connection, while the client prepares the next.
+
+    :meth:`send` first waits for the statement before it and raises its error, so the statements
+    run and fail exactly as if each were awaited in turn; only the client's work on the next one
+    (encoding a batch) overlaps the server's work on the last. Used within :func:`piped`.
+    """
+
+    def __init__(self, conn: Connection, group: TaskGroup) -> None:
+        self._conn = conn
+        self._group = group
+        self._pending: tuple[InFlight[str], Callable[[str], None]] | None = None
+
+    async def send(self, statement: str, args: Sequence[Any], check: Callable[[str], None]) -> None:
+        """Run ``statement`` once the one before is done; ``check`` its status when it is waited for."""
+        await self.wait()
+
+        async def execute() -> str:
+            status: str = await self._conn.execute(statement, *args)
+            return status
+
+        self._pending = (in_background(self._group, execute), check)
+        await anyio.lowlevel.checkpoint()  # let it go out now
+
+    async def wait(self) -> None:
+        """Wait for the statement in flight, if any; raise its error or its check's."""
+        if self._pending is not None:
+            (flight, check), self._pending = self._pending, None
+            check(await flight.result())
+
+
+@asynccontextmanager
+async def piped(conn: Connection) -> AsyncIterator[Pipe]:
+    """A :class:`Pipe` whose last statement is done (or failed) when the block ends."""
+    async with anyio.create_task_group() as group:
+        pipe = Pipe(conn, group)
+        yield pipe
+        await pipe.wait()

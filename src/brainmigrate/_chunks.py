@@ -1,0 +1,463 @@
+"""A data migration's workers: each leases a chunk of the key space, then reads, transforms and
+writes its batches, advancing the chunk's checkpoint in the transaction of each group's writes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import asyncpg
+import attrs
+import tenacity
+
+from . import _run_sql as sql
+from . import _telemetry as telemetry
+from ._batches import (
+    Counts,
+    Entry,
+    InFlight,
+    decode_mapping,
+    decode_rows,
+    in_background,
+    key_text,
+    piped,
+    transform_items,
+    write_entries,
+)
+from ._config import MigrationConfig
+from ._data import DatabaseDataMigration, DataMigration, MemoryDataMigration
+from ._errors import (
+    MigrationExecutionError,
+    PoolExhaustedError,
+)
+from ._items import Progress
+from ._plan import QUERY, STATEMENT, STREAM, ProgressCallback, RunPlan
+from ._retry import is_recoverable
+from ._sql import quote_ident, set_session_timeouts
+from ._transform import TransformCaller
+from ._types import Connection, Pool, is_usable
+
+if TYPE_CHECKING:
+    pass
+
+logger = logging.getLogger("brainmigrate")
+
+
+class LeaseLost(Exception):
+    """Another worker took over this worker's chunk (its lease expired or its session ended)."""
+
+
+class Stop(Exception):
+    """The run was asked to stop (cancelled, failed elsewhere, or out of time) at a batch boundary."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Tracker:
+    """This process's view of a run's progress, pushed to ``on_progress`` after each checkpoint."""
+
+    def __init__(
+        self, migration_id: str, baseline: Progress | None, callback: ProgressCallback | None
+    ) -> None:
+        self.migration_id = migration_id
+        self.baseline = baseline
+        self.callback = callback
+        self.counts = Counts()
+        self.started = time.monotonic()
+        self.started_at = baseline.started_at if baseline is not None else datetime.now(UTC)
+
+    async def committed(self, counts: Counts) -> None:
+        self.counts.add(counts)
+        if self.callback is None:
+            return
+        base = self.baseline
+        elapsed = time.monotonic() - self.started
+        done = self.counts.processed + self.counts.failed + self.counts.skipped
+        progress = Progress(
+            migration_id=self.migration_id,
+            status="running",
+            processed=(base.processed if base else 0) + self.counts.processed,
+            failed=(base.failed if base else 0) + self.counts.failed,
+            skipped=(base.skipped if base else 0) + self.counts.skipped,
+            total=base.total if base else None,
+            batch_number=(base.batch_number if base else 0) + self.counts.batches,
+            rate=done / elapsed if elapsed > 0 else None,
+            started_at=self.started_at,
+            updated_at=datetime.now(UTC),
+        )
+        result = self.callback(progress)
+        if result is not None:
+            await result
+
+
+@attrs.define
+class _Batch:
+    number: int
+    entries: list[Entry]
+    span: Any
+    started: float
+
+
+class ChunkWorker:
+    """One worker: a connection, and a loop of lease chunk → batches → checkpoint."""
+
+    def __init__(
+        self,
+        schema: str,
+        metrics: telemetry.DataMetrics,
+        pool: Pool,
+        plan: RunPlan,
+        config: MigrationConfig,
+        caller: TransformCaller,
+        tracker: Tracker,
+        deadline: float,
+    ) -> None:
+        self.schema = schema
+        self.metrics = metrics
+        self.pool = pool
+        self.plan = plan
+        self.config = config
+        self.caller = caller
+        self.tracker = tracker
+        self.deadline = deadline
+        self.owner = uuid.uuid4()
+        self._conn: Any = None
+        self._chunk: int | None = None
+        self._seen_failed: set[str] = set()
+        self._seen_skipped: set[str] = set()
+        self._last_written: set[str] = set()
+
+    async def connection(self) -> Any:
+        if self._conn is not None and not is_usable(self._conn):
+            await self.pool.release(self._conn)
+            self._conn = None
+        if self._conn is None:
+            try:
+                conn = await self.pool.acquire(timeout=self.config.lock_wait_seconds)
+            except TimeoutError as exc:
+                raise PoolExhaustedError(self.config.lock_wait_seconds) from exc
+            await conn.execute(sql.PLANNER_SETTINGS)
+            await conn.execute(
+                set_session_timeouts(check_client=conn.get_server_version() >= (14,)),
+                f"{self.config.statement_lock_timeout_ms}ms",
+                "0",
+            )
+            self._conn = conn
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        try:
+            if is_usable(conn):
+                await conn.execute(sql.release_chunks(self.schema), self.plan.migration_id, self.owner)
+        except Exception as exc:  # its leases end with its session, or expire
+            logger.debug("could not release the leases of a data worker: %s", exc)
+        with suppress(Exception):
+            await self.pool.release(conn)
+
+    def _retrying(self) -> tenacity.AsyncRetrying:
+        policy = self.config.retry
+        return tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception(is_recoverable),
+            stop=tenacity.stop_after_attempt(policy.attempts),
+            wait=tenacity.wait_exponential(multiplier=policy.initial_delay, max=policy.max_delay)
+            + tenacity.wait_random(0, policy.jitter),
+            sleep=anyio.sleep,
+            before_sleep=lambda state: logger.warning(
+                "data migration %s: transient failure, resuming from the checkpoint: %s",
+                self.plan.migration_id,
+                state.outcome.exception() if state.outcome else None,
+            ),
+            reraise=True,
+        )
+
+    async def run(self) -> None:
+        schema = self.schema
+        while True:
+            chunk = None
+            async for attempt in self._retrying():
+                with attempt:
+                    conn = await self.connection()
+                    chunk = await conn.fetchrow(
+                        sql.lease_chunk(schema), self.plan.migration_id, self.owner, self.config.lease_seconds
+                    )
+            if chunk is None:
+                return
+            self._chunk = chunk["chunk"]
+            try:
+                await self._work_chunk(chunk["chunk"], chunk["lower_key"], chunk["upper_key"])
+            except LeaseLost:
+                logger.warning(
+                    "data migration %s: chunk %s was taken over by another worker",
+                    self.plan.migration_id,
+                    self._chunk,
+                )
+            self._chunk = None
+
+    async def _work_chunk(self, chunk: int, lower: str | None, upper: str | None) -> None:
+        done = False
+        while not done:
+            async for attempt in self._retrying():
+                with attempt:
+                    conn = await self.connection()
+                    row = await conn.fetchrow(
+                        f"SELECT cursor_key, lease_owner FROM {quote_ident(self.schema)}.{sql.CHUNKS} "
+                        "WHERE migration_id = $1 AND chunk = $2",
+                        self.plan.migration_id,
+                        chunk,
+                    )
+                    if row is None or row[1] != self.owner:
+                        raise LeaseLost()
+                    cursor = row[0]
+                    done = await self._group(conn, chunk, lower, upper, cursor)
+
+    async def _group(
+        self, conn: Connection, chunk: int, lower: str | None, upper: str | None, cursor: str | None
+    ) -> bool:
+        """Read, transform and write batches up to a checkpoint; return True when the chunk is done."""
+        plan, config = self.plan, self.config
+        batches: list[_Batch] = []
+        items_in_group = 0
+        end = False
+        stop: str | None = None
+        number = self.tracker.counts.batches
+        statements_done = 0
+        # In a stream without a throttle, the next page is read while this one is transformed.
+        ahead: InFlight[list[asyncpg.Record]] | None = None
+        read_ahead = plan.mode == STREAM and not plan.migration._overrides("throttle", DataMigration)
+        async with anyio.create_task_group() as reads:
+            while items_in_group < config.checkpoint_frequency:
+                if time.monotonic() > self.deadline:
+                    stop = "timeout"
+                    break
+                if ahead is None:
+                    pause = await plan.migration.throttle()
+                    if pause and pause > 0:
+                        await anyio.sleep(pause)
+                started, started_ns = time.monotonic(), time.time_ns()
+                if plan.mode == STATEMENT:
+                    # Server-side batches run in the checkpoint's transaction below.
+                    span = telemetry.start_batch_span(plan.migration_id, number + 1, started_ns)
+                    batches.append(_Batch(number + len(batches) + 1, [], span, started))
+                    items_in_group = config.checkpoint_frequency
+                    break
+                if plan.mode == QUERY:
+                    # One slice per checkpoint: the next call must see this slice's writes committed.
+                    items = await self._query_slice()
+                    if items is None:
+                        end = True
+                        break
+                    items_in_group = config.checkpoint_frequency
+                else:
+                    if ahead is None:
+                        text, args = self._bounds(plan.page_sql, cursor, lower, upper)
+                        rows = await conn.fetch(text, config.batch_size, *args)
+                    else:
+                        rows, ahead = await ahead.result(), None
+                    if not rows:
+                        end = True
+                        break
+                    cursor = str(rows[-1][0])
+                    if len(rows) < config.batch_size:
+                        end = True
+                    elif read_ahead and items_in_group + len(rows) < config.checkpoint_frequency:
+                        text, args = self._bounds(plan.page_sql, cursor, lower, upper)
+                        ahead = in_background(
+                            reads, functools.partial(conn.fetch, text, config.batch_size, *args)
+                        )
+                        await anyio.lowlevel.checkpoint()  # let it send the query now
+                    items = decode_rows(plan, rows)
+                span = telemetry.start_batch_span(plan.migration_id, number + len(batches) + 1, started_ns)
+                entries = await transform_items(plan, self.caller, items)
+                failures = [e for e in entries if e.error is not None]
+                if failures and not config.continue_on_error:
+                    span.end()
+                    raise MigrationExecutionError(
+                        f"data migration {plan.migration_id!r} failed on item {failures[0].key}: "
+                        f"{failures[0].error}; pass MigrationConfig(continue_on_error=True) to record "
+                        "failing items and go on",
+                        migration_id=plan.migration_id,
+                    )
+                for first in range(0, len(entries), config.batch_size):
+                    if first:
+                        span = telemetry.start_batch_span(plan.migration_id, number + len(batches) + 1)
+                    batches.append(
+                        _Batch(
+                            number + len(batches) + 1,
+                            entries[first : first + config.batch_size],
+                            span,
+                            started,
+                        )
+                    )
+                items_in_group += len(entries)
+                if end:
+                    break
+        counts = Counts(batches=len(batches))
+        async with conn.transaction():
+            if plan.mode == STATEMENT:
+                statements_done, ranges, cursor, end = await self._statement_batches(
+                    conn, cursor, lower, upper
+                )
+                counts.processed, counts.batches = statements_done, ranges
+            else:
+                async with piped(conn) as pipe:
+                    for batch in batches:
+                        to_write = [e for e in batch.entries if e.changes is not None and e.error is None]
+                        failed = [e for e in batch.entries if e.error is not None]
+                        failed += await write_entries(
+                            conn,
+                            plan,
+                            to_write,
+                            isolate=config.continue_on_error,
+                            pipe=None if config.continue_on_error else pipe,
+                        )
+                        if failed and not config.continue_on_error:
+                            await pipe.wait()
+                            raise MigrationExecutionError(
+                                f"data migration {plan.migration_id!r} failed on item {failed[0].key}: "
+                                f"{failed[0].error}",
+                                migration_id=plan.migration_id,
+                            )
+                        if failed:
+                            await conn.execute(
+                                sql.record_errors(self.schema),
+                                plan.migration_id,
+                                [key_text(e.key) for e in failed],
+                                [e.error or "" for e in failed],
+                            )
+                        skipped = sum(1 for e in batch.entries if e.changes is None and e.error is None)
+                        counts.failed += len(failed)
+                        counts.skipped += skipped
+                        counts.processed += len(batch.entries) - len(failed) - skipped
+            status = await conn.fetchval(
+                sql.checkpoint(self.schema),
+                plan.migration_id,
+                chunk,
+                cursor,
+                counts.processed,
+                counts.failed,
+                counts.skipped,
+                counts.batches,
+                end,
+                self.config.lease_seconds,
+                self.owner,
+            )
+            if status is None:
+                raise LeaseLost()
+        self._after_commit(batches)
+        await self.tracker.committed(counts)
+        if plan.mode == QUERY:
+            self._remember(batches)
+        if status != "running":
+            raise Stop("failed" if status == "failed" else "cancelled")
+        if stop is not None:
+            raise Stop(stop)
+        return end
+
+    async def _statement_batches(
+        self, conn: Connection, cursor: str | None, lower: str | None, upper: str | None
+    ) -> tuple[int, int, str | None, bool]:
+        """Run the batch statement over key ranges up to a checkpoint: rows, ranges, cursor, done."""
+        plan, config = self.plan, self.config
+        assert plan.statement is not None
+        done = ranges = 0
+        while done < config.checkpoint_frequency:
+            text, args = self._bounds(plan.range_sql, cursor, lower, upper)
+            row = await conn.fetchrow(text, config.batch_size, *args)
+            assert row is not None
+            first, last, last_text, count = row
+            if not count:
+                return done, ranges, cursor, True
+            if plan.reverse == "images":
+                assert plan.image is not None and isinstance(plan.migration, DatabaseDataMigration)
+                writes = list(plan.migration.writes)
+                await conn.execute(
+                    sql.save_images_in_range(
+                        plan.image,
+                        plan.table.qualified,
+                        plan.table.key.quoted,
+                        [quote_ident(w) for w in writes],
+                    ),
+                    first,
+                    last,
+                    writes,
+                )
+            await conn.execute(plan.statement, first, last)
+            cursor = last_text
+            done += count
+            ranges += 1
+            if count < config.batch_size:
+                return done, ranges, cursor, True
+        return done, ranges, cursor, False
+
+    @staticmethod
+    def _bounds(
+        make: Callable[[str | None, bool], str], cursor: str | None, lower: str | None, upper: str | None
+    ) -> tuple[str, list[str]]:
+        """The page query after ``cursor`` (or from the chunk's ``lower`` key) and before ``upper``."""
+        args = []
+        op = None
+        if cursor is not None:
+            op, args = ">", [cursor]
+        elif lower is not None:
+            op, args = ">=", [lower]
+        if upper is not None:
+            args.append(upper)
+        return make(op, upper is not None), args
+
+    def _after_commit(self, batches: list[_Batch]) -> None:
+        metrics = self.metrics
+        now = time.monotonic()
+        for batch in batches:
+            failed = sum(1 for e in batch.entries if e.error is not None)
+            telemetry.end_batch_span(batch.span, size=len(batch.entries), failed=failed)
+            metrics.record_batch(
+                self.plan.migration_id, len(batch.entries) - failed, failed, now - batch.started
+            )
+
+    # -- the query mode (get_memories_to_migrate) ------------------------------------------
+
+    async def _query_slice(self) -> list[dict[str, Any]] | None:
+        """The next slice of memories not yet tried in this run; None when the run is over."""
+        migration = self.plan.migration
+        assert isinstance(migration, MemoryDataMigration)
+        key = self.plan.table.key.name
+        memories = [decode_mapping(self.plan, m) for m in await migration.get_memories_to_migrate()]
+        fresh = [m for m in memories if key_text(m.get(key)) not in self._seen_failed | self._seen_skipped]
+        if not fresh:
+            return None  # nothing, or only memories that failed or were skipped in this run
+        again = [m for m in fresh if key_text(m.get(key)) in self._last_written]
+        if again:
+            raise MigrationExecutionError(
+                f"data migration {migration.metadata.id!r} made no progress: get_memories_to_migrate() "
+                f"returned {len(again)} memories this run has already written (e.g. {again[0].get(key)}); "
+                "its query must leave out migrated memories (for instance WHERE metadata->>'x' IS NULL)",
+                migration_id=migration.metadata.id,
+            )
+        return fresh
+
+    def _remember(self, batches: list[_Batch]) -> None:
+        written: set[str] = set()
+        for batch in batches:
+            for entry in batch.entries:
+                text = key_text(entry.key)
+                if entry.error is not None:
+                    self._seen_failed.add(text)
+                elif entry.changes is None:
+                    self._seen_skipped.add(text)
+                else:
+                    written.add(text)
+        self._last_written = written
