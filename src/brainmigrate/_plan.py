@@ -84,8 +84,6 @@ class RunPlan:
         columns = self.table.check_columns(fields, self.migration_id, "writes")
         key = ("write", fields)
         if key not in self._sql_cache:
-            for column in columns:
-                column.param_type()  # refuses array columns with a clear error
             self._sql_cache[key] = sql.write_batch(
                 self.table.qualified,
                 self.table.key.quoted,
