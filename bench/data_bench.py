@@ -25,29 +25,44 @@ Tools, timed from the call to its return (opening connections included, a few ms
   the ceiling for one connection;
 * 2 concurrent UPDATEs: the same statement on each half of the key space (split at the median
   id, computed with the data), each on its own connection;
-* brainmigrate, in each variant :func:`run_brainmigrate` implements (see there).
+* brainmigrate, in each variant :func:`run_brainmigrate` implements (see there), over the
+  default source of a memory migration: ``memories`` by ``id``, reading ``content`` and
+  ``metadata``.
+
+After the tools, each round also times:
+
+* the rollback of the before-images run, ``await migrator.rollback(id)``, on that run's copy
+  right after it was timed and checked; then the whole table is checked against the source;
+* brainmigrate through a simulated remote model (:class:`RemoteModel`): ``transform_batch`` of
+  ``MODEL_BATCH`` memories that sleeps ``MODEL_CALL_SECONDS`` per call, ``MODEL_CONCURRENCY``
+  calls in flight, over ``min(rows, MODEL_ROWS)`` memories of a database of their own; its rate
+  is compared with the bound ``MODEL_IDEAL_RATE`` (every call full, never waiting for the database).
 
 Autovacuum is off for the table (``autovacuum_enabled = off``, copied with it): a vacuum that
 starts during one tool's sample and not another's would cost that tool alone.
 
 Peak memory: :func:`peak_rss` runs one tool alone in a child process (this file run as a script)
-and reads its peak RSS, so that figures at different sizes (say 100k and 1M rows) can be compared.
+and reads its peak RSS, so that figures at different sizes (say 100k and 1M rows) can be compared;
+brainmigrate (checkpoints) is also measured on a tenth of the rows, and the growths compared.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 import asyncpg
+import attrs
 from common import (
     DB_PREFIX,
     Row,
@@ -58,15 +73,27 @@ from common import (
     create_database,
     drop_database,
     rotated,
+    with_database,
 )
 
-from brainmigrate import MigrationConfig
+from brainmigrate import (
+    BulkMemoryItem,
+    MemoryDataMigration,
+    MigrationConfig,
+    MigrationMetadata,
+    MigrationStatus,
+    MigrationType,
+    Migrator,
+)
 
 #: Rows per page: brainmigrate's default batch size for data migrations.
 BATCH = MigrationConfig().batch_size
 
 #: This file, run as a script by :func:`peak_rss`.
 SCRIPT = str(Path(__file__).resolve())
+
+#: The first argument of this file run as the second process of a parallel run.
+JOIN = "--join"
 
 #: Rows of the small database on which each brainmigrate variant is tried before it is benchmarked.
 PROBE_ROWS = 1000
@@ -76,11 +103,26 @@ NAIVE = "naive asyncpg loop (UPDATE per row)"
 SINGLE_UPDATE = "single UPDATE"
 TWO_UPDATES = "2 concurrent UPDATEs"
 
+#: Memories of the simulated remote model (fewer when the benchmark has fewer rows).
+MODEL_ROWS = 50_000
+#: The simulated model: one call takes this long whatever it is given, ...
+MODEL_CALL_SECONDS = 0.05
+#: ... for this many texts (``transform_batch_size``), ...
+MODEL_BATCH = 64
+#: ... with this many calls in flight (``MigrationConfig.concurrency``).
+MODEL_CONCURRENCY = 8
+#: Items per second if every call carried a full batch and calls never waited for the database.
+MODEL_IDEAL_RATE = MODEL_CONCURRENCY * MODEL_BATCH / MODEL_CALL_SECONDS
+
+CHECKPOINTS = "brainmigrate (checkpoints)"
+BEFORE_IMAGES = "brainmigrate (before-images)"
+
 #: Row name in the report -> ``variant`` passed to :func:`run_brainmigrate`.
 BRAINMIGRATE_VARIANTS = {
-    "brainmigrate (checkpoints)": "checkpoints",
-    "brainmigrate (before-images)": "before-images",
-    "brainmigrate (parallel)": "parallel",
+    CHECKPOINTS: "checkpoints",
+    BEFORE_IMAGES: "before-images",
+    "brainmigrate (parallel, 2 workers in 1 process)": "parallel",
+    "brainmigrate (parallel, 2 processes x 1 worker)": "parallel-processes",
 }
 
 #: Tools that run on the server alone: their client's memory says nothing.
@@ -148,16 +190,172 @@ ON CONFLICT (job) DO UPDATE SET last_id = excluded.last_id, done = excluded.done
 SERVER_UPDATE = """UPDATE memories SET metadata = metadata || '{"bench": 1}'"""
 
 
+#: The id of brainmigrate's migration in every variant (each sample runs on a fresh copy).
+MIGRATION_ID = "bench_add_key_001"
+
+
+class AddBenchKey(MemoryDataMigration):
+    """The benchmark's transform as a memory migration over the default source.
+
+    The default source is the ``memories`` table by its key ``id``, reading ``content`` and
+    ``metadata`` (the JSONB arrives decoded); only ``metadata`` is written. Not reversible: no
+    before-images, checkpoints only.
+    """
+
+    reversible: ClassVar[bool] = False
+
+    def _get_metadata(self) -> MigrationMetadata:
+        return MigrationMetadata(
+            id=MIGRATION_ID,
+            name="add a key to every memory's metadata",
+            version="1.0.0",
+            migration_type=MigrationType.MEMORY_DATA,
+            reversible=self.reversible,
+        )
+
+    async def transform_memory(self, memory: dict[str, Any]) -> BulkMemoryItem | None:
+        metadata = memory["metadata"]
+        metadata["bench"] = 1
+        return BulkMemoryItem(memory_id=memory["id"], metadata=metadata)
+
+
+class AddBenchKeyReversible(AddBenchKey):
+    """The same, reversible: each written row's old metadata is kept as a before-image."""
+
+    reversible: ClassVar[bool] = True
+
+
+async def migrate(dsn: str, migration: type[AddBenchKey], config: MigrationConfig) -> None:
+    """Run ``migration`` with ``config`` on a pool of its own, with a connection per worker.
+
+    Raises unless the migration completed here, or is done by workers elsewhere (a process that
+    joined a parallel run and ran out of chunks first returns while the other finishes).
+    """
+    workers = config.max_workers if config.parallel_execution else 1
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=workers + 1)
+    try:
+        results = await Migrator(pool, [migration]).run_pending(config=config)
+    finally:
+        await pool.close()
+    done = (MigrationStatus.COMPLETED, MigrationStatus.RUNNING)
+    bad = [r for r in results if r.status not in done]
+    if bad:
+        raise RuntimeError(f"brainmigrate did not complete: {bad}")
+
+
+#: ``parallel``: two workers in this process, each with its own connection.
+PARALLEL = MigrationConfig(parallel_execution=True, max_workers=2)
+#: ``parallel-processes``: one worker in each of two processes (``max_workers`` is per process).
+PARALLEL_PER_PROCESS = MigrationConfig(parallel_execution=True, max_workers=1)
+
+
+async def two_processes(dsn: str, config: MigrationConfig) -> None:
+    """Run :class:`AddBenchKey` here and in a second process that joins the same run.
+
+    The second process is this file run as a script (``--join``); it starts at once, and joins the
+    run as soon as it is up (its start-up is timed too). The call returns when both are done.
+    """
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        SCRIPT,
+        JOIN,
+        str(config.max_workers),
+        dsn,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await migrate(dsn, AddBenchKey, config)
+    finally:
+        _, err = await child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"the joining process failed:\n{err.decode()}")
+
+
 async def run_brainmigrate(dsn: str, variant: str) -> None:
     """Add ``"bench": 1`` to the metadata of every row of ``memories`` at ``dsn``, with brainmigrate.
 
-    ``variant`` is ``"checkpoints"``, ``"before-images"`` or ``"parallel"`` (the values of
-    ``BRAINMIGRATE_VARIANTS``). The whole call is timed, and must return only when every row is
-    done: the rows are checked afterwards. A variant that raises ``NotImplementedError`` is left
-    out of the report; any other error fails the benchmark.
+    ``variant`` is one of the values of ``BRAINMIGRATE_VARIANTS``. The whole call is timed, and
+    must return only when every row is done: the rows are checked afterwards. A variant that raises
+    ``NotImplementedError`` is left out of the report; any other error fails the benchmark.
+
+    * ``checkpoints``: :class:`AddBenchKey` (not reversible), the default config: one worker,
+      pages of 1,000, a checkpoint every 5,000 items;
+    * ``before-images``: :class:`AddBenchKeyReversible`, the same config;
+    * ``parallel``: :class:`AddBenchKey` with ``parallel_execution=True, max_workers=2``: two
+      workers in this process. They share one interpreter, so the transform and the encoding and
+      decoding of rows, which take a core, do not run on two at once;
+    * ``parallel-processes``: ``parallel_execution=True, max_workers=1`` in this process and in
+      a second one that joins the run (:func:`two_processes`): two workers, one per process, so
+      that the client side can use two cores, as two application instances would.
     """
-    # brainmigrate variants are added here
-    raise NotImplementedError(f"brainmigrate variant {variant!r}")
+    if variant == "checkpoints":
+        await migrate(dsn, AddBenchKey, MigrationConfig())
+    elif variant == "before-images":
+        await migrate(dsn, AddBenchKeyReversible, MigrationConfig())
+    elif variant == "parallel":
+        await migrate(dsn, AddBenchKey, PARALLEL)
+    elif variant == "parallel-processes":
+        await two_processes(dsn, PARALLEL_PER_PROCESS)
+    else:
+        raise NotImplementedError(f"brainmigrate variant {variant!r}")
+
+
+async def fingerprint(dsn: str) -> tuple[int, int]:
+    """The number of rows of ``memories`` and a sum of the hashes of their whole text."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        count, total = await conn.fetchrow(
+            "SELECT count(*), coalesce(sum(hashtextextended(m::text, 0)), 0) FROM memories AS m"
+        )
+    finally:
+        await conn.close()
+    return int(count), int(total)
+
+
+async def rollback_seconds(dsn: str, expected: tuple[int, int]) -> float:
+    """Time ``await migrator.rollback(id)`` of the before-images run just done at ``dsn``.
+
+    Fails unless the migration is reported rolled back and the table is back to ``expected``
+    (its :func:`fingerprint` before the run), every column of every row.
+    """
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=2)
+    try:
+        migrator = Migrator(pool, [AddBenchKeyReversible])
+        start = time.perf_counter()
+        results = await migrator.rollback(MIGRATION_ID)
+        elapsed = time.perf_counter() - start
+    finally:
+        await pool.close()
+    if [r.status for r in results] != [MigrationStatus.ROLLED_BACK]:
+        raise RuntimeError(f"rollback did not complete: {results}")
+    if await fingerprint(dsn) != expected:
+        raise RuntimeError("the rollback did not restore the table as it was")
+    return elapsed
+
+
+class RemoteModel(MemoryDataMigration):
+    """The benchmark's transform behind a simulated remote model (see :data:`MODEL_CALL_SECONDS`)."""
+
+    transform_batch_size: ClassVar[int] = MODEL_BATCH
+
+    def _get_metadata(self) -> MigrationMetadata:
+        return MigrationMetadata(
+            id="bench_remote_model_001",
+            name="add a key to every memory's metadata, through a remote model",
+            version="1.0.0",
+            migration_type=MigrationType.MEMORY_DATA,
+            reversible=False,
+        )
+
+    async def transform_batch(self, memories: list[dict[str, Any]]) -> list[BulkMemoryItem | None]:
+        await asyncio.sleep(MODEL_CALL_SECONDS)
+        return [BulkMemoryItem(memory_id=m["id"], metadata={**m["metadata"], "bench": 1}) for m in memories]
+
+
+async def remote_model(dsn: str) -> None:
+    """:class:`RemoteModel` over every memory at ``dsn``: one worker, the default pages of 1,000."""
+    await migrate(dsn, RemoteModel, MigrationConfig(concurrency=MODEL_CONCURRENCY))
 
 
 def add_key(metadata: str) -> str:
@@ -315,8 +513,12 @@ class Rss:
     peak_kib: int  # the process's peak resident set
     seconds: float
 
+    @property
+    def growth_kib(self) -> int:
+        return self.peak_kib - self.start_kib
+
     def describe(self) -> str:
-        return f"{self.peak_kib / 1024:.1f} MiB (+{(self.peak_kib - self.start_kib) / 1024:.1f} MiB)"
+        return f"{self.peak_kib / 1024:.1f} MiB (+{self.growth_kib / 1024:.1f} MiB)"
 
 
 async def peak_rss(dsn: str, variant: str) -> Rss:
@@ -353,7 +555,14 @@ def _memory_kib(field: str) -> int:
 
 
 def child_main(argv: list[str]) -> int:
-    """The child of :func:`peak_rss`: run one tool and print its memory as JSON."""
+    """The child of :func:`peak_rss`: run one tool and print its memory as JSON.
+
+    With ``--join WORKERS DSN``, the second process of :func:`two_processes` instead.
+    """
+    if len(argv) == 3 and argv[0] == JOIN:
+        config = attrs.evolve(PARALLEL, max_workers=int(argv[1]))
+        asyncio.run(migrate(argv[2], AddBenchKey, config))
+        return 0
     if len(argv) != 2 or argv[0] not in TOOLS:
         print(f"usage: data_bench.py {{{'|'.join(TOOLS)}}} DSN", file=sys.stderr)
         return 2
@@ -367,16 +576,36 @@ def child_main(argv: list[str]) -> int:
     return 0
 
 
+async def _source(admin_dsn: str, name: str, rows: int) -> Copies:
+    """A source database of ``rows`` memories, and its copies."""
+    await generate(await create_database(admin_dsn, name), rows)
+    return Copies(admin_dsn, name, f"{name}_copy")
+
+
+def _progress(turn: int, rounds: int, what: str) -> None:
+    print(f"  data, round {turn + 1}/{rounds}: {what}", file=sys.stderr, flush=True)
+
+
 async def bench_data(admin_dsn: str, rows: int, rounds: int, rss: bool = False) -> Section:
-    """Time every tool on fresh copies of ``rows`` memories, ``rounds`` times each."""
+    """Time every tool on fresh copies of ``rows`` memories, ``rounds`` times each.
+
+    Each round also times, after the tools: the rollback of the before-images run (on its copy,
+    just after it was timed and checked), and brainmigrate through a simulated remote model over
+    ``min(rows, MODEL_ROWS)`` memories. With ``rss``, the peak memory of each client tool; that of
+    brainmigrate (checkpoints) at a tenth of the rows too, to see how it grows with the table.
+    """
     working, missing = await available_brainmigrate(admin_dsn)
     tools = [*working, HAND, NAIVE, SINGLE_UPDATE, TWO_UPDATES]
-    source, copy = f"{DB_PREFIX}_data_source", f"{DB_PREFIX}_data"
-    await generate(await create_database(admin_dsn, source), rows)
-    copies = Copies(admin_dsn, source, copy)
+    model_rows = min(rows, MODEL_ROWS)
+    sources = [f"{DB_PREFIX}_data", f"{DB_PREFIX}_data_model", f"{DB_PREFIX}_data_tenth"]
     samples: dict[str, list[float]] = {tool: [] for tool in tools}
+    rollbacks: list[float] = []
+    model: list[float] = []
     notes: list[str] = []
     try:
+        copies = await _source(admin_dsn, sources[0], rows)
+        original = await fingerprint(with_database(admin_dsn, sources[0]))
+        model_copies = await _source(admin_dsn, sources[1], model_rows)
         for turn in range(rounds):
             for tool in rotated(tools, turn):
 
@@ -385,31 +614,66 @@ async def bench_data(admin_dsn: str, rows: int, rounds: int, rss: bool = False) 
                     await TOOLS[tool](dsn)
                     elapsed = time.perf_counter() - start
                     await check_transformed(dsn, rows)
+                    if tool == BEFORE_IMAGES:
+                        rollbacks.append(await rollback_seconds(dsn, original))
                     return elapsed
 
-                elapsed = await copies.run(timed)
-                samples[tool].append(elapsed)
-                print(
-                    f"  data, round {turn + 1}/{rounds}: {tool} {rows / elapsed:,.0f} rows/s",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                samples[tool].append(await copies.run(timed))
+                _progress(turn, rounds, f"{tool} {rows / samples[tool][-1]:,.0f} rows/s")
+                if tool == BEFORE_IMAGES:
+                    _progress(turn, rounds, f"rollback of {tool} {rollbacks[-1]:.2f} s")
+
+            async def through_model(dsn: str) -> float:
+                start = time.perf_counter()
+                await remote_model(dsn)
+                elapsed = time.perf_counter() - start
+                await check_transformed(dsn, model_rows)
+                return elapsed
+
+            model.append(await model_copies.run(through_model))
+            _progress(turn, rounds, f"remote model {model_rows / model[-1]:,.0f} items/s")
+        if rollbacks:
+            median = statistics.median(rollbacks)
+            notes.append(
+                f"- rollback of {BEFORE_IMAGES} (`await migrator.rollback(id)`, {rows:,} rows restored "
+                f"from before-images, checked): median {median:.2f} s of {len(rollbacks)}, "
+                f"{rows / median:,.0f} rows/s"
+            )
+        median = statistics.median(model)
+        notes.append(
+            f"- simulated remote model (`transform_batch` of {MODEL_BATCH} memories sleeping "
+            f"{MODEL_CALL_SECONDS * 1000:.0f} ms, concurrency {MODEL_CONCURRENCY}, one worker, pages of "
+            f"{BATCH:,}) over {model_rows:,} memories: median {median:.2f} s of {len(model)}, "
+            f"{model_rows / median:,.0f} items/s, {model_rows / median / MODEL_IDEAL_RATE:.2f}x the "
+            f"ideal {MODEL_IDEAL_RATE:,.0f} items/s (concurrency x {MODEL_BATCH} / "
+            f"{MODEL_CALL_SECONDS:g} s)"
+        )
         if rss:
-            notes.append("peak RSS of each client tool run alone in its own process (growth during the run):")
+            notes.append("- peak RSS of each client tool, run alone in its own process (growth in the run):")
             for tool in tools:
                 if tool in SERVER_SIDE:
                     continue
 
-                async def measured(dsn: str, tool: str = tool) -> Rss:
+                async def measured(dsn: str, tool: str = tool, rows: int = rows) -> Rss:
                     memory = await peak_rss(dsn, tool)
                     await check_transformed(dsn, rows)
                     return memory
 
-                notes.append(f"- {tool}: {(await copies.run(measured)).describe()}")
+                memory = await copies.run(measured)
+                notes.append(f"  - {tool}: {memory.describe()}")
+                if tool == CHECKPOINTS and rows >= 10:
+                    tenth = await _source(admin_dsn, sources[2], rows // 10)
+                    small = await tenth.run(functools.partial(measured, tool=tool, rows=rows // 10))
+                    await drop_database(admin_dsn, sources[2])
+                    notes.append(
+                        f"  - {tool} at {rows // 10:,} rows: {small.describe()}; growth at {rows:,} rows "
+                        f"÷ growth at {rows // 10:,}: {memory.growth_kib / max(small.growth_kib, 1):.2f}x"
+                    )
     finally:
-        await drop_database(admin_dsn, source)
+        for source in sources:
+            await drop_database(admin_dsn, source)
     if missing:
-        notes.append(f"not measured, run_brainmigrate() does not implement them yet: {', '.join(missing)}")
+        notes.append(f"- not measured, run_brainmigrate() does not implement them yet: {', '.join(missing)}")
     return Section(
         title=f"3. add a key to the JSONB metadata of {rows:,} memories (pages of {BATCH:,})",
         rows=[Row(tool, Stats(tuple(times))) for tool, times in samples.items()],

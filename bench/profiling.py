@@ -3,6 +3,9 @@
 Run with ``python bench/run.py --profile``. For applying the chain to a fresh database and for a
 no-op ``run_pending()``, prints the statements each tool sends (how often, and how long each took
 as seen by the client), wall and client CPU time, then a cProfile summary of brainmigrate.
+
+``python bench/run.py --profile --only data --rows 100000`` does the same for benchmark 3: the
+single-worker memory migration (``brainmigrate (checkpoints)``) against the hand-tuned asyncpg loop.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncpg
 import sqlalchemy
 from apply_bench import hand_written_apply
 from common import DB_PREFIX, checkpoint, create_database, drop_database, sqlalchemy_url, with_database
+from data_bench import HAND, AddBenchKey, Copies, check_transformed, generate, hand_tuned_loop
 from generate import alembic_config, migration_id, write_alembic_project, write_brainmigrate_migrations
 from noop_bench import HandWrittenRunner, alembic_upgrade
 
@@ -195,3 +199,47 @@ async def profile(admin_dsn: str, workdir: Path, count: int) -> None:
         per_call, profiler = await _profiled(migrator.run_pending, NOOP_CALLS)
         print(f"\nbrainmigrate under cProfile: {per_call * 1000:.2f} ms per call")
         print(_top_functions(profiler, NOOP_CALLS))
+
+
+async def profile_data(admin_dsn: str, rows: int) -> None:
+    """Benchmark 3's single worker: statements, wall and CPU against the hand-tuned loop, cProfile."""
+    source = f"{DB_PREFIX}_profile_data"
+    await generate(await create_database(admin_dsn, source), rows)
+    copies = Copies(admin_dsn, source, f"{source}_copy")
+    log = QueryLog()
+
+    async def brainmigrate(dsn: str, init: Callable[[Any], Awaitable[None]] | None = None) -> None:
+        pool = await asyncpg.create_pool(dsn, min_size=2, max_size=2, init=init)
+        try:
+            await Migrator(pool, [AddBenchKey]).run_pending()
+        finally:
+            await pool.close()
+
+    async def logged(dsn: str) -> str:
+        log.queries.clear()
+        log.enabled = True
+        try:
+            wall, cpu = await _clock(lambda: brainmigrate(dsn, log.attach), 1)
+        finally:
+            log.enabled = False
+        await check_transformed(dsn, rows)
+        return log.report(f"brainmigrate (checkpoints): {wall:.2f} s wall, {cpu:.2f} s client CPU")
+
+    async def clocked(dsn: str) -> str:
+        wall, cpu = await _clock(lambda: hand_tuned_loop(dsn), 1)
+        await check_transformed(dsn, rows)
+        return f"{HAND}: {wall:.2f} s wall, {cpu:.2f} s client CPU"
+
+    async def profiled(dsn: str) -> str:
+        per_call, profiler = await _profiled(lambda: brainmigrate(dsn), 1)
+        await check_transformed(dsn, rows)
+        return f"brainmigrate under cProfile: {per_call:.2f} s\n{_top_functions(profiler, 1)}"
+
+    try:
+        print(f"== a memory migration over {rows:,} memories, one worker\n")
+        for _ in range(2):  # alternate, so both see the same machine
+            print(await copies.run(clocked))
+            print(await copies.run(logged), end="\n\n")
+        print(await copies.run(profiled))
+    finally:
+        await drop_database(admin_dsn, source)

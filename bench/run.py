@@ -5,6 +5,7 @@
     python bench/run.py --markdown out.md       # also write the tables as a markdown fragment
     python bench/run.py --only data --rows 100000 --rounds 1   # a quick look at benchmark 3 alone
     python bench/run.py --profile               # where brainmigrate's time goes, instead
+    python bench/run.py --profile --only data --rows 100000   # the same for benchmark 3
 
 The DSN must name a maintenance database (such as ``postgres``) of a role allowed to create
 databases; the benchmarks create and drop databases whose names start with ``brainmigrate_bench``.
@@ -160,9 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         env = environment(dsn, asyncio.run(_server_version(dsn)), embedded=not args.dsn)
         print("\n".join(env), end="\n\n", flush=True)
         if args.profile:
-            from profiling import profile
+            from profiling import profile, profile_data
 
-            asyncio.run(profile(dsn, workdir, args.migrations))
+            if args.only == "data":
+                asyncio.run(profile_data(dsn, args.rows))
+            else:
+                asyncio.run(profile(dsn, workdir, args.migrations))
             return 0
         sections = asyncio.run(run_benchmarks(dsn, args, workdir))
     seconds = time.perf_counter() - started

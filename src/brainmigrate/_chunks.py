@@ -134,6 +134,8 @@ class ChunkWorker:
         self.owner = uuid.uuid4()
         self._conn: Any = None
         self._chunk: int | None = None
+        #: The first page of the next group (chunk, cursor it follows, rows), read ahead by the last.
+        self._next_page: tuple[int, str, list[asyncpg.Record]] | None = None
         self._seen_failed: set[str] = set()
         self._seen_skipped: set[str] = set()
         self._last_written: set[str] = set()
@@ -197,6 +199,7 @@ class ChunkWorker:
             if chunk is None:
                 return
             self._chunk = chunk["chunk"]
+            self._next_page = None
             try:
                 await self._work_chunk(chunk["chunk"], chunk["lower_key"], chunk["upper_key"])
             except LeaseLost:
@@ -235,9 +238,12 @@ class ChunkWorker:
         stop: str | None = None
         number = self.tracker.counts.batches
         statements_done = 0
-        # In a stream without a throttle, the next page is read while this one is transformed.
+        # In a stream without a throttle, the next page is read while this one is transformed; for
+        # the last page of a group, the next group's first page, used if the group commits.
         ahead: InFlight[list[asyncpg.Record]] | None = None
         read_ahead = plan.mode == STREAM and not plan.migration._overrides("throttle", DataMigration)
+        carried, self._next_page = self._next_page, None
+        next_page: tuple[str, InFlight[list[asyncpg.Record]]] | None = None
         async with anyio.create_task_group() as reads:
             while items_in_group < config.checkpoint_frequency:
                 if time.monotonic() > self.deadline:
@@ -262,22 +268,29 @@ class ChunkWorker:
                         break
                     items_in_group = config.checkpoint_frequency
                 else:
-                    if ahead is None:
+                    if ahead is not None:
+                        rows, ahead = await ahead.result(), None
+                    elif carried is not None and carried[:2] == (chunk, cursor):
+                        rows = carried[2]
+                    else:
                         text, args = self._bounds(plan.page_sql, cursor, lower, upper)
                         rows = await conn.fetch(text, config.batch_size, *args)
-                    else:
-                        rows, ahead = await ahead.result(), None
+                    carried = None
                     if not rows:
                         end = True
                         break
                     cursor = str(rows[-1][0])
                     if len(rows) < config.batch_size:
                         end = True
-                    elif read_ahead and items_in_group + len(rows) < config.checkpoint_frequency:
+                    elif read_ahead:
                         text, args = self._bounds(plan.page_sql, cursor, lower, upper)
-                        ahead = in_background(
+                        page = in_background(
                             reads, functools.partial(conn.fetch, text, config.batch_size, *args)
                         )
+                        if items_in_group + len(rows) < config.checkpoint_frequency:
+                            ahead = page
+                        else:
+                            next_page = (cursor, page)
                         await anyio.lowlevel.checkpoint()  # let it send the query now
                     items = decode_rows(plan, rows)
                 span = telemetry.start_batch_span(plan.migration_id, number + len(batches) + 1, started_ns)
@@ -357,6 +370,11 @@ class ChunkWorker:
             )
             if status is None:
                 raise LeaseLost()
+        if next_page is not None:
+            try:
+                self._next_page = (chunk, next_page[0], await next_page[1].result())
+            except Exception:  # read it again in the next group, and fail there if it must
+                self._next_page = None
         self._after_commit(batches)
         await self.tracker.committed(counts)
         if plan.mode == QUERY:

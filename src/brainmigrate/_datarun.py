@@ -392,6 +392,9 @@ class DataRunner:
             written = sorted({name for names in sets for name in names})
             restored = 0
             if written:
+                # The join with the before-images spills to disk with a small work_mem (20 s
+                # instead of 10 s for 1M rows); this transaction's restore may use more.
+                await conn.execute(sql.RESTORE_WORK_MEM)
                 status = await conn.execute(
                     sql.restore_images(
                         plan.image,

@@ -348,6 +348,13 @@ def save_images_in_range(image: str, table: str, key: str, columns: Sequence[str
     )
 
 
+#: For the restore's join only (``SET LOCAL``): raise work_mem to 256 MB unless it is higher already.
+RESTORE_WORK_MEM = """
+SELECT set_config('work_mem', '256MB', true)
+ WHERE pg_size_bytes(current_setting('work_mem')) < pg_size_bytes('256MB')
+"""
+
+
 def written_sets(image: str) -> str:
     """The distinct sets of columns the rows of a before-image table had written."""
     return f"SELECT DISTINCT written FROM {image}"
