@@ -14,6 +14,7 @@ from opentelemetry.trace import StatusCode
 
 from . import _sql
 from . import _telemetry as telemetry
+from ._batches import Counts
 from ._config import MigrationConfig
 from ._data import DataMigration
 from ._datarun import DataRunner, Outcome
@@ -172,21 +173,7 @@ class Migrator:
                 )
             plan = await self._data.plan(conn, migration, catalog.checksums[migration_id])
             counts = await self._data.retry_failed(conn, plan, cfg)
-        finished = now()
-        meta = migration.metadata
-        return MigrationResult(
-            migration_id=migration_id,
-            name=meta.name,
-            migration_type=meta.migration_type,
-            operation=APPLY,
-            status=MigrationStatus.COMPLETED,
-            started_at=started,
-            finished_at=finished,
-            duration_seconds=(finished - started).total_seconds(),
-            items_processed=counts.processed,
-            items_skipped=counts.skipped,
-            items_failed=counts.failed,
-        )
+        return _data_result(migration.metadata, APPLY, MigrationStatus.COMPLETED, started, counts)
 
     async def cancel(self, migration_id: str) -> MigrationStatus:
         """Stop a running data migration at its next batch boundary, from any process.
@@ -453,19 +440,8 @@ class Migrator:
                     started_at=started,
                 )
                 await self._ledger.insert(conn, attempt, session.lock)
-        finished = now()
         logger.info("rolled back data migration %s: %d rows restored", meta.id, restored)
-        return MigrationResult(
-            migration_id=meta.id,
-            name=meta.name,
-            migration_type=meta.migration_type,
-            operation=ROLLBACK,
-            status=MigrationStatus.ROLLED_BACK,
-            started_at=started,
-            finished_at=finished,
-            duration_seconds=(finished - started).total_seconds(),
-            items_processed=restored,
-        )
+        return _data_result(meta, ROLLBACK, MigrationStatus.ROLLED_BACK, started, Counts(processed=restored))
 
     async def resolve(self, migration_id: str, *, applied: bool) -> HistoryRecord:
         """Clear a dirty mark after inspecting the database by hand.
@@ -714,21 +690,7 @@ class Migrator:
                 progress.skipped,
                 progress.failed,
             )
-        finished = now()
-        return MigrationResult(
-            migration_id=meta.id,
-            name=meta.name,
-            migration_type=meta.migration_type,
-            operation=APPLY,
-            status=status,
-            started_at=started,
-            finished_at=finished,
-            duration_seconds=(finished - started).total_seconds(),
-            error=note,
-            items_processed=counts.processed,
-            items_skipped=counts.skipped,
-            items_failed=counts.failed,
-        )
+        return _data_result(meta, APPLY, status, started, counts, note)
 
     def _data_attempt(
         self, plan: RunPlan, status: str, applied: bool | None, progress: Progress | None, started: datetime
@@ -815,6 +777,32 @@ def _data_error(exc: BaseException, migration_id: str) -> BrainMigrateError | No
 def _applied(states: Mapping[str, MigrationState], migration_id: str) -> bool:
     state = states.get(migration_id)
     return state is not None and state.applied
+
+
+def _data_result(
+    meta: MigrationMetadata,
+    operation: str,
+    status: MigrationStatus,
+    started: datetime,
+    counts: Counts,
+    error: str | None = None,
+) -> MigrationResult:
+    """How a data migration's run (or rollback, or retry of failed items) ended, with its counts."""
+    finished = now()
+    return MigrationResult(
+        migration_id=meta.id,
+        name=meta.name,
+        migration_type=meta.migration_type,
+        operation=operation,
+        status=status,
+        started_at=started,
+        finished_at=finished,
+        duration_seconds=(finished - started).total_seconds(),
+        error=error,
+        items_processed=counts.processed,
+        items_skipped=counts.skipped,
+        items_failed=counts.failed,
+    )
 
 
 def _not_run(meta: MigrationMetadata, status: MigrationStatus, error: str) -> MigrationResult:
