@@ -41,7 +41,7 @@ from ._errors import (
 )
 from ._items import Progress
 from ._plan import QUERY, STATEMENT, STREAM, ProgressCallback, RunPlan
-from ._retry import is_recoverable
+from ._retry import is_recoverable, retrying
 from ._sql import quote_ident, set_session_timeouts
 from ._transform import TransformCaller
 from ._types import Connection, Pool, is_usable
@@ -171,20 +171,14 @@ class ChunkWorker:
             await self.pool.release(conn)
 
     def _retrying(self) -> tenacity.AsyncRetrying:
-        policy = self.config.retry
-        return tenacity.AsyncRetrying(
-            retry=tenacity.retry_if_exception(is_recoverable),
-            stop=tenacity.stop_after_attempt(policy.attempts),
-            wait=tenacity.wait_exponential(multiplier=policy.initial_delay, max=policy.max_delay)
-            + tenacity.wait_random(0, policy.jitter),
-            sleep=anyio.sleep,
-            before_sleep=lambda state: logger.warning(
+        def log(state: tenacity.RetryCallState) -> None:
+            logger.warning(
                 "data migration %s: transient failure, resuming from the checkpoint: %s",
                 self.plan.migration_id,
                 state.outcome.exception() if state.outcome else None,
-            ),
-            reraise=True,
-        )
+            )
+
+        return retrying(self.config.retry, is_recoverable, log)
 
     async def run(self) -> None:
         schema = self.schema

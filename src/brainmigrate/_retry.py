@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+import anyio
 import asyncpg
 import tenacity
 
@@ -25,14 +27,28 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
     logger.warning("transient failure (attempt %d), retrying: %s", state.attempt_number, exc)
 
 
-def retrying(policy: RetryPolicy) -> tenacity.AsyncRetrying:
-    """Exponential backoff with jitter, bounded by ``policy.attempts``; the last error is re-raised."""
+def backoff(policy: RetryPolicy) -> tenacity.wait.wait_base:
+    """The waits between tries: exponential from ``initial_delay`` up to ``max_delay``, with jitter."""
+    return tenacity.wait_exponential(
+        multiplier=policy.initial_delay, max=policy.max_delay
+    ) + tenacity.wait_random(0, policy.jitter)
+
+
+def retrying(
+    policy: RetryPolicy,
+    retry_if: Callable[[BaseException], bool] = is_transient,
+    before_sleep: Callable[[tenacity.RetryCallState], None] = _log_retry,
+) -> tenacity.AsyncRetrying:
+    """Retries of failures ``retry_if`` accepts, with :func:`backoff`, bounded by ``policy.attempts``.
+
+    The last error is re-raised.
+    """
     return tenacity.AsyncRetrying(
-        retry=tenacity.retry_if_exception(is_transient),
+        retry=tenacity.retry_if_exception(retry_if),
         stop=tenacity.stop_after_attempt(policy.attempts),
-        wait=tenacity.wait_exponential(multiplier=policy.initial_delay, max=policy.max_delay)
-        + tenacity.wait_random(0, policy.jitter),
-        before_sleep=_log_retry,
+        wait=backoff(policy),
+        sleep=anyio.sleep,
+        before_sleep=before_sleep,
         reraise=True,
     )
 

@@ -12,6 +12,7 @@ import anyio
 import tenacity
 
 from ._config import MigrationConfig, RetryPolicy
+from ._retry import backoff
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -60,13 +61,12 @@ def retry_after_seconds(exc: BaseException | None) -> float:
 
 
 def _wait(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
-    backoff = tenacity.wait_exponential(
-        multiplier=policy.initial_delay, max=policy.max_delay
-    ) + tenacity.wait_random(0, policy.jitter)
+    """The policy's backoff, but at least as long as the error asks (``Retry-After``)."""
+    waits = backoff(policy)
 
     def wait(state: tenacity.RetryCallState) -> float:
         asked = retry_after_seconds(state.outcome.exception() if state.outcome else None)
-        return max(float(backoff(state)), asked)
+        return max(float(waits(state)), asked)
 
     return wait
 
