@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -104,18 +105,59 @@ def decode_mapping(plan: RunPlan, memory: Any) -> dict[str, Any]:
     return item
 
 
+class ForeignItemError(MigrationValidationError):
+    """A transform returned an item for another memory than the one it was given."""
+
+    def __init__(self, plan: RunPlan, given: Any, returned: Any) -> None:
+        super().__init__(
+            f"data migration {plan.migration_id!r}: the transform returned an item for memory {returned} "
+            f"when given memory {given}; an item must name the memory it was returned for "
+            f"(memory_id=memory[{plan.table.key.name!r}])",
+            migration_id=plan.migration_id,
+        )
+        self.given = given
+        self.returned = returned
+
+
+def _as_uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)  # TypeError unless str
+
+
+def key_matcher(plan: RunPlan) -> Callable[[Any, Any], bool]:
+    """Whether an item's key names the item ``given``: an equal value, or for a uuid key, the
+    same uuid (a ``UUID`` or its text, in any case) as the database would read it."""
+    if plan.table.key.type_name != "uuid":
+        return lambda given, returned: bool(returned is given or returned == given)
+
+    def matches(given: Any, returned: Any) -> bool:
+        if returned is given or returned == given:
+            return True
+        try:
+            return _as_uuid(given) == _as_uuid(returned)
+        except (TypeError, ValueError, AttributeError):
+            return False
+
+    return matches
+
+
 def entry_maker(plan: RunPlan) -> Callable[[dict[str, Any], Any], Entry]:
     """:func:`entry_of` bound to ``plan``; for memories, with its checks of the plan made once."""
     if not isinstance(plan.migration, MemoryDataMigration):
         return functools.partial(entry_of, plan)
     key_name = plan.table.key.name
+    matches = key_matcher(plan)
 
     def memory_entry(item: dict[str, Any], result: Any) -> Entry:
+        key = item.get(key_name)
         if result is None:
-            return Entry(item.get(key_name))
+            return Entry(key)
         if not isinstance(result, BulkMemoryItem):
             return entry_of(plan, item, result)  # raises MigrationValidationError
-        return Entry(result.memory_id, result.changes())
+        returned = result.memory_id
+        # Most transforms pass the memory's own id object: one identity test per item.
+        if returned is not key and not matches(key, returned):
+            raise ForeignItemError(plan, key, returned)
+        return Entry(key, result.changes())
 
     return memory_entry
 
@@ -133,7 +175,9 @@ def entry_of(plan: RunPlan, item: dict[str, Any], result: Any) -> Entry:
                 f"got {type(result).__name__} for memory {key}",
                 migration_id=meta.id,
             )
-        return Entry(result.memory_id, result.changes())
+        if not key_matcher(plan)(key, result.memory_id):
+            raise ForeignItemError(plan, key, result.memory_id)
+        return Entry(key, result.changes())
     if not isinstance(result, dict):
         raise MigrationValidationError(
             f"data migration {meta.id!r}: the transform must return a dict of column values or None, "
@@ -142,7 +186,7 @@ def entry_of(plan: RunPlan, item: dict[str, Any], result: Any) -> Entry:
         )
     changes = dict(result)
     new_key = changes.pop(plan.table.key.name, key)
-    if new_key != key:
+    if new_key != key and not key_matcher(plan)(key, new_key):  # the text of a uuid key is that key
         raise MigrationValidationError(
             f"data migration {meta.id!r}: the transform changed the key of row {key}; data migrations "
             "update rows in place",
@@ -163,7 +207,7 @@ async def transform_items(plan: RunPlan, caller: TransformCaller, items: list[di
         batch_transform: Callable[[list[dict[str, Any]]], Awaitable[Any]] = migration.transform_batch  # type: ignore[attr-defined]
         results = await caller.map(batch_transform, slices)
         for part, result in zip(slices, results, strict=True):
-            if isinstance(result, Exception):
+            if isinstance(result, BaseException):
                 entries.extend(failed_entry(plan, item, result) for item in part)
                 continue
             outputs = list(result)
@@ -173,22 +217,81 @@ async def transform_items(plan: RunPlan, caller: TransformCaller, items: list[di
                     f"results for {len(part)} items; return one per item, in order (None to skip)",
                     migration_id=migration.metadata.id,
                 )
-            entries.extend(entry_of(item, output) for item, output in zip(part, outputs, strict=True))
+            try:
+                entries.extend(entry_of(item, output) for item, output in zip(part, outputs, strict=True))
+            except ForeignItemError as exc:
+                raise _duplicate_or(plan, outputs, exc) from None
         return entries
     one: Callable[[dict[str, Any]], Awaitable[Any]] = (
         migration.transform_memory if isinstance(migration, MemoryDataMigration) else migration.transform_row  # type: ignore[attr-defined]
     )
     for item, result in zip(items, await caller.map(one, items), strict=True):
         entries.append(
-            failed_entry(plan, item, result) if isinstance(result, Exception) else entry_of(item, result)
+            failed_entry(plan, item, result) if isinstance(result, BaseException) else entry_of(item, result)
         )
     return entries
 
 
-def failed_entry(plan: RunPlan, item: dict[str, Any], exc: Exception) -> Entry:
+def _duplicate_or(plan: RunPlan, outputs: Sequence[Any], exc: ForeignItemError) -> MigrationValidationError:
+    """A transform_batch result naming the wrong memory: a duplicate if it names one memory twice."""
+    matches = key_matcher(plan)
+    named = sum(
+        1
+        for output in outputs
+        if isinstance(output, BulkMemoryItem) and matches(exc.returned, output.memory_id)
+    )
+    if named < 2:
+        return exc
+    return MigrationValidationError(
+        f"data migration {plan.migration_id!r}: transform_batch returned two items for memory "
+        f"{exc.returned} (a duplicate, the second in place of memory {exc.given}); return one item per "
+        "memory, in order (None to skip)",
+        migration_id=plan.migration_id,
+    )
+
+
+def failed_entry(plan: RunPlan, item: dict[str, Any], exc: BaseException) -> Entry:
     if isinstance(exc, MigrationValidationError):
         raise exc
     return Entry(item.get(plan.table.key.name), error=f"{type(exc).__name__}: {exc}")
+
+
+def query_items(plan: RunPlan, memories: Sequence[Any]) -> list[dict[str, Any]]:
+    """Memories from get_memories_to_migrate(), decoded; each must carry its key, and only once.
+
+    A memory twice in one slice would be written twice by one UPDATE (PostgreSQL writes it once).
+    """
+    items = [decode_mapping(plan, memory) for memory in memories]
+    key_name = plan.table.key.name
+    seen: set[str] = set()
+    for item in items:
+        key = item.get(key_name)
+        if key is None:
+            raise MigrationValidationError(
+                f"data migration {plan.migration_id!r}: get_memories_to_migrate() returned a memory "
+                f"without its key {key_name!r} (it has {', '.join(map(repr, item)) or 'no columns'}); "
+                f"select the {key_name!r} column",
+                migration_id=plan.migration_id,
+            )
+        text = _key_identity(plan, key)
+        if text in seen:
+            raise MigrationValidationError(
+                f"data migration {plan.migration_id!r}: get_memories_to_migrate() returned memory {key} "
+                "twice; return each memory once (SELECT DISTINCT, or GROUP BY its key)",
+                migration_id=plan.migration_id,
+            )
+        seen.add(text)
+    return items
+
+
+def _key_identity(plan: RunPlan, key: Any) -> str:
+    """The text a key is known by; for uuid keys, in the canonical spelling of the uuid."""
+    if plan.table.key.type_name == "uuid":
+        try:
+            return str(_as_uuid(key))
+        except (TypeError, ValueError, AttributeError):
+            pass
+    return key_text(key)
 
 
 async def write_entries(
@@ -242,12 +345,67 @@ async def write_entries(
 def _write_args(
     plan: RunPlan, fields: tuple[str, ...], columns: list[Column], part: Sequence[Entry]
 ) -> list[Any]:
-    """The parameters of a batch's UPDATE: the keys, then each column's values, encoded."""
+    """The parameters of a batch's UPDATE: the keys, then each column's values, encoded.
+
+    A value its column cannot take (not JSON, for a JSON column) raises :class:`ItemValueError`
+    naming the first such item and the column.
+    """
     args: list[Any] = [[e.key for e in part]]
-    args += [column.encode_all([e.changes[column.name] for e in part]) for column in columns]  # type: ignore[index]
+    for column in columns:
+        values = [e.changes[column.name] for e in part]  # type: ignore[index]
+        try:
+            args.append(column.encode_all(values))
+        except (TypeError, ValueError, RecursionError):
+            raise _value_error(plan, column, part) from None
     if plan.reverse == "images":
         args.append(list(fields))
     return args
+
+
+def encode_changes(plan: RunPlan, entry: Entry) -> None:
+    """Encode an entry's changes as a write would (columns the table lacks are left out), or raise
+    :class:`ItemValueError`: a dry run's check that the run could write them."""
+    assert entry.changes is not None
+    columns = plan.table.columns
+    for name in entry.changes:
+        column = columns.get(name)
+        if column is not None:
+            _write_args(plan, (name,), [column], [entry])
+
+
+class ItemValueError(MigrationExecutionError):
+    """An item's value for a column that the column cannot take; :attr:`reason` is about the item."""
+
+    def __init__(self, plan: RunPlan, key: Any, reason: str) -> None:
+        super().__init__(
+            f"data migration {plan.migration_id!r} failed on item {key}: {reason}",
+            migration_id=plan.migration_id,
+        )
+        self.key = key
+        self.reason = reason
+
+
+def _value_error(plan: RunPlan, column: Column, part: Sequence[Entry]) -> MigrationExecutionError:
+    """The error for the first item of ``part`` whose value ``column`` cannot encode."""
+    for entry in part:
+        try:
+            column.encode_all([entry.changes[column.name]])  # type: ignore[index]
+        except (TypeError, ValueError, RecursionError) as exc:
+            hint = (
+                "give JSON values only (dict with str keys, list, str, int, finite float, bool, None): "
+                "convert others in the transform (str(), .isoformat(), float(), list())"
+                if column.is_json
+                else "convert it in the transform"
+            )
+            reason = f"column {column.name!r} ({column.type_name}) cannot hold the value given: {exc}; {hint}"
+            error = ItemValueError(plan, entry.key, reason)
+            error.__cause__ = exc
+            return error
+    return MigrationExecutionError(  # a value that failed once and then encoded (changed meanwhile)
+        f"data migration {plan.migration_id!r}: the values of column {column.name!r} could not be encoded; "
+        "give each item values of its own, not shared objects changed while the batch is written",
+        migration_id=plan.migration_id,
+    )
 
 
 def _check_written(plan: RunPlan, expected: int, status: str) -> None:
@@ -270,7 +428,8 @@ async def _isolated(
         if is_recoverable(exc):
             raise
         if len(part) == 1:
-            return [attrs.evolve(part[0], error=f"{type(exc).__name__}: {exc}")]
+            error = exc.reason if isinstance(exc, ItemValueError) else f"{type(exc).__name__}: {exc}"
+            return [attrs.evolve(part[0], error=error)]
         middle = len(part) // 2
         return await _isolated(conn, run, part[:middle]) + await _isolated(conn, run, part[middle:])
     return []

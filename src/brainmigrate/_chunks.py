@@ -25,11 +25,11 @@ from ._batches import (
     Counts,
     Entry,
     InFlight,
-    decode_mapping,
     decode_rows,
     in_background,
     key_text,
     piped,
+    query_items,
     transform_items,
     write_entries,
 )
@@ -447,7 +447,7 @@ class ChunkWorker:
         migration = self.plan.migration
         assert isinstance(migration, MemoryDataMigration)
         key = self.plan.table.key.name
-        memories = [decode_mapping(self.plan, m) for m in await migration.get_memories_to_migrate()]
+        memories = query_items(self.plan, await migration.get_memories_to_migrate())
         fresh = [m for m in memories if key_text(m.get(key)) not in self._seen_failed | self._seen_skipped]
         if not fresh:
             return None  # nothing, or only memories that failed or were skipped in this run

@@ -10,6 +10,7 @@ lease, so each item is written exactly once whatever dies when.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
@@ -24,10 +25,12 @@ from . import _telemetry as telemetry
 from ._batches import (
     Counts,
     Entry,
-    decode_mapping,
+    ItemValueError,
     decode_rows,
+    encode_changes,
     entry_of,
     key_text,
+    query_items,
     transform_items,
     unwrap,
     write_entries,
@@ -46,7 +49,7 @@ from ._plan import ACTIVE, QUERY, STATEMENT, STREAM, ProgressCallback, RunPlan, 
 from ._results import ItemChange, ItemError
 from ._sql import quote_ident
 from ._table import TableShape
-from ._transform import TransformCaller
+from ._transform import TransformCaller, cancelled
 from ._types import Connection, Pool
 
 if TYPE_CHECKING:
@@ -350,6 +353,19 @@ class DataRunner:
             except Exception as exc:  # the first failure stops the other workers too
                 errors.append(unwrap(exc))
                 scope.cancel()
+            except BaseException as exc:
+                # A CancelledError the migration's own code raised (throttle(), its query) is a
+                # failure: the task group would swallow it, leaving the run neither done nor failed.
+                if isinstance(exc, KeyboardInterrupt | SystemExit) or await cancelled():
+                    raise
+                error = MigrationExecutionError(
+                    f"data migration {plan.migration_id!r} failed: {type(exc).__name__}: {exc} (raised by "
+                    "the migration's code, not by a cancellation of the run)",
+                    migration_id=plan.migration_id,
+                )
+                error.__cause__ = exc
+                errors.append(error)
+                scope.cancel()
             finally:
                 with anyio.CancelScope(shield=True):
                     await chunker.close()
@@ -524,17 +540,25 @@ class DataRunner:
             return Counts(), []
         if plan.mode == QUERY:
             assert isinstance(migration, MemoryDataMigration)
-            items = [decode_mapping(plan, m) for m in (await migration.get_memories_to_migrate())]
+            items = query_items(plan, await migration.get_memories_to_migrate())
             items = items[: config.dry_run_sample]
         else:
             rows = await conn.fetch(plan.page_sql(None, False), config.dry_run_sample)
             items = decode_rows(plan, rows)
+        # The values as read, untouched by a transform that edits its input in place (only here:
+        # a run writes what the transform returns and needs no copy).
+        key_name = plan.table.key.name
+        before = {key_text(item[key_name]): copy.deepcopy(item) for item in items}
         caller = TransformCaller(config, migration.retry_on)
         entries = await transform_items(plan, caller, items)
         counts = Counts()
         changes: list[ItemChange] = []
-        before = {key_text(item[plan.table.key.name]): item for item in items}
         for entry in entries:
+            if entry.error is None and entry.changes is not None:
+                try:  # a value the run could not write fails the item here too
+                    encode_changes(plan, entry)
+                except ItemValueError as exc:
+                    entry = attrs.evolve(entry, error=exc.reason)
             if entry.error is not None:
                 counts.failed += 1
             elif entry.changes is None:

@@ -35,6 +35,13 @@ class BulkMemoryItem:
 
     Only the fields given are written, in place: an UPDATE of the memory ``memory_id``, never a new
     row. A field left out keeps its value; passing ``None`` writes NULL.
+
+    ``memory_id`` must be the id of the memory the item was returned for (an equal value; for a
+    uuid key, its text in any case will do): an item naming another memory is refused. ``metadata``
+    (and any JSON column) must hold JSON values only: dicts with string keys, lists, str, int,
+    finite floats, bool and None. Others (bytes, sets, datetimes, Decimals, UUIDs...) fail the item
+    rather than being written as their ``str()``: convert them in the transform (``.isoformat()``,
+    ``str()``, ``float()``, ``list()``).
     """
 
     memory_id: Any
@@ -65,10 +72,19 @@ class BulkMemoryItem:
 assert tuple(field.name for field in attrs.fields(BulkMemoryItem))[1:] == MEMORY_FIELDS
 
 
+def _utf8_length(text: str) -> int:
+    """Bytes of ``text`` in UTF-8 (what PostgreSQL's 63-byte limit counts); 0 if it is not UTF-8."""
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:  # a lone surrogate
+        return 0
+
+
 def _identifier(_instance: Any, attribute: attrs.Attribute[str], value: object) -> None:
-    if not isinstance(value, str) or not value or "\0" in value or len(value) > 63:
+    # PostgreSQL cuts a longer identifier at 63 bytes (not characters): it would name another table.
+    if not isinstance(value, str) or "\0" in value or not 0 < _utf8_length(value) <= 63:
         raise MigrationValidationError(
-            f"DataSource.{attribute.name} must be a PostgreSQL identifier of 1 to 63 characters, "
+            f"DataSource.{attribute.name} must be a PostgreSQL identifier of 1 to 63 bytes in UTF-8, "
             f"got {value!r}"
         )
 
@@ -88,8 +104,11 @@ def _column_names(
     _instance: Any, _attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]
 ) -> None:
     for name in value:
-        if not isinstance(name, str) or not name or "\0" in name:
-            raise MigrationValidationError(f"DataSource.columns holds an invalid column name {name!r}")
+        if not isinstance(name, str) or "\0" in name or not 0 < _utf8_length(name) <= 63:
+            raise MigrationValidationError(
+                f"DataSource.columns holds an invalid column name {name!r}: a column name is a "
+                "PostgreSQL identifier of 1 to 63 bytes in UTF-8"
+            )
 
 
 @attrs.frozen(kw_only=True)

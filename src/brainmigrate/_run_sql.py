@@ -233,11 +233,27 @@ SELECT item_key, error, attempts, first_failed_at, last_failed_at
 # -- the source table -------------------------------------------------------------------------
 
 
+#: PostgreSQL cuts identifiers at this many bytes (NAMEDATALEN - 1), not characters.
+MAX_IDENTIFIER_BYTES = 63
+
+
+def derived_name(prefix: str, source: str, *, digest_length: int = 10, readable_chars: int = 40) -> str:
+    """``{prefix}{readable}_{digest}``: unique to ``source`` (its digest) and at most 63 bytes.
+
+    The readable part (``source`` lower-cased, non-word characters as ``_``) is cut to
+    ``readable_chars`` characters, then to the bytes left, never inside a UTF-8 character: a longer
+    name would be truncated by PostgreSQL, and two sources sharing a long prefix would get one name.
+    """
+    digest = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:digest_length]
+    readable = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in source.lower())[:readable_chars]
+    budget = MAX_IDENTIFIER_BYTES - len(prefix.encode()) - 1 - len(digest)
+    readable = readable.encode()[:budget].decode("utf-8", "ignore")  # lone surrogates became "_"
+    return f"{prefix}{readable}_{digest}"
+
+
 def image_table(migration_id: str) -> str:
-    """The name of the table keeping a migration's before-images."""
-    digest = hashlib.sha256(migration_id.encode()).hexdigest()[:10]
-    readable = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in migration_id.lower())[:40]
-    return f"before_{readable}_{digest}"
+    """The name of the table keeping a migration's before-images (unchanged for ASCII ids)."""
+    return derived_name("before_", migration_id)
 
 
 def create_images(image: str, table: str, key: str, columns: Sequence[str]) -> str:

@@ -31,9 +31,12 @@ SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname::text, t.typca
 _TEXT_TYPES = frozenset({"json", "jsonb", "vector", "halfvec", "sparsevec"})
 
 
-#: What ``json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)`` builds on
+#: What ``json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)`` builds on
 #: every call (any argument but the value makes it build a new encoder); built once here.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
+#: Values JSON has no type for (bytes, sets, datetimes, Decimals, UUIDs, other objects) raise
+#: TypeError, and NaN or infinities ValueError (PostgreSQL refuses them): such an item fails,
+#: instead of its values being written as their ``str()``.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _dumps(value: Any) -> str:
@@ -111,7 +114,10 @@ class Column:
         return value
 
     def encode(self, value: Any) -> Any:
-        """A Python value, ready to bind in this column's array parameter."""
+        """A Python value, ready to bind in this column's array parameter.
+
+        TypeError or ValueError when the column cannot take it (for JSON, a value that is not JSON).
+        """
         if value is None or not self.sent_as_text:
             return value
         if self.category == "A" and not isinstance(value, str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -9,6 +10,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import tenacity
 
 from ._config import MigrationConfig, RetryPolicy
@@ -52,10 +54,12 @@ def retry_after_seconds(exc: BaseException | None) -> float:
         return 0.0
     try:
         seconds = float(value)
+    except OverflowError:  # an integer too large for a float: no sensible wait
+        return 0.0
     except (TypeError, ValueError):
         try:  # an HTTP date
             seconds = parsedate_to_datetime(str(value)).timestamp() - time.time()
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError, IndexError):
             return 0.0
     return seconds if math.isfinite(seconds) and seconds > 0 else 0.0
 
@@ -69,6 +73,24 @@ def _wait(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
         return max(float(waits(state)), asked)
 
     return wait
+
+
+async def cancelled() -> bool:
+    """Whether the current task is being cancelled: by a cancel scope around it, or ``Task.cancel()``.
+
+    Tells a real cancellation from a CancelledError that user code raised on its own.
+    """
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not in an asyncio loop
+        task = None
+    if task is not None and task.cancelling():
+        return True
+    try:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+    except anyio.get_cancelled_exc_class():
+        return True
+    return False
 
 
 class TransformCaller:
@@ -100,9 +122,14 @@ class TransformCaller:
                 return await fn(arg)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    async def map(self, fn: Callable[[T], Awaitable[R]], args: Sequence[T]) -> list[R | Exception]:
-        """``fn`` over ``args`` in order, each result or the exception it raised."""
-        results: list[R | Exception] = [None] * len(args)  # type: ignore[list-item]
+    async def map(self, fn: Callable[[T], Awaitable[R]], args: Sequence[T]) -> list[R | BaseException]:
+        """``fn`` over ``args`` in order, each result or the exception it raised.
+
+        A CancelledError (or other BaseException) that ``fn`` raises itself is its result like any
+        exception, so the item fails rather than vanishing; only a real cancellation of the run,
+        KeyboardInterrupt and SystemExit propagate.
+        """
+        results: list[R | BaseException] = [None] * len(args)  # type: ignore[list-item]
         call = self.call
         direct = not self._retry_on and not self._limited  # then call(fn, arg) is fn(arg)
         indexes = iter(range(len(args)))
@@ -112,6 +139,10 @@ class TransformCaller:
                 try:
                     results[index] = await (fn(args[index]) if direct else call(fn, args[index]))
                 except Exception as exc:
+                    results[index] = exc
+                except BaseException as exc:
+                    if isinstance(exc, KeyboardInterrupt | SystemExit) or await cancelled():
+                        raise
                     results[index] = exc
 
         if self._concurrency == 1 or len(args) <= 1:
