@@ -2,10 +2,13 @@
 
 The connection holding the lock never has a transaction open, and waiting for the lock is done by
 polling ``pg_try_advisory_lock`` (short statements, no long-held snapshot), so neither a holder nor
-a waiter ever blocks ``CREATE INDEX CONCURRENTLY``. If a runner dies, PostgreSQL drops its lock with
-its session; if a runner's lock session is ended while it works, the statement writing its next
-history row checks :attr:`RunnerLock.guard` and refuses, so nothing more is committed. Session
-advisory locks need a direct connection (not PgBouncer in transaction pooling mode).
+a waiter ever blocks ``CREATE INDEX CONCURRENTLY``. Each try borrows a pool connection and gives it
+back while the lock is held elsewhere (the session that takes the lock keeps it), so runners waiting
+on one pool never starve the holder of the connection its work needs. If a runner dies, PostgreSQL
+drops its lock with its session; if a runner's lock session is ended while it works, the statement
+writing its next history row checks :attr:`RunnerLock.guard` and refuses, so nothing more is
+committed. Session advisory locks need a direct connection (not PgBouncer in transaction pooling
+mode).
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ from typing import Any
 import anyio
 import asyncpg
 import attrs
+from asyncpg.pool import PoolConnectionProxy
 
 from . import _sql
+from ._connect import acquire, unavailable
 from ._errors import MigrationLockTimeout, PoolExhaustedError
+from ._retry import is_recoverable
 from ._types import Connection
 
 logger = logging.getLogger("brainmigrate")
@@ -65,19 +71,8 @@ async def migration_lock(
 ) -> AsyncIterator[RunnerLock]:
     """Hold the runner lock for ``schema``; wait at most ``wait_seconds`` for it."""
     key = lock_key(schema)
-    deadline = time.monotonic() + wait_seconds
+    conn = await _take(pool, key, wait_seconds)
     try:
-        conn = await pool.acquire(timeout=max(wait_seconds, 0.001))
-    except TimeoutError as exc:
-        raise PoolExhaustedError(wait_seconds) from exc
-    try:
-        delay = _FIRST_POLL_SECONDS
-        while not await conn.fetchval(_sql.TRY_LOCK, key):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise MigrationLockTimeout(wait_seconds)
-            await anyio.sleep(min(delay, remaining))
-            delay = min(delay * 2, _MAX_POLL_SECONDS)
         logger.debug("took migration lock %s for schema %s", key, schema)
         try:
             yield RunnerLock(key, conn)
@@ -91,3 +86,47 @@ async def migration_lock(
     finally:
         with anyio.CancelScope(shield=True):
             await pool.release(conn)
+
+
+async def _take(pool: asyncpg.Pool[Any], key: int, wait_seconds: float) -> PoolConnectionProxy[Any]:
+    """Poll for the lock until ``wait_seconds`` pass; the connection whose session took it.
+
+    Each try borrows a connection and gives it back when the lock is held elsewhere, so runners
+    waiting on one pool never pin the connections the holder needs for its work. Having seen the
+    lock held, running out of time is a MigrationLockTimeout (even if the pool was busy at the end);
+    never getting a connection to try with is a PoolExhaustedError.
+    """
+    deadline = time.monotonic() + wait_seconds
+    delay = _FIRST_POLL_SECONDS
+    seen_held = False
+    broken = 0  # tries in a row whose connection broke (stale after a server restart, say)
+    while True:
+        try:
+            conn = await acquire(pool, max(deadline - time.monotonic(), 0.001))
+        except PoolExhaustedError as exc:
+            if seen_held:
+                raise MigrationLockTimeout(wait_seconds) from exc.__cause__
+            raise PoolExhaustedError(wait_seconds) from exc.__cause__
+        taken = False
+        try:
+            taken = bool(await conn.fetchval(_sql.TRY_LOCK, key))
+            seen_held, broken = seen_held or not taken, 0
+        except Exception as exc:
+            if not is_recoverable(exc):
+                raise
+            broken += 1
+            if broken > pool.get_max_size():
+                raise unavailable(pool, exc) from exc
+            logger.debug("a connection polling for the migration lock broke, trying another: %s", exc)
+            continue  # at once: the pool replaces a broken connection
+        finally:
+            if not taken:
+                with anyio.CancelScope(shield=True):
+                    await pool.release(conn)
+        if taken:
+            return conn
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise MigrationLockTimeout(wait_seconds)
+        await anyio.sleep(min(delay, remaining))
+        delay = min(delay * 2, _MAX_POLL_SECONDS)

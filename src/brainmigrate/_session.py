@@ -1,25 +1,61 @@
-"""What a runner holds while it works: the runner lock, and one connection for the work."""
+"""What a runner holds while it works: the runner lock, and one connection for the work.
+
+The work connection serves one migration after another, so between them (and before the pool takes
+it back) its session is put back as the pool handed it over: whatever a migration did with ``SET
+ROLE``, ``SET SESSION AUTHORIZATION``, ``SET search_path`` or any other setting stays with it.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import anyio
 import asyncpg
+import attrs
 
 from . import _sql
 from ._config import MigrationConfig
-from ._errors import PoolExhaustedError
+from ._connect import connection
 from ._lock import RunnerLock, migration_lock
 from ._types import Connection, is_usable
+
+logger = logging.getLogger("brainmigrate")
+
+#: How long putting a session back may take before its connection is discarded instead.
+_RESET_SECONDS = 10.0
+
+
+@attrs.frozen
+class SessionBaseline:
+    """A connection's session as the pool handed it over (after the pool's ``setup``, if any).
+
+    Settings from the connection's options or ``ALTER ROLE ... SET`` are not kept: ``RESET ALL``
+    returns to them. Custom placeholder settings (``myapp.flag``) a ``setup`` SET are not restored.
+    """
+
+    user: str
+    role: str
+    search_path: str
+    names: tuple[str, ...]
+    values: tuple[str, ...]
+
+    @classmethod
+    async def capture(cls, conn: Connection) -> SessionBaseline:
+        row = await conn.fetchrow(_sql.SESSION_BASELINE)
+        assert row is not None
+        return cls(row[0], row[1], row[2], tuple(row[3]), tuple(row[4]))
 
 
 class RunnerSession:
     """The lock (whose connection serves short reads) and a work connection, taken on first use.
 
     The work connection carries the session's ``lock_timeout``, ``statement_timeout`` and
-    client-check settings; the pool resets them when it takes the connection back.
+    client-check settings. Each time it is handed out again, and before the pool takes it back, its
+    session is put back as the pool handed it over (see :meth:`reset`); a connection whose session
+    cannot be put back is discarded rather than reused or returned.
     """
 
     def __init__(
@@ -30,23 +66,89 @@ class RunnerSession:
         self.config = config
         self._stack = stack
         self._work: Connection | None = None
+        self._baseline: SessionBaseline | None = None
+        self._handed_out = False
 
     async def work_connection(self) -> Connection:
-        """The connection migrations run on; replaced if it broke."""
+        """The connection migrations run on; replaced if it broke.
+
+        Every call after the first hands it over reset (outside a transaction), so each migration,
+        and each write brainmigrate makes after a failed one, starts from the pool's session.
+        """
+        if self._work is not None and self._handed_out and is_usable(self._work):
+            await self._reset_or_discard(self._work)
         if self._work is None or not is_usable(self._work):
-            try:
-                conn = await self._stack.enter_async_context(
-                    self.pool.acquire(timeout=self.config.lock_wait_seconds)
-                )
-            except TimeoutError as exc:
-                raise PoolExhaustedError(self.config.lock_wait_seconds) from exc
-            await conn.execute(
-                _sql.set_session_timeouts(check_client=conn.get_server_version() >= (14,)),
-                f"{self.config.statement_lock_timeout_ms}ms",
-                f"{round(self.config.timeout_seconds * 1000)}ms",
-            )
-            self._work = conn
+            # PoolExhaustedError when no connection is free in time, DatabaseUnavailableError when
+            # none can be opened.
+            conn = await self._stack.enter_async_context(connection(self.pool, self.config.lock_wait_seconds))
+            baseline = await SessionBaseline.capture(conn)
+            await self._set_timeouts(conn)
+            # Runs before the pool takes the connection back (the exit stack unwinds in reverse).
+            self._stack.push_async_callback(self._release_clean, conn, baseline)
+            self._work, self._baseline = conn, baseline
+        self._handed_out = True
         return self._work
+
+    async def _set_timeouts(self, conn: Connection) -> None:
+        await conn.execute(
+            _sql.set_session_timeouts(check_client=conn.get_server_version() >= (14,)),
+            f"{self.config.statement_lock_timeout_ms}ms",
+            f"{round(self.config.timeout_seconds * 1000)}ms",
+        )
+
+    async def reset(self, conn: Connection) -> None:
+        """Put ``conn``'s session back as the pool handed it over, with this session's timeouts.
+
+        Undoes ``SET SESSION AUTHORIZATION``, ``SET ROLE`` and every ``SET``, then applies again the
+        role and settings the session had when it was taken. Inside a transaction, a rollback of
+        that transaction undoes the reset too.
+        """
+        assert self._baseline is not None and conn is self._work
+        await self._restore(conn, self._baseline)
+
+    async def _restore(self, conn: Connection, baseline: SessionBaseline) -> None:
+        await conn.execute(_sql.RESET_SESSION)
+        await conn.execute(_sql.RESTORE_SESSION, list(baseline.names), list(baseline.values), baseline.role)
+        await self._set_timeouts(conn)
+
+    async def act_as_runner(self, conn: Connection) -> None:
+        """Inside a transaction on the work connection: run the rest of it as the session the pool
+        handed over (session user, role, search_path), whatever a migration switched it to."""
+        baseline = self._baseline
+        assert baseline is not None and conn is self._work
+        await conn.execute(_sql.ACT_AS, baseline.user, baseline.role, baseline.search_path)
+
+    async def _reset_or_discard(self, conn: Connection) -> None:
+        """Reset ``conn`` between uses; when that fails, close it so the next use takes another.
+
+        A transaction still open here was left by a migration's own code (brainmigrate ends its
+        own before handing the connection out again): the session is left alone with it.
+        """
+        if conn.is_in_transaction():
+            logger.warning("the work connection is inside a transaction a migration left open")
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                with anyio.fail_after(_RESET_SECONDS):
+                    await self.reset(conn)
+            except Exception as exc:
+                logger.warning("could not reset the work connection's session, discarding it: %s", exc)
+                conn.terminate()
+
+    async def _release_clean(self, conn: Connection, baseline: SessionBaseline) -> None:
+        """Before the pool takes ``conn`` back: end what is left open, put its session back, or
+        close the connection so that it is never returned as another role."""
+        with anyio.CancelScope(shield=True):
+            if not is_usable(conn):
+                return
+            try:
+                with anyio.fail_after(_RESET_SECONDS):
+                    if conn.is_in_transaction():  # left open by a migration; the pool would roll back
+                        await conn.execute("ROLLBACK")
+                    await self._restore(conn, baseline)
+            except Exception as exc:
+                logger.warning("could not reset the work connection's session, discarding it: %s", exc)
+                conn.terminate()
 
 
 @asynccontextmanager

@@ -9,9 +9,24 @@ HISTORY_TABLE = "migration_history"
 
 
 def quote_ident(name: str) -> str:
-    """Quote an identifier for PostgreSQL (``my"schema`` becomes ``"my""schema"``)."""
-    if not name or "\0" in name:
-        raise ValueError(f"invalid SQL identifier {name!r}")
+    """Quote an identifier for PostgreSQL (``my"schema`` becomes ``"my""schema"``).
+
+    ValueError if ``name`` is empty, contains NUL, or exceeds 63 bytes of UTF-8 (PostgreSQL would
+    silently truncate it, so two long names could become one).
+    """
+    if not name:
+        raise ValueError("invalid SQL identifier: it is empty")
+    if "\0" in name:
+        raise ValueError(f"invalid SQL identifier {name!r}: it contains NUL")
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        raise ValueError(f"invalid SQL identifier {name!r}: it is not valid Unicode") from None
+    if size > 63:  # NAMEDATALEN - 1
+        raise ValueError(
+            f"invalid SQL identifier {name[:20]!r}...: it is {size} bytes in UTF-8, and PostgreSQL "
+            "identifiers hold at most 63 (longer ones are silently truncated)"
+        )
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -150,3 +165,37 @@ def set_session_timeouts(*, check_client: bool) -> str:
     """
     check = ", set_config('client_connection_check_interval', '1s', false)" if check_client else ""
     return f"SELECT set_config('lock_timeout', $1, false), set_config('statement_timeout', $2, false){check}"
+
+
+#: The id of the transaction in progress (assigning one if it has none yet). A migration that ran
+#: COMMIT or ROLLBACK is in another transaction, or none, when brainmigrate comes to commit it.
+CURRENT_XACT = "SELECT txid_current()"
+
+#: A session as the pool handed it over: its session user and role, its search_path, and the
+#: settings it SET (names and values). Settings of the connection's options or ``ALTER ROLE ... SET``
+#: are not listed: ``RESET ALL`` goes back to them by itself.
+SESSION_BASELINE = r"""
+SELECT session_user::text, current_setting('role'), current_setting('search_path'),
+       coalesce(array_agg(name ORDER BY name), '{}'),
+       coalesce(array_agg(current_setting(name) ORDER BY name), '{}')
+  FROM pg_catalog.pg_settings
+ WHERE source = 'session' AND context IN ('user', 'superuser') AND name NOT LIKE 'transaction\_%'
+"""
+
+#: Undo what a session SET: its session authorization, role and every setting. Run then
+#: :data:`RESTORE_SESSION` for what the pool had set.
+RESET_SESSION = "RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL"
+
+#: After :data:`RESET_SESSION`: the settings ($1 names, $2 values), then the role ($3), of a baseline.
+RESTORE_SESSION = """
+SELECT pg_catalog.set_config('role', $3, false)
+  FROM (SELECT count(pg_catalog.set_config(n, v, false))
+          FROM unnest($1::text[], $2::text[]) AS s(n, v)) AS restored
+"""
+
+#: Until the transaction ends: act as session user $1 with role $2 and search_path $3, whatever the
+#: session was switched to (for brainmigrate's own statements after a migration's).
+ACT_AS = """
+SELECT pg_catalog.set_config('session_authorization', $1, true), pg_catalog.set_config('role', $2, true),
+       pg_catalog.set_config('search_path', $3, true)
+"""
