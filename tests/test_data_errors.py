@@ -271,8 +271,8 @@ async def test_rolling_back_an_unknown_id_is_refused(brainmigrate_pool: Any) -> 
         await migrator.rollback("tag_memories_002")
 
     assert (
-        str(caught.value)
-        == "no migration with id 'tag_memories_002'; `await migrator.pending()` lists the ids"
+        str(caught.value) == "no migration with id 'tag_memories_002'; did you mean 'tag_memories_001'? "
+        "`await migrator.pending()` lists the ids"
     )
     assert await snapshot(brainmigrate_pool) == before
 

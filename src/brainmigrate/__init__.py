@@ -9,6 +9,7 @@ from ._errors import (
     ChecksumMismatchError,
     ConfigError,
     CyclicDependencyError,
+    DatabaseUnavailableError,
     DependencyError,
     DirtyMigrationError,
     DuplicateMigrationError,
@@ -27,7 +28,16 @@ from ._items import BulkMemoryItem, DataSource, Progress
 from ._metadata import MigrationMetadata, MigrationStatus, MigrationType
 from ._migration import DatabaseSchemaMigration, Migration
 from ._migrator import Migrator
-from ._results import HistoryRecord, ItemChange, ItemError, MigrationResult, ValidationReport
+from ._results import (
+    AttemptStatus,
+    HistoryRecord,
+    ItemChange,
+    ItemError,
+    MigrationOperation,
+    MigrationResult,
+    ValidationReport,
+)
+from ._types import Connection
 
 try:
     __version__ = _importlib_metadata.version("brainmigrate")
@@ -35,14 +45,17 @@ except _importlib_metadata.PackageNotFoundError:  # pragma: no cover - a source 
     __version__ = "0.0.0"
 
 __all__ = [
+    "AttemptStatus",
     "BrainMigrateError",
     "BulkMemoryItem",
     "ChecksumMismatchError",
     "ConfigError",
+    "Connection",
     "CyclicDependencyError",
     "DataSource",
     "DatabaseDataMigration",
     "DatabaseSchemaMigration",
+    "DatabaseUnavailableError",
     "DependencyError",
     "DirtyMigrationError",
     "DuplicateMigrationError",
@@ -59,6 +72,7 @@ __all__ = [
     "MigrationLockTimeout",
     "MigrationMetadata",
     "MigrationNotFoundError",
+    "MigrationOperation",
     "MigrationResult",
     "MigrationStateError",
     "MigrationStatus",

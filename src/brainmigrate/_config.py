@@ -8,6 +8,38 @@ import attrs
 
 from ._errors import ConfigError
 
+#: PostgreSQL's longest identifier, in bytes (NAMEDATALEN - 1); longer names are silently truncated.
+MAX_IDENTIFIER_BYTES = 63
+
+
+def check_schema_name(schema: object) -> None:
+    """ConfigError unless ``schema`` can hold brainmigrate's tables under exactly that name.
+
+    PostgreSQL truncates names longer than 63 bytes of UTF-8 (so two long names would share one
+    schema, each under its own runner lock), and refuses to create ``pg_*`` schemas.
+    """
+    if not isinstance(schema, str) or not schema:
+        raise ConfigError(f"schema must be a PostgreSQL identifier of 1 to 63 bytes in UTF-8, got {schema!r}")
+    if "\0" in schema:
+        raise ConfigError(
+            f"schema must be a PostgreSQL identifier without NUL, got {schema!r}; pick another name"
+        )
+    try:
+        size = len(schema.encode())
+    except UnicodeEncodeError:
+        raise ConfigError(f"schema {schema!r} is not valid Unicode; pick another schema name") from None
+    if size > MAX_IDENTIFIER_BYTES:
+        raise ConfigError(
+            f"schema must be a PostgreSQL identifier of at most {MAX_IDENTIFIER_BYTES} bytes in UTF-8, but "
+            f"{schema[:20]!r}... is {size} bytes in UTF-8 and PostgreSQL would silently truncate it; "
+            "pick a shorter schema name"
+        )
+    if schema.startswith("pg_") or schema == "information_schema":
+        raise ConfigError(
+            f"schema {schema!r} is reserved: PostgreSQL keeps pg_* names and information_schema for its "
+            "own catalogs; pick another schema name, such as the default 'brainmigrate'"
+        )
+
 
 def _bool(_instance: Any, attribute: attrs.Attribute[bool], value: object) -> None:
     if not isinstance(value, bool):

@@ -18,7 +18,8 @@ Every error is a :class:`BrainMigrateError`; the tree is shallow::
     ├── MigrationLockTimeout
     ├── MigrationLockLost
     ├── PoolExhaustedError (also a TimeoutError)
-    └── MigrationExecutionError
+    ├── MigrationExecutionError
+    └── DatabaseUnavailableError (also a ConnectionError)
 
 Each error carries the facts as attributes and its message says what to do next. Driver errors are
 chained (``raise ... from exc``) and never escape on their own.
@@ -26,7 +27,21 @@ chained (``raise ... from exc``) and never escape on their own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
+
+
+def close_ids(wanted: str, known: Iterable[str]) -> tuple[str, ...]:
+    """The ids in ``known`` that look most like ``wanted`` (a typo's likely intent), best first."""
+    return tuple(difflib.get_close_matches(wanted, list(known), n=3, cutoff=0.6))
+
+
+def _did_you_mean(suggestions: Sequence[str]) -> str:
+    if not suggestions:
+        return ""
+    quoted = [repr(suggestion) for suggestion in suggestions]
+    choices = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+    return f"did you mean {choices}? "
 
 
 class BrainMigrateError(Exception):
@@ -75,11 +90,13 @@ class CyclicDependencyError(DependencyError):
 class MissingDependencyError(DependencyError):
     """A migration depends on an id that no known migration has."""
 
-    def __init__(self, migration_id: str, missing: str) -> None:
+    def __init__(self, migration_id: str, missing: str, *, known: Iterable[str] = ()) -> None:
         self.missing = missing
+        #: The known ids closest to ``missing``, best first (empty when none is close).
+        self.suggestions = close_ids(missing, known)
         super().__init__(
             f"migration {migration_id!r} depends on {missing!r}, which is not a known migration; "
-            "check the id or add the missing migration",
+            f"{_did_you_mean(self.suggestions)}check the id or add the missing migration",
             migration_id=migration_id,
         )
 
@@ -135,9 +152,14 @@ class IrreversibleMigrationError(BrainMigrateError):
 class MigrationNotFoundError(BrainMigrateError, LookupError):
     """No known migration has the given id."""
 
-    def __init__(self, migration_id: str) -> None:
+    def __init__(self, migration_id: str, *, known: Iterable[str] = ()) -> None:
         self.migration_id = migration_id
-        super().__init__(f"no migration with id {migration_id!r}; `await migrator.pending()` lists the ids")
+        #: The known ids closest to ``migration_id``, best first (empty when none is close).
+        self.suggestions = close_ids(migration_id, known)
+        super().__init__(
+            f"no migration with id {migration_id!r}; "
+            f"{_did_you_mean(self.suggestions)}`await migrator.pending()` lists the ids"
+        )
 
 
 class MigrationStateError(BrainMigrateError):
@@ -220,3 +242,25 @@ class MigrationExecutionError(BrainMigrateError):
         self.statement_index = statement_index
         self.statement = statement
         self.sqlstate = sqlstate
+
+
+class DatabaseUnavailableError(BrainMigrateError, ConnectionError):
+    """No connection to the database server could be opened: it is down, unreachable, or refused it."""
+
+    def __init__(
+        self,
+        server: str | None,
+        reason: str,
+        *,
+        origin: str = "the asyncpg pool the application gave to Migrator",
+        remedy: str = "the pool's DSN names the right host, port, database, user and password",
+    ) -> None:
+        self.server = server
+        self.reason = reason
+        self.origin = origin
+        where = f"the database server at {server}" if server else "the database server"
+        super().__init__(
+            f"could not connect to {where} ({reason}); the address and credentials are those of "
+            f"{origin}. Check that PostgreSQL is running and reachable from here, and that {remedy}; "
+            "then run again"
+        )

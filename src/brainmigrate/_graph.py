@@ -41,7 +41,8 @@ class MigrationGraph:
         for meta in nodes.values():
             for dependency in meta.dependencies:
                 if dependency not in nodes:
-                    raise MissingDependencyError(meta.id, dependency)
+                    others = [node for node in nodes if node != meta.id]  # never itself: a cycle
+                    raise MissingDependencyError(meta.id, dependency, known=others)
         return cls(nodes, _topological_order(nodes))
 
     def __contains__(self, migration_id: object) -> bool:

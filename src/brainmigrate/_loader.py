@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import logging
 import os
 import pkgutil
 import sys
@@ -24,6 +25,8 @@ MigrationSource: TypeAlias = (
 )
 
 ENV_VARIABLE = "BRAINMIGRATE_MIGRATIONS"
+
+logger = logging.getLogger("brainmigrate")
 
 
 def configured_source(cwd: Path | None = None) -> str:
@@ -55,16 +58,23 @@ def load_migrations(source: Any, pool: Any) -> list[tuple[Migration, str]]:
 
 def _instances(source: Any, pool: Any) -> Iterator[tuple[Migration, str]]:
     if isinstance(source, types.ModuleType):
-        yield from _from_classes(_classes_in_package(source), pool)
+        yield from _from_classes(_classes_in_package_or_warn(source), pool)
     elif isinstance(source, str | os.PathLike):
         text = os.fspath(source)
         path = Path(text)
         if path.is_dir():
-            yield from _from_classes(_classes_in_directory(path), pool)
+            files: list[Path] = []
+            classes = _classes_in_directory(path, files)
+            if not classes:
+                _nothing_found(f"directory {text!r}", f"searched {len(files)} .py files", plural=True)
+            yield from _from_classes(classes, pool)
         elif path.suffix == ".py" and path.is_file():
-            yield from _from_classes(_classes_defined_in(_import_file(path)), pool)
+            classes = _classes_defined_in(_import_file(path))
+            if not classes:
+                _nothing_found(f"file {text!r}", "searched that file only", plural=False)
+            yield from _from_classes(classes, pool)
         elif _looks_like_module_name(text):
-            yield from _from_classes(_classes_in_package(_import(text)), pool)
+            yield from _from_classes(_classes_in_package_or_warn(_import(text)), pool)
         else:
             raise ConfigError(f"migrations {text!r} is neither a directory, a .py file nor a module name")
     elif isinstance(source, Iterable):
@@ -129,22 +139,60 @@ def _import_file(path: Path) -> types.ModuleType:
     return module
 
 
-def _classes_in_package(module: types.ModuleType) -> list[type[Migration]]:
+def _classes_in_package(module: types.ModuleType, searched: list[str] | None = None) -> list[type[Migration]]:
+    """The migrations defined in ``module`` and its submodules; ``searched`` gets the modules' names."""
+    seen = searched if searched is not None else []
+    seen.append(module.__name__)
     classes = _classes_defined_in(module)
     if hasattr(module, "__path__"):
         for info in pkgutil.walk_packages(module.__path__, prefix=f"{module.__name__}.", onerror=_raise_load):
+            seen.append(info.name)
             classes.extend(_classes_defined_in(_import(info.name)))
     return classes
+
+
+def _classes_in_package_or_warn(module: types.ModuleType) -> list[type[Migration]]:
+    """Like :func:`_classes_in_package`, warning when nothing is found (a wrong or empty package)."""
+    searched: list[str] = []
+    classes = _classes_in_package(module, searched)
+    name = module.__name__
+    if not classes:
+        if not hasattr(module, "__path__"):
+            _nothing_found(f"module {name!r}", f"searched {name}, which is not a package", plural=False)
+        elif len(searched) == 1:
+            _nothing_found(f"package {name!r}", f"searched {name}, no submodules", plural=True)
+        else:
+            shown = ", ".join(searched[:_SHOWN])
+            more = f" and {len(searched) - _SHOWN} more" if len(searched) > _SHOWN else ""
+            _nothing_found(f"package {name!r}", f"searched {shown}{more}", plural=True)
+    return classes
+
+
+#: How many searched modules a warning names.
+_SHOWN = 10
+
+
+def _nothing_found(where: str, searched: str, *, plural: bool) -> None:
+    """Warn that a source yielded no migrations: probably a wrong name, or migrations not written yet."""
+    logger.warning(
+        "no migrations found in %s (%s); a migration is a concrete Migration subclass defined in %s",
+        where,
+        searched,
+        "one of them" if plural else "it",
+    )
 
 
 def _raise_load(name: str) -> None:
     _import(name)  # re-raises the import error as MigrationLoadError naming the module
 
 
-def _classes_in_directory(directory: Path) -> list[type[Migration]]:
+def _classes_in_directory(directory: Path, searched: list[Path] | None = None) -> list[type[Migration]]:
+    """The migrations defined in the directory's ``.py`` files; ``searched`` gets the files read."""
     classes: list[type[Migration]] = []
     for path in sorted(directory.rglob("*.py")):
         if not any(part.startswith((".", "_")) for part in path.relative_to(directory).parts):
+            if searched is not None:
+                searched.append(path)
             classes.extend(_classes_defined_in(_import_file(path)))
     return classes
 

@@ -40,7 +40,7 @@ class Migration(abc.ABC):
             where = f"{type(self).__module__}.{type(self).__qualname__}"
             try:
                 metadata = self._get_metadata()
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, MigrationValidationError) as exc:
                 raise MigrationValidationError(f"{where}._get_metadata() failed: {exc}") from exc
             if not isinstance(metadata, MigrationMetadata):
                 raise MigrationValidationError(
@@ -106,4 +106,103 @@ class DatabaseSchemaMigration(Migration):
         return []
 
     async def checksum_material(self) -> str:
-        return json.dumps([_normalise(s) for s in await self.get_forward_statements()])
+        return json.dumps([_normalise(s) for s in await self._read_statements("get_forward_statements")])
+
+    async def _read_statements(self, method: str) -> tuple[str, ...]:
+        """What ``method`` (``get_forward_statements`` or ``get_rollback_statements``) returns, checked.
+
+        MigrationValidationError, naming the migration and the method, unless it is a list (or
+        tuple) of non-empty SQL strings.
+        """
+        result = getattr(self, method)()
+        if not inspect.isawaitable(result):
+            raise _not_async(self, method)
+        return _checked_statements(self, method, await result)
+
+
+def _label(migration: Migration) -> str:
+    return f"{type(migration).__module__}.{type(migration).__qualname__}"
+
+
+def _where(migration: Migration) -> str:
+    return f"migration {migration.metadata.id!r} ({_label(migration)})"
+
+
+def _not_async(migration: Migration, method: str) -> MigrationValidationError:
+    return MigrationValidationError(
+        f"{_where(migration)}: {method}() must be declared `async def {method}(...)`; brainmigrate "
+        "awaits it, and a plain `def` cannot be awaited",
+        migration_id=migration.metadata.id,
+    )
+
+
+def _checked_statements(migration: Migration, method: str, statements: object) -> tuple[str, ...]:
+    """``statements`` as a tuple, or MigrationValidationError saying what is wrong with their shape."""
+    where = f"{_where(migration)}: {method}()"
+    migration_id = migration.metadata.id
+    if isinstance(statements, str):
+        raise MigrationValidationError(
+            f"{where} returned a single string, which would run one character at a time; "
+            'return a list of statements, such as ["CREATE TABLE ...", "CREATE INDEX ..."]',
+            migration_id=migration_id,
+        )
+    if not isinstance(statements, list | tuple):
+        raise MigrationValidationError(
+            f"{where} must return a list of SQL statements (strings), got {type(statements).__name__}",
+            migration_id=migration_id,
+        )
+    for number, statement in enumerate(statements, 1):
+        if not isinstance(statement, str):
+            problem = f"is {type(statement).__name__}, not a string; return SQL text only"
+        elif not statement.strip():
+            problem = "is empty; remove it"
+        elif "\0" in statement:
+            problem = "contains a NUL character, which PostgreSQL cannot receive; remove it"
+        else:
+            continue
+        raise MigrationValidationError(f"{where}: statement {number} {problem}", migration_id=migration_id)
+    return tuple(statements)
+
+
+def _async_hooks(cls: type) -> list[str]:
+    """The methods brainmigrate's base classes declare ``async def``: the ones it awaits."""
+    names: list[str] = []
+    for base in cls.__mro__:
+        if base.__module__.startswith("brainmigrate._"):
+            for name, value in vars(base).items():
+                if inspect.iscoroutinefunction(value) and name not in names:
+                    names.append(name)
+    return names
+
+
+def _is_async(method: object) -> bool:
+    """Whether calling ``method`` gives an awaitable: ``async def``, also behind a functools.wraps wrapper."""
+    if inspect.iscoroutinefunction(method):
+        return True
+    try:
+        return inspect.iscoroutinefunction(inspect.unwrap(method))  # type: ignore[arg-type]
+    except ValueError:  # a cycle of __wrapped__
+        return False
+
+
+async def check_definition(migration: Migration) -> None:
+    """Refuse, naming the migration, what brainmigrate could not run correctly.
+
+    Its metadata must be valid; ``transactional`` a boolean; every hook it awaits (``up``,
+    ``get_forward_statements``, ``validate_preconditions``, ``transform_memory``...) an ``async def``;
+    a schema migration's statements (and, when reversible, its rollback statements) a list of SQL
+    strings. Nothing touches the database.
+    """
+    transactional = getattr(migration, "transactional", True)
+    if not isinstance(transactional, bool):
+        raise MigrationValidationError(
+            f"{_where(migration)}: transactional must be True or False, got {transactional!r}",
+            migration_id=migration.metadata.id,
+        )
+    for name in _async_hooks(type(migration)):
+        if not _is_async(getattr(migration, name)):
+            raise _not_async(migration, name)
+    if isinstance(migration, DatabaseSchemaMigration):
+        await migration._read_statements("get_forward_statements")
+        if migration.metadata.reversible:
+            await migration._read_statements("get_rollback_statements")

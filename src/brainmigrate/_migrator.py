@@ -15,7 +15,8 @@ from opentelemetry.trace import StatusCode
 from . import _sql
 from . import _telemetry as telemetry
 from ._batches import Counts
-from ._config import MigrationConfig
+from ._config import MigrationConfig, check_schema_name
+from ._connect import connection
 from ._data import DataMigration
 from ._datarun import DataRunner, Outcome
 from ._errors import (
@@ -37,7 +38,7 @@ from ._items import Progress
 from ._loader import configured_source, load_migrations
 from ._lock import lock_key
 from ._metadata import MigrationMetadata, MigrationStatus, MigrationType
-from ._migration import DatabaseSchemaMigration, Migration
+from ._migration import DatabaseSchemaMigration, Migration, check_definition
 from ._plan import ACTIVE, ProgressCallback, RunPlan
 from ._results import HistoryRecord, ItemError, MigrationResult, ValidationReport
 from ._retry import is_recoverable
@@ -71,7 +72,7 @@ class _Catalog:
         try:
             return self.migrations[migration_id]
         except KeyError:
-            raise MigrationNotFoundError(migration_id) from None
+            raise MigrationNotFoundError(migration_id, known=self.migrations) from None
 
 
 class Migrator:
@@ -98,8 +99,7 @@ class Migrator:
     ) -> None:
         if config is not None and not isinstance(config, MigrationConfig):
             raise ConfigError(f"config must be a MigrationConfig, got {config!r}")
-        if not isinstance(schema, str) or not schema or "\0" in schema or len(schema) > 63:
-            raise ConfigError(f"schema must be a PostgreSQL identifier of 1 to 63 characters, got {schema!r}")
+        check_schema_name(schema)
         max_size = pool.get_max_size() if hasattr(pool, "get_max_size") else None
         if max_size is not None and max_size < 2:
             raise ConfigError(
@@ -121,13 +121,13 @@ class Migrator:
     async def pending(self, migration_type: MigrationType | str | None = None) -> list[MigrationMetadata]:
         """Migrations not applied yet, in the order they would run."""
         catalog = await self._load()
-        async with self.pool.acquire() as conn:
+        async with connection(self.pool) as conn:
             states = await self._ledger.states(conn)
         return [migration.metadata for migration in catalog.pending(states, migration_type)]
 
     async def history(self) -> list[HistoryRecord]:
         """Every recorded attempt, oldest first."""
-        async with self.pool.acquire() as conn:
+        async with connection(self.pool) as conn:
             return await self._ledger.records(conn)
 
     async def progress(self, migration_id: str) -> Progress | None:
@@ -138,13 +138,13 @@ class Migrator:
                 f"migration {migration_id!r} is not a data migration; only those report progress",
                 migration_id=migration_id,
             )
-        async with self.pool.acquire() as conn:
+        async with connection(self.pool) as conn:
             return await self._data.progress(conn, migration_id)
 
     async def failed_items(self, migration_id: str) -> list[ItemError]:
         """The items of a data migration that failed (with ``continue_on_error``), from its error ledger."""
         (await self._load()).get(migration_id)
-        async with self.pool.acquire() as conn:
+        async with connection(self.pool) as conn:
             return await self._data.errors(conn, migration_id)
 
     async def retry_failed(self, migration_id: str, config: MigrationConfig | None = None) -> MigrationResult:
@@ -183,7 +183,7 @@ class Migrator:
         Returns CANCELLING while workers are still stopping, CANCELLED once none is left.
         """
         migration = (await self._load()).get(migration_id)
-        async with self.pool.acquire() as conn:
+        async with connection(self.pool) as conn:
             if (
                 not isinstance(migration, DataMigration)
                 or await self._data.set_status(conn, migration_id, "cancelling", ACTIVE) is None
@@ -206,7 +206,7 @@ class Migrator:
         midway is failed (and resumable).
         """
         migration = (await self._load()).get(migration_id)
-        async with self.pool.acquire() as conn:
+        async with connection(self.pool) as conn:
             state = (await self._ledger.states(conn)).get(migration_id)
             if isinstance(migration, DataMigration) and not (state is not None and state.applied):
                 progress = await self._data.progress(conn, migration_id)
@@ -242,7 +242,7 @@ class Migrator:
         catalog = await self._load()
         migration = catalog.get(migration_id)
         problems: list[str] = []
-        async with self.pool.acquire() as conn:
+        async with connection(self.pool) as conn:
             states = await self._ledger.states(conn)
             state = states.get(migration_id)
             if state is not None and state.dirty:
@@ -346,6 +346,7 @@ class Migrator:
                 catalog.checksums[migration_id],
                 cfg,
                 resume_paused=True,
+                before_start=self._preconditions(migration, cfg),
             )
             if claim.kind != "work" or claim.plan is None:
                 return _not_run(migration.metadata, MigrationStatus.RUNNING, claim.note)
@@ -499,6 +500,8 @@ class Migrator:
         if self._catalog is None:
             loaded = load_migrations(self._source, self.pool)
             graph = MigrationGraph.build((migration.metadata, label) for migration, label in loaded)
+            for migration, _ in loaded:
+                await check_definition(migration)
             migrations = {migration.metadata.id: migration for migration, _ in loaded}
             checksums = {mid: await migration.checksum() for mid, migration in migrations.items()}
             self._catalog = _Catalog(migrations, graph, checksums)

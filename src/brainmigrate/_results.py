@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from typing import Any
 
 import attrs
 
 from ._metadata import MigrationStatus, MigrationType
+
+
+class MigrationOperation(enum.StrEnum):
+    """What a run or a recorded attempt did to a migration."""
+
+    APPLY = "apply"
+    ROLLBACK = "rollback"
+    #: A dirty mark cleared by hand (``Migrator.resolve``).
+    RESOLVE = "resolve"
+
+
+class AttemptStatus(enum.StrEnum):
+    """How one attempt in the history table stands."""
+
+    #: In progress, or dirty when its runner died.
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    #: A non-transactional attempt interrupted midway (see ``Migrator.resolve``).
+    DIRTY = "dirty"
+
+
+def _operation(value: MigrationOperation | str) -> MigrationOperation:
+    return MigrationOperation(value)
+
+
+def _attempt_status(value: AttemptStatus | str) -> AttemptStatus:
+    return AttemptStatus(value)
+
+
+def _first_line(text: str) -> str:
+    stripped = text.strip()
+    return stripped.splitlines()[0] if stripped else ""
 
 
 @attrs.frozen(kw_only=True)
@@ -38,7 +72,7 @@ class MigrationResult:
     migration_id: str
     name: str
     migration_type: MigrationType
-    operation: str
+    operation: MigrationOperation = attrs.field(converter=_operation)
     status: MigrationStatus
     dry_run: bool = False
     started_at: datetime | None = None
@@ -64,6 +98,19 @@ class MigrationResult:
         """True when the run did what it was asked to."""
         return self.status in (MigrationStatus.COMPLETED, MigrationStatus.ROLLED_BACK)
 
+    def __str__(self) -> str:
+        """One line, such as ``add_users_001 apply completed in 0.012 s``; repr() has every field."""
+        text = f"{self.migration_id} {self.operation} {self.status} in {self.duration_seconds:.3f} s"
+        if self.dry_run:
+            text += " (dry run)"
+        if self.items_processed or self.items_skipped or self.items_failed:
+            text += (
+                f": {self.items_processed} written, {self.items_skipped} skipped, {self.items_failed} failed"
+            )
+        if self.error:
+            text += f": {_first_line(self.error)}"
+        return text
+
 
 @attrs.frozen(kw_only=True)
 class HistoryRecord:
@@ -76,9 +123,9 @@ class HistoryRecord:
     version: str
     checksum: str
     #: ``apply``, ``rollback`` or ``resolve``.
-    operation: str
+    operation: MigrationOperation = attrs.field(converter=_operation)
     #: ``running`` (in progress, or dirty when its runner died), ``completed``, ``failed`` or ``dirty``.
-    status: str
+    status: AttemptStatus = attrs.field(converter=_attempt_status)
     #: Whether the migration counts as applied after this attempt (None for failed attempts).
     applied_after: bool | None
     started_at: datetime
@@ -91,6 +138,15 @@ class HistoryRecord:
     hostname: str
     pid: int
     db_user: str
+
+    def __str__(self) -> str:
+        """One line, such as ``#12 add_users_001 apply completed 2026-12-01 19:04:05+00:00 (12 ms)``."""
+        text = f"#{self.attempt_id} {self.migration_id} {self.operation} {self.status} {self.started_at}"
+        if self.duration_ms is not None:
+            text += f" ({self.duration_ms:.0f} ms)"
+        if self.error:
+            text += f": {_first_line(self.error)}"
+        return text
 
 
 @attrs.frozen(kw_only=True)

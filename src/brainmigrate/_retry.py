@@ -10,6 +10,7 @@ import asyncpg
 import tenacity
 
 from ._config import RetryPolicy
+from ._errors import DatabaseUnavailableError
 
 logger = logging.getLogger("brainmigrate")
 
@@ -55,7 +56,13 @@ def retrying(
 
 def is_recoverable(exc: BaseException) -> bool:
     """Whether a data migration's batch is worth retrying from its checkpoint: a lost connection
-    (the session was ended, the server restarted) or a transient conflict."""
+    (the session was ended, the server restarted) or a transient conflict.
+
+    A connection the server refused is judged by the refusal: an unknown database or role is not
+    worth waiting for, a server that is restarting is.
+    """
+    if isinstance(exc, DatabaseUnavailableError) and exc.__cause__ is not None:
+        return is_recoverable(exc.__cause__)
     if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.InterfaceError | OSError):
         return True
     if isinstance(exc, asyncpg.PostgresError):
