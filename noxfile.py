@@ -26,7 +26,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over the package and the plugin."""
+    """mypy --strict over the package, the plugin and the examples."""
     session.install("-e", ".[test]", "mypy>=2.4,<3", "asyncpg-stubs>=0.29")
     session.run("mypy")
 

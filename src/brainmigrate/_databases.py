@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 
 from ._sql import quote_ident
+
+#: The start of the comment that marks a database as made by a :class:`DatabaseFactory`.
+MARKER_PREFIX = "brainmigrate-test:"
 
 
 def dsn_with_database(dsn: str, database: str) -> str:
@@ -23,13 +27,20 @@ class DatabaseFactory:
     """Creates databases from one template on a server and drops them again.
 
     The template is created empty on first use; each new database is a copy of it.
-    Needs the CREATEDB privilege. Database names carry the pytest-xdist worker id, if any.
+    Needs the CREATEDB privilege. Database names carry the pytest-xdist worker id, if any, the
+    process id and a random part, so two runs on one server never choose the same names.
+
+    Each database it creates, the template included, is marked with a comment holding a token of
+    this factory's own (:attr:`marker`). It drops only databases that carry that mark: never one
+    it did not create, whatever its name.
     """
 
     def __init__(self, admin_dsn: str, *, prefix: str = "brainmigrate") -> None:
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        token = uuid.uuid4().hex
         self.admin_dsn = admin_dsn
-        self.prefix = f"{prefix}_{worker}_{os.getpid()}"
+        self.marker = f"{MARKER_PREFIX}{token}"
+        self.prefix = f"{prefix}_{worker}_{os.getpid()}_{token[:8]}"
         self.template = f"{self.prefix}_template"
         self._template_ready = False
 
@@ -39,20 +50,22 @@ class DatabaseFactory:
         conn = await asyncpg.connect(self.admin_dsn)
         try:
             if not self._template_ready:
-                await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(self.template)} WITH (FORCE)")
-                await conn.execute(f"CREATE DATABASE {quote_ident(self.template)} TEMPLATE template0")
+                await self._create(conn, self.template, "template0")
                 self._template_ready = True
-            await conn.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {quote_ident(self.template)}")
+            await self._create(conn, name, self.template)
         finally:
             await conn.close()
         return dsn_with_database(self.admin_dsn, name)
 
     async def drop(self, dsn: str) -> None:
-        """Drop a database made by :meth:`create`, ending any sessions still connected to it."""
-        name = urlsplit(dsn).path.lstrip("/")
+        """Drop a database made by :meth:`create`, ending any sessions still connected to it.
+
+        A database without this factory's mark is left alone.
+        """
+        name = unquote(urlsplit(dsn).path.lstrip("/"))
         conn = await asyncpg.connect(self.admin_dsn)
         try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+            await self._drop(conn, name)
         finally:
             await conn.close()
 
@@ -61,7 +74,23 @@ class DatabaseFactory:
         if self._template_ready:
             conn = await asyncpg.connect(self.admin_dsn)
             try:
-                await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(self.template)} WITH (FORCE)")
+                await self._drop(conn, self.template)
             finally:
                 await conn.close()
             self._template_ready = False
+
+    async def _create(self, conn: asyncpg.Connection[Any], name: str, template: str) -> None:
+        """Create ``name`` as a copy of ``template`` and mark it as this factory's."""
+        await conn.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {quote_ident(template)}")
+        # The marker is a prefix and hex digits: nothing to escape.
+        await conn.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS '{self.marker}'")
+
+    async def _drop(self, conn: asyncpg.Connection[Any], name: str) -> bool:
+        """Drop ``name`` if it carries this factory's mark; whether it did."""
+        mark = await conn.fetchval(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1", name
+        )
+        if mark != self.marker:
+            return False
+        await conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+        return True

@@ -13,17 +13,24 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
+import anyio
 import asyncpg
 import pytest
 
 from brainmigrate._databases import DatabaseFactory
+from brainmigrate._errors import DatabaseUnavailableError
 from brainmigrate.embedded import EmbeddedPostgres
 
 T = TypeVar("T")
 DSN_ENV = "BRAINMIGRATE_TEST_DSN"
+#: How long the session's first connection to a given server may take.
+CONNECT_TIMEOUT = 10.0
+POOL_CLOSE_TIMEOUT_INI = "brainmigrate_pool_close_timeout"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -32,6 +39,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--brainmigrate-dsn",
         default=None,
         help=f"PostgreSQL server for brainmigrate fixtures (default: ${DSN_ENV}, else an embedded server)",
+    )
+    parser.addini(
+        POOL_CLOSE_TIMEOUT_INI,
+        "Seconds brainmigrate_pool waits after a test for its connections to be released before it "
+        "terminates them (default: 10)",
+        default="10",
     )
 
 
@@ -48,11 +61,50 @@ def _run(function: Callable[[], Awaitable[T]]) -> T:
         return thread.submit(asyncio.run, main()).result()
 
 
+def _shown(dsn: str) -> str:
+    """``dsn`` without its password, for messages."""
+    try:
+        parts = urlsplit(dsn)
+        if parts.password is None:
+            return dsn
+        netloc = parts.netloc.rpartition("@")[2]
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        return parts._replace(netloc=user + netloc).geturl()
+    except ValueError:
+        return "(a DSN that is not a URI)"
+
+
+async def _check_server(dsn: str, source: str) -> None:
+    """Connect once to the server named by ``source``; a typed error saying what to do if that fails."""
+    try:
+        conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
+    except Exception as exc:
+        if source == f"${DSN_ENV}":
+            remedy = f"it accepts this connection, or unset {DSN_ENV} to use an embedded server"
+        else:
+            remedy = (
+                "it accepts this connection, or leave out --brainmigrate-dsn (and unset "
+                f"{DSN_ENV}) to use an embedded server"
+            )
+        error = DatabaseUnavailableError(
+            _shown(dsn), f"{type(exc).__name__}: {exc}", origin=f"the DSN given by {source}", remedy=remedy
+        )
+        raise error from exc
+    await conn.close()
+
+
 @pytest.fixture(scope="session")
 def brainmigrate_dsn(pytestconfig: pytest.Config) -> Iterator[str]:
-    """The DSN of the PostgreSQL server the tests use (its maintenance database)."""
-    dsn = pytestconfig.getoption("brainmigrate_dsn") or os.environ.get(DSN_ENV)
+    """The DSN of the PostgreSQL server the tests use (its maintenance database).
+
+    A server given by the option or the environment is connected to once first; if that fails,
+    every test using it errors with a :class:`~brainmigrate.DatabaseUnavailableError` saying why.
+    """
+    option = pytestconfig.getoption("brainmigrate_dsn")
+    dsn = option or os.environ.get(DSN_ENV)
     if dsn:
+        source = "--brainmigrate-dsn" if option else f"${DSN_ENV}"
+        _run(lambda: _check_server(dsn, source))
         yield dsn
         return
     with EmbeddedPostgres() as server:
@@ -75,13 +127,29 @@ def brainmigrate_database(_brainmigrate_databases: DatabaseFactory) -> Iterator[
 
 
 @pytest.fixture
-async def brainmigrate_pool(brainmigrate_database: str) -> AsyncIterator[asyncpg.Pool[Any]]:
-    """An asyncpg pool on ``brainmigrate_database``, closed after the test."""
+async def brainmigrate_pool(
+    brainmigrate_database: str, pytestconfig: pytest.Config
+) -> AsyncIterator[asyncpg.Pool[Any]]:
+    """An asyncpg pool on ``brainmigrate_database``, closed after the test.
+
+    Closing waits for connections the test still holds, up to ``brainmigrate_pool_close_timeout``
+    seconds (an ini option, 10 by default); then it terminates them, with a warning.
+    """
+    timeout = float(pytestconfig.getini(POOL_CLOSE_TIMEOUT_INI))
     pool = await asyncpg.create_pool(brainmigrate_database, min_size=1, max_size=5)
     try:
         yield pool
     finally:
-        await pool.close()
+        with anyio.move_on_after(timeout) as scope:
+            await pool.close()
+        if scope.cancelled_caught:
+            pool.terminate()
+            warnings.warn(
+                f"brainmigrate_pool: a connection was still acquired {timeout:g} s after the test "
+                "ended, so the pool was terminated; release every connection you acquire "
+                "(async with pool.acquire() as conn: ...)",
+                stacklevel=1,
+            )
 
 
 _ASYNC_FIXTURES = frozenset({"brainmigrate_pool"})

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import asyncpg
-
-from brainmigrate import DatabaseSchemaMigration, MigrationMetadata, MigrationType
+from brainmigrate import Connection, DatabaseSchemaMigration, MigrationMetadata, MigrationType
 
 
 class IndexMemoryMetadata(DatabaseSchemaMigration):
@@ -39,7 +37,7 @@ class IndexMemoryMetadata(DatabaseSchemaMigration):
     async def get_rollback_statements(self) -> list[str]:
         return ["DROP INDEX CONCURRENTLY IF EXISTS idx_memories_metadata"]
 
-    async def validate_postconditions(self, conn: asyncpg.Connection) -> bool:
+    async def validate_postconditions(self, conn: Connection) -> bool:
         # A concurrent build that failed earlier leaves an INVALID index behind, which
         # IF NOT EXISTS would silently accept: insist on a valid one. Returning False makes
         # brainmigrate run the rollback statements and report the migration as failed.

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import asyncpg
-
-from brainmigrate import Migration, MigrationMetadata, MigrationType
+from brainmigrate import Connection, Migration, MigrationMetadata, MigrationType
 
 
 class IndexImportanceByType(Migration):
@@ -29,10 +27,10 @@ class IndexImportanceByType(Migration):
             reversible=True,
         )
 
-    async def validate_preconditions(self, conn: asyncpg.Connection) -> bool:
+    async def validate_preconditions(self, conn: Connection) -> bool:
         return bool(await conn.fetchval("SELECT to_regtype('memory_type') IS NOT NULL"))
 
-    async def up(self, conn: asyncpg.Connection) -> None:
+    async def up(self, conn: Connection) -> None:
         # PostgreSQL quotes names and labels itself: %I for identifiers, %L for literals.
         for (statement,) in await conn.fetch(
             """
@@ -45,7 +43,7 @@ class IndexImportanceByType(Migration):
         ):
             await conn.execute(statement)
 
-    async def down(self, conn: asyncpg.Connection) -> None:
+    async def down(self, conn: Connection) -> None:
         for (statement,) in await conn.fetch(
             """
             SELECT format('DROP INDEX IF EXISTS %I', 'idx_memories_importance_' || label)
@@ -54,8 +52,8 @@ class IndexImportanceByType(Migration):
         ):
             await conn.execute(statement)
 
-    async def validate_postconditions(self, conn: asyncpg.Connection) -> bool:
-        missing = await conn.fetchval(
+    async def validate_postconditions(self, conn: Connection) -> bool:
+        missing: int = await conn.fetchval(
             """
             SELECT count(*) FROM unnest(enum_range(NULL::memory_type)) AS label
              WHERE to_regclass('idx_memories_importance_' || label) IS NULL
