@@ -47,6 +47,9 @@ def _did_you_mean(suggestions: Sequence[str]) -> str:
 class BrainMigrateError(Exception):
     """Root of every error raised by brainmigrate."""
 
+    #: When the failure could not be written to the history table either: why (the driver error).
+    recording_error: BaseException | None = None
+
 
 class ConfigError(BrainMigrateError, ValueError):
     """A configuration value is invalid or missing."""
@@ -180,9 +183,14 @@ class DirtyMigrationError(MigrationStateError):
         self.statement_count = statement_count
         self.statement = statement
         first_line = statement.strip().splitlines()[0] if statement.strip() else ""
+        where = (
+            f"at statement {statement_index + 1} of {statement_count} ({first_line!r})"
+            if statement_count
+            else "in its Python code, which may have committed part of its work (its history row "
+            "says why: `await migrator.history()`)"
+        )
         super().__init__(
-            f"migration {migration_id!r} is dirty: it was interrupted at statement "
-            f"{statement_index + 1} of {statement_count} ({first_line!r}). Inspect the database "
+            f"migration {migration_id!r} is dirty: it was interrupted {where}. Inspect the database "
             "(a failed CREATE INDEX CONCURRENTLY leaves an INVALID index), then either finish or undo "
             f"that statement by hand and call `await migrator.resolve({migration_id!r}, applied=True)`, "
             f"or undo every statement and call `await migrator.resolve({migration_id!r}, applied=False)` "
@@ -219,8 +227,8 @@ class PoolExhaustedError(BrainMigrateError, TimeoutError):
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         super().__init__(
-            f"no connection of the pool became free within {seconds:g} s while holding the migration "
-            "lock; give the pool more connections (brainmigrate needs two: one for the lock, one for "
+            f"no connection of the pool became free within {seconds:g} s for the migration lock or "
+            "work; give the pool more connections (brainmigrate needs two: one for the lock, one for "
             "the work) or run migrations before the application takes them"
         )
 

@@ -25,11 +25,10 @@ from ._errors import (
 )
 from ._history import Attempt, HistoryLedger
 from ._metadata import MigrationStatus
-from ._migration import DatabaseSchemaMigration, Migration
+from ._migration import DatabaseSchemaMigration, Migration, transaction_control_refusal
 from ._results import ItemChange, MigrationResult
 from ._retry import retrying
 from ._session import RunnerSession
-from ._txcontrol import transaction_control
 from ._types import Connection, is_usable
 
 logger = logging.getLogger("brainmigrate")
@@ -47,17 +46,12 @@ def _first_line(statement: str) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _short(statement: str, limit: int = 100) -> str:
-    """A statement's first line, cut to ``limit`` characters, for messages."""
-    line = _first_line(statement)
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _reason(exc: BaseException) -> str:
     """What went wrong, for messages: ``[sqlstate] message (detail: ..., hint: ...)`` for PostgreSQL."""
     if not isinstance(exc, asyncpg.PostgresError):
         return f"{type(exc).__name__}: {exc}"
-    reason = f"[{getattr(exc, 'sqlstate', None)}] {exc}"
+    # str() of an asyncpg error already appends DETAIL and HINT lines: take the message alone.
+    reason = f"[{getattr(exc, 'sqlstate', None)}] {getattr(exc, 'message', None) or exc}"
     for extra in ("detail", "hint"):
         value = getattr(exc, extra, None)
         if value:
@@ -128,29 +122,6 @@ def _dry_run_escaped(migration_id: str) -> MigrationExecutionError:
         "to brainmigrate (conn.transaction() gives a savepoint)",
         migration_id=migration_id,
     )
-
-
-def _transaction_control_refusal(
-    migration: Migration, statements: Sequence[str], operation: str
-) -> MigrationValidationError | None:
-    """The refusal of a transactional schema migration's SQL that would end or replace its
-    transaction (see :mod:`._txcontrol`), or None; checked before anything runs."""
-    if not migration.transactional or not isinstance(migration, DatabaseSchemaMigration):
-        return None
-    kind = "forward" if operation == APPLY else "rollback"
-    for index, statement in enumerate(statements):
-        control = transaction_control(statement)
-        if control is not None:
-            mid = migration.metadata.id
-            return MigrationValidationError(
-                f"migration {mid!r} runs in one transaction, which brainmigrate commits with its history "
-                f"row, but its {kind} statement {index + 1} of {len(statements)} ({_short(statement)!r}) "
-                f"controls the transaction ({_short(control)!r}): it would commit or undo part of the "
-                "migration on its own. Nothing of it was run. Remove that statement, or set transactional = "
-                "False on the migration to run its statements one by one outside a transaction",
-                migration_id=mid,
-            )
-    return None
 
 
 async def _left_transaction(conn: Connection, xact: int, *, after_failure: bool = False) -> bool:
@@ -241,7 +212,7 @@ class MigrationExecutor:
         span_name = telemetry.SPAN_MIGRATION if operation == APPLY else telemetry.SPAN_ROLLBACK
         with telemetry.migration_span(span_name, meta.id, meta.migration_type, False) as span:
             statements = await statements_of(migration, operation)
-            refusal = _transaction_control_refusal(migration, statements, operation)
+            refusal = transaction_control_refusal(migration, statements, rollback=operation != APPLY)
             if refusal is not None:
                 raise refusal
             started = now()
@@ -517,7 +488,7 @@ class MigrationExecutor:
             error.args = (f"{error.args[0]}; {note}",)
         else:
             error.add_note(note)
-        error.recording_error = recording  # type: ignore[attr-defined]
+        error.recording_error = recording
 
     def _translate(
         self,
@@ -638,7 +609,7 @@ class MigrationExecutor:
             error: str | None = None
             data_counts = (0, 0, 0)
             changes: list[ItemChange] = []
-            refusal = _transaction_control_refusal(migration, statements, operation)
+            refusal = transaction_control_refusal(migration, statements, rollback=operation != APPLY)
             if refusal is not None:
                 status, error = MigrationStatus.FAILED, str(refusal)
             elif not migration.transactional:
@@ -648,11 +619,11 @@ class MigrationExecutor:
                 savepoint = conn.transaction()
                 await savepoint.start()
                 try:
+                    if operation == APPLY and config.validate_before:
+                        await run_gate(migration.validate_preconditions, conn, "preconditions", meta.id)
                     if isinstance(migration, DataMigration):
                         data_counts, changes = await self._sample_data(conn, migration, operation, config)
                     else:
-                        if operation == APPLY and config.validate_before:
-                            await run_gate(migration.validate_preconditions, conn, "preconditions", meta.id)
                         await _execute(migration, statements, operation, conn, progress)
                     if operation == APPLY and config.validate_after:
                         progress.postconditions_passed = await _passes(migration, conn)

@@ -6,10 +6,12 @@ import abc
 import hashlib
 import inspect
 import json
+from collections.abc import Sequence
 from typing import ClassVar
 
 from ._errors import MigrationValidationError
 from ._metadata import MigrationMetadata
+from ._txcontrol import shorten, split_statements, transaction_control
 from ._types import Connection, Pool
 
 
@@ -158,6 +160,8 @@ def _checked_statements(migration: Migration, method: str, statements: object) -
             problem = "is empty; remove it"
         elif "\0" in statement:
             problem = "contains a NUL character, which PostgreSQL cannot receive; remove it"
+        elif not split_statements(statement):
+            problem = "holds no SQL, only comments or semicolons; remove it"
         else:
             continue
         raise MigrationValidationError(f"{where}: statement {number} {problem}", migration_id=migration_id)
@@ -203,6 +207,33 @@ async def check_definition(migration: Migration) -> None:
         if not _is_async(getattr(migration, name)):
             raise _not_async(migration, name)
     if isinstance(migration, DatabaseSchemaMigration):
-        await migration._read_statements("get_forward_statements")
-        if migration.metadata.reversible:
-            await migration._read_statements("get_rollback_statements")
+        forward = await migration._read_statements("get_forward_statements")
+        refusal = transaction_control_refusal(migration, forward)
+        if refusal is None and migration.metadata.reversible:
+            rollback = await migration._read_statements("get_rollback_statements")
+            refusal = transaction_control_refusal(migration, rollback, rollback=True)
+        if refusal is not None:
+            raise refusal
+
+
+def transaction_control_refusal(
+    migration: Migration, statements: Sequence[str], *, rollback: bool = False
+) -> MigrationValidationError | None:
+    """The refusal of a transactional schema migration's SQL that would end or replace its
+    transaction (see :mod:`._txcontrol`), or None; checked at load and before anything runs."""
+    if not migration.transactional or not isinstance(migration, DatabaseSchemaMigration):
+        return None
+    kind = "rollback" if rollback else "forward"
+    for index, statement in enumerate(statements):
+        control = transaction_control(statement)
+        if control is not None:
+            mid = migration.metadata.id
+            return MigrationValidationError(
+                f"migration {mid!r} runs in one transaction, which brainmigrate commits with its history "
+                f"row, but its {kind} statement {index + 1} of {len(statements)} ({shorten(statement)!r}) "
+                f"controls the transaction ({shorten(control)!r}): it would commit or undo part of the "
+                "migration on its own. Nothing of it was run. Remove that statement, or set transactional = "
+                "False on the migration to run its statements one by one outside a transaction",
+                migration_id=mid,
+            )
+    return None

@@ -679,6 +679,7 @@ class Migrator:
                         )
                     except MigrationValidationError as refused:
                         return refused
+                await session.act_as_runner(conn)  # not as a role the postconditions switched to
                 await self._ledger.insert(
                     conn,
                     self._data_attempt(plan, "completed", True, progress, started),

@@ -132,3 +132,10 @@ def transaction_control(sql: str) -> str | None:
         if words and (words[0] in _FIRST_WORDS or words[:2] in _FIRST_TWO_WORDS):
             return text
     return None
+
+
+def shorten(statement: str, limit: int = 100) -> str:
+    """A statement's first line, cut to ``limit`` characters, for messages."""
+    text = statement.strip()
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."

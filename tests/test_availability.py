@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import anyio
 import asyncpg
@@ -304,7 +304,12 @@ async def test_a_server_rejecting_the_connection_gives_a_typed_error(
             await CALLS[call](migrator)
 
         message = str(raised.value)
-        expected_server = f"{server.hostname}:{server.port}"
+        socket_directory = parse_qs(server.query).get("host", [""])[0]  # the embedded server's socket
+        expected_server = (
+            f"{socket_directory}/.s.PGSQL.{server.port or 5432}"
+            if socket_directory
+            else f"{server.hostname}:{server.port or 5432}"
+        )
         assert type(raised.value.__cause__) is driver_error
         assert expected_server == raised.value.server
         assert expected_server in message

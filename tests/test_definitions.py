@@ -1,4 +1,4 @@
-"""Hardening of what is loaded: ids, metadata, statements, hooks, names, suggestions, results."""
+"""What is loaded is checked before anything runs: ids, metadata, statements, hooks, names, results."""
 
 from __future__ import annotations
 
@@ -166,6 +166,12 @@ def returning(value: Any, method: str = "get_forward_statements") -> type[Databa
             "get_forward_statements",
             "statement 2 is empty",
             id="empty-item",
+        ),
+        pytest.param(
+            returning(["CREATE TABLE made (id int)", "-- nothing to do\n/* at all */"]),
+            "get_forward_statements",
+            "statement 2 holds no SQL, only comments or semicolons",
+            id="comments-only",
         ),
         pytest.param(
             returning(["CREATE TABLE made (id int)\0"]),

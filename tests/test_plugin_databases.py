@@ -1,4 +1,4 @@
-"""Hardening of the test tooling: throwaway databases, the pytest plugin, the embedded server, packaging.
+"""The test tooling: throwaway databases, the pytest plugin, the embedded server, packaging.
 
 Inner pytest runs are subprocesses, as in test_plugin.py; they get this session's server through
 ``--brainmigrate-dsn`` unless the embedded server or the environment is the point.

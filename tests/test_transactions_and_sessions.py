@@ -172,15 +172,33 @@ async def test_a_transaction_control_statement_is_refused_before_anything_runs(
     assert await snapshot(brainmigrate_pool) == before
 
 
+async def test_a_migration_that_controls_the_transaction_stops_the_run_before_any_migration(
+    brainmigrate_pool: Any,
+) -> None:
+    """The check is made when the migrations are loaded: a COMMIT in the second migration stops
+    the run before the first one is applied."""
+    migrations = [
+        create_table("first", "first", version="1"),
+        schema_migration("commits", ["CREATE TABLE second (id int)", "COMMIT"], version="2"),
+    ]
+    before = await snapshot(brainmigrate_pool)
+
+    with pytest.raises(MigrationValidationError, match=r"migration 'commits' runs in one transaction"):
+        await Migrator(brainmigrate_pool, migrations).run_pending()
+
+    assert await snapshot(brainmigrate_pool) == before
+
+
 async def test_rollback_statements_that_control_the_transaction_are_refused(brainmigrate_pool: Any) -> None:
-    """Rolling back runs the rollback statements in one transaction too: a COMMIT there is refused."""
-    migration = schema_migration("undo", ["CREATE TABLE undo (id int)"], ["DROP TABLE undo", "COMMIT"])
-    migrator = Migrator(brainmigrate_pool, [migration])
-    await migrator.run_pending()
+    """Rolling back runs the rollback statements in one transaction too: a COMMIT there is refused
+    when the migrations are loaded, before the rollback starts."""
+    migration = schema_migration("undo", ["CREATE TABLE undo (id int)"], ["DROP TABLE undo"])
+    await Migrator(brainmigrate_pool, [migration]).run_pending()
+    migration.undo = ["DROP TABLE undo", "COMMIT"]  # type: ignore[attr-defined]  # edited afterwards
     before = await snapshot(brainmigrate_pool)
 
     with pytest.raises(MigrationValidationError, match=r"rollback statement 2 of 2 \('COMMIT'\)"):
-        await migrator.rollback("undo")
+        await Migrator(brainmigrate_pool, [migration]).rollback("undo")
 
     assert await snapshot(brainmigrate_pool) == before
 
@@ -243,8 +261,10 @@ async def test_a_python_migration_that_ends_its_transaction_is_recorded_dirty(
     assert "migrator.resolve('escapes'" in message
     assert [row["status"] for row in await history_rows(brainmigrate_pool)] == ["dirty"]
     assert await migrator.status("escapes") == MigrationStatus.DIRTY
-    with pytest.raises(DirtyMigrationError):
+    with pytest.raises(DirtyMigrationError) as dirty:
         await migrator.run_pending()
+    assert "migration 'escapes' is dirty: it was interrupted in its Python code" in str(dirty.value)
+    assert "statement 1 of 0" not in str(dirty.value)
 
 
 async def test_a_python_migration_keeping_to_savepoints_is_applied(brainmigrate_pool: Any) -> None:
@@ -324,21 +344,17 @@ async def test_preconditions_that_leave_a_transaction_open_refuse_the_migration(
 
 
 async def test_a_dry_run_refuses_transaction_control_statements(brainmigrate_pool: Any) -> None:
-    """In a dry run, a COMMIT would keep what the dry run did: the migration is reported failed and
-    nothing it or the migrations before it did is kept."""
+    """In a dry run, a COMMIT would keep what the dry run did: such a migration is refused when the
+    migrations are loaded, so neither it nor the migrations before it run at all."""
     migrations = [
         create_table("first", "first", version="1"),
         schema_migration("commits", ["CREATE TABLE second (id int)", "COMMIT"], version="2"),
     ]
     before = await snapshot(brainmigrate_pool)
 
-    results = await Migrator(brainmigrate_pool, migrations, config=DRY).run_pending()
+    with pytest.raises(MigrationValidationError, match=r"controls the transaction \('COMMIT'\)"):
+        await Migrator(brainmigrate_pool, migrations, config=DRY).run_pending()
 
-    assert [(r.migration_id, r.status) for r in results] == [
-        ("first", MigrationStatus.COMPLETED),
-        ("commits", MigrationStatus.FAILED),
-    ]
-    assert "controls the transaction ('COMMIT')" in (results[1].error or "")
     assert await snapshot(brainmigrate_pool) == before
 
 

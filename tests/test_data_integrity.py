@@ -1,4 +1,4 @@
-"""Data migrations hardened against transforms and sources that misbehave: items naming other
+"""Data migrations against transforms and sources that misbehave: items naming other
 memories, transforms raising CancelledError, long non-ASCII ids, non-JSON values, duplicate keys,
 preconditions of execute(), dry runs of transforms that mutate their input, and long identifiers."""
 
@@ -407,6 +407,54 @@ async def test_execute_of_a_data_migration_runs_its_preconditions(brainmigrate_p
         assert before.diff(await fingerprint(conn)) == []
     assert await migrator.progress(MIGRATION) is None
     assert await migrator.status(MIGRATION) is MigrationStatus.PENDING
+
+
+async def test_a_dry_run_of_a_data_migration_runs_its_preconditions(brainmigrate_pool: Any) -> None:
+    """A dry run asks the same gate as a real run: a data migration whose validate_preconditions
+    returns False is reported failed, with nothing transformed or written."""
+    await given_memories(brainmigrate_pool, 30)
+    made = memory_migration()
+
+    async def refuse(self: Any, conn: Any) -> bool:
+        return False
+
+    made.validate_preconditions = refuse  # type: ignore[method-assign]
+    before = await snapshot(brainmigrate_pool)
+
+    [result] = await Migrator(brainmigrate_pool, [made], config=MigrationConfig(dry_run=True)).run_pending()
+
+    assert (result.status, result.items_processed, result.changes) == (MigrationStatus.FAILED, 0, ())
+    assert "validate_preconditions returned False" in (result.error or "")
+    assert await snapshot(brainmigrate_pool) == before
+
+
+async def test_postconditions_that_switch_role_do_not_decide_who_writes_history(
+    brainmigrate_pool: Any,
+) -> None:
+    """A data migration's postconditions run in the transaction that records it completed: a SET
+    ROLE there (to a role that cannot write history) neither fails that record nor reaches the pool."""
+    role = f"bm_reader_{uuid.uuid4().hex[:8]}"
+    await given_memories(brainmigrate_pool, 20)
+    made = memory_migration()
+
+    async def switch_role(self: Any, conn: Any) -> bool:
+        await conn.execute(f'SET ROLE "{role}"')
+        return True
+
+    made.validate_postconditions = switch_role  # type: ignore[method-assign]
+    await brainmigrate_pool.execute(f'CREATE ROLE "{role}"')
+    try:
+        [result] = await Migrator(brainmigrate_pool, [made]).run_pending()
+
+        assert MigrationStatus.COMPLETED is result.status
+        assert await tagged_count(brainmigrate_pool) == 20
+        users = set()
+        for _ in range(brainmigrate_pool.get_max_size()):
+            async with brainmigrate_pool.acquire() as conn:
+                users.add(await conn.fetchval("SELECT current_user"))
+        assert {await brainmigrate_pool.fetchval("SELECT session_user")} == users
+    finally:
+        await brainmigrate_pool.execute(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
 
 
 # -- 5. a dry run of a transform that mutates its input ---------------------------------------------------
