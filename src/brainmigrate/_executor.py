@@ -509,12 +509,16 @@ class MigrationExecutor:
         )
         if isinstance(exc, BrainMigrateError):
             return exc
-        if isinstance(exc, TimeoutError):
+        # The server's statement_timeout is set to timeout_seconds too; whichever fires first.
+        server_timeout = isinstance(exc, asyncpg.QueryCanceledError) and "statement timeout" in str(exc)
+        if isinstance(exc, TimeoutError) or server_timeout:
+            server = f" (the server: {_reason(exc)})" if server_timeout else ""
             return MigrationExecutionError(
-                f"could not {verb} migration {meta.id!r} within timeout_seconds={config.timeout_seconds:g}; "
-                f"{undone}. Raise MigrationConfig(timeout_seconds=...) or make the migration faster",
+                f"could not {verb} migration {meta.id!r} within timeout_seconds={config.timeout_seconds:g}"
+                f"{server}; {undone}. Raise MigrationConfig(timeout_seconds=...) or make it faster",
                 migration_id=meta.id,
                 statement_index=progress.statement_index,
+                sqlstate=getattr(exc, "sqlstate", None),
             )
         if not isinstance(exc, Exception):
             return None
