@@ -18,10 +18,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff: lint and formatting."""
-    session.install("ruff>=0.17,<0.18")
+    """ruff: lint and formatting; import-linter: the layers."""
+    session.install("ruff>=0.17,<0.18", "import-linter>=2.1,<3")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    # The layers of the package (contracts in pyproject.toml), read from the source tree.
+    session.run("lint-imports", env={"PYTHONPATH": "src"})
 
 
 @nox.session

@@ -19,7 +19,7 @@ from brainmigrate import (
     Migrator,
     PoolExhaustedError,
 )
-from brainmigrate._lock import lock_key
+from brainmigrate._ledger.lock import lock_key
 from data_support import create_memories, memory_migration, tagged_count
 from helpers import create_table, table_exists
 

@@ -19,7 +19,7 @@ from brainmigrate import (
     MigrationType,
     Migrator,
 )
-from brainmigrate._lock import lock_key
+from brainmigrate._ledger.lock import lock_key
 from workers.harness import (
     Outcome,
     advisory_holders,

@@ -8,7 +8,7 @@ import attrs
 import pytest
 
 from brainmigrate import ConfigError, MigrationConfig, MigrationMetadata, MigrationType, RetryPolicy
-from brainmigrate._metadata import version_key
+from brainmigrate._model.metadata import version_key
 
 
 def test_defaults_are_the_seed_defaults() -> None:

@@ -34,7 +34,7 @@ from brainmigrate import (
     Progress,
     RetryPolicy,
 )
-from brainmigrate import _run_sql as run_sql
+from brainmigrate._engine import sql as run_sql
 from brainmigrate.testing import fingerprint
 from data_support import (
     create_memories,

@@ -29,7 +29,7 @@ from brainmigrate import (
     MigrationValidationError,
     Migrator,
 )
-from brainmigrate import _run_sql as run_sql
+from brainmigrate._engine import sql as run_sql
 from brainmigrate.testing import fingerprint
 from data_support import (
     create_memories,

@@ -26,9 +26,9 @@ from brainmigrate import (
     Migrator,
     MissingDependencyError,
 )
-from brainmigrate._graph import MigrationGraph
-from brainmigrate._loader import load_migrations
-from brainmigrate._sql import quote_ident
+from brainmigrate._catalog.graph import MigrationGraph
+from brainmigrate._catalog.loader import load_migrations
+from brainmigrate._model.sqltext import quote_ident
 from data_support import memory_migration, server_side_migration
 from helpers import PythonMigration, create_table, schema_migration, snapshot, table_exists
 

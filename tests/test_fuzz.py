@@ -51,7 +51,7 @@ from brainmigrate import (
     MigrationType,
     Migrator,
 )
-from brainmigrate._sql import quote_ident
+from brainmigrate._model.sqltext import quote_ident
 from brainmigrate.testing import fingerprint
 from helpers import schema_migration
 

@@ -11,7 +11,7 @@ from brainmigrate import (
     MigrationType,
     MissingDependencyError,
 )
-from brainmigrate._graph import MigrationGraph
+from brainmigrate._catalog.graph import MigrationGraph
 
 
 def meta(migration_id: str, version: str = "1.0.0", *dependencies: str) -> MigrationMetadata:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from brainmigrate import ConfigError, MigrationLoadError, MigrationValidationError, Migrator
-from brainmigrate._loader import configured_source, load_migrations
+from brainmigrate._catalog.loader import configured_source, load_migrations
 
 MIGRATION = """
 from brainmigrate import DatabaseSchemaMigration, MigrationMetadata, MigrationType

@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from brainmigrate._databases import DatabaseFactory, dsn_with_database
-from brainmigrate._sql import quote_ident
+from brainmigrate._model.sqltext import quote_ident
 from brainmigrate.embedded import EmbeddedPostgres
 from pytest_brainmigrate.plugin import DSN_ENV
 

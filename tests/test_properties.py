@@ -29,12 +29,11 @@ from brainmigrate import (
     Progress,
     RetryPolicy,
 )
-from brainmigrate._graph import MigrationGraph
-from brainmigrate._metadata import version_key
-from brainmigrate._run_sql import image_table
-from brainmigrate._sql import quote_ident
-from brainmigrate._transform import _wait, retry_after_seconds
-from brainmigrate._txcontrol import split_statements
+from brainmigrate._catalog.graph import MigrationGraph
+from brainmigrate._engine.sql import image_table
+from brainmigrate._engine.transform import _wait, retry_after_seconds
+from brainmigrate._model.metadata import version_key
+from brainmigrate._model.sqltext import quote_ident, split_statements
 from helpers import schema_migration
 
 PURE = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

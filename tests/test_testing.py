@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from brainmigrate import DatabaseSchemaMigration, Migration, MigrationMetadata, Migrator
-from brainmigrate._types import Connection
+from brainmigrate._model.types import Connection
 from brainmigrate.testing import Fingerprint, assert_reversible, fingerprint
 
 pytestmark = pytest.mark.anyio

@@ -2,8 +2,6 @@
 
 import importlib.metadata as _importlib_metadata
 
-from ._config import MigrationConfig, RetryPolicy
-from ._data import DatabaseDataMigration, MemoryDataMigration
 from ._errors import (
     BrainMigrateError,
     ChecksumMismatchError,
@@ -24,20 +22,15 @@ from ._errors import (
     MissingDependencyError,
     PoolExhaustedError,
 )
-from ._items import BulkMemoryItem, DataSource, Progress
-from ._metadata import MigrationMetadata, MigrationStatus, MigrationType
-from ._migration import DatabaseSchemaMigration, Migration
 from ._migrator import Migrator
-from ._results import (
-    AttemptStatus,
-    HistoryRecord,
-    ItemChange,
-    ItemError,
-    MigrationOperation,
-    MigrationResult,
-    ValidationReport,
-)
-from ._types import Connection
+from ._model.config import MigrationConfig, RetryPolicy
+from ._model.data import DatabaseDataMigration, MemoryDataMigration
+from ._model.items import BulkMemoryItem, DataSource, Progress
+from ._model.metadata import MigrationMetadata, MigrationStatus, MigrationType
+from ._model.migration import DatabaseSchemaMigration, Migration
+from ._model.results import HistoryRecord, ItemChange, ItemError, MigrationResult, ValidationReport
+from ._model.states import AttemptStatus, MigrationOperation, RunStatus
+from ._model.types import Connection
 
 try:
     __version__ = _importlib_metadata.version("brainmigrate")
@@ -83,6 +76,7 @@ __all__ = [
     "PoolExhaustedError",
     "Progress",
     "RetryPolicy",
+    "RunStatus",
     "ValidationReport",
     "__version__",
 ]

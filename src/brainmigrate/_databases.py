@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 
-from ._sql import quote_ident
+from ._model.sqltext import quote_ident
 
 #: The start of the comment that marks a database as made by a :class:`DatabaseFactory`.
 MARKER_PREFIX = "brainmigrate-test:"

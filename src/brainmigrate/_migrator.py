@@ -12,13 +12,11 @@ import asyncpg
 import attrs
 from opentelemetry.trace import StatusCode
 
-from . import _sql
-from . import _telemetry as telemetry
-from ._batches import Counts
-from ._config import MigrationConfig, check_schema_name
-from ._connect import connection
-from ._data import DataMigration
-from ._datarun import DataRunner, Outcome
+from ._catalog.graph import MigrationGraph
+from ._catalog.loader import configured_source, load_migrations
+from ._engine.batches import Counts
+from ._engine.plan import ACTIVE, ProgressCallback, RunPlan
+from ._engine.runner import DataRunner, Outcome
 from ._errors import (
     BrainMigrateError,
     ChecksumMismatchError,
@@ -31,19 +29,21 @@ from ._errors import (
     MigrationStateError,
     MigrationValidationError,
 )
-from ._executor import APPLY, ROLLBACK, MigrationExecutor, now, run_gate, statements_of
-from ._graph import MigrationGraph
-from ._history import Attempt, HistoryLedger, MigrationState
-from ._items import Progress
-from ._loader import configured_source, load_migrations
-from ._lock import lock_key
-from ._metadata import MigrationMetadata, MigrationStatus, MigrationType
-from ._migration import DatabaseSchemaMigration, Migration, check_definition
-from ._plan import ACTIVE, ProgressCallback, RunPlan
-from ._results import HistoryRecord, ItemError, MigrationResult, ValidationReport
-from ._retry import is_recoverable
-from ._session import RunnerSession, runner_session
-from ._types import Connection
+from ._ledger import sql as _sql
+from ._ledger.connect import connection
+from ._ledger.history import Attempt, HistoryLedger, MigrationState
+from ._ledger.lock import lock_key
+from ._ledger.session import RunnerSession, runner_session
+from ._model.config import MigrationConfig, check_schema_name
+from ._model.data import DataMigration
+from ._model.items import Progress
+from ._model.metadata import MigrationMetadata, MigrationStatus, MigrationType
+from ._model.migration import DatabaseSchemaMigration, Migration, check_definition
+from ._model.results import HistoryRecord, ItemError, MigrationResult, ValidationReport
+from ._model.types import Connection
+from ._runners.schema import APPLY, ROLLBACK, MigrationExecutor, now, run_gate, statements_of
+from ._runtime import telemetry as telemetry
+from ._runtime.retry import is_recoverable
 
 logger = logging.getLogger("brainmigrate")
 

@@ -19,7 +19,7 @@ import attrs
 
 from ._errors import BrainMigrateError
 from ._migrator import Migrator
-from ._types import Connection, Pool
+from ._model.types import Connection, Pool
 
 __all__ = ["Fingerprint", "assert_reversible", "fingerprint"]
 

@@ -25,11 +25,11 @@ import asyncpg
 import attrs
 from asyncpg.pool import PoolConnectionProxy
 
-from . import _sql
-from ._connect import acquire, unavailable
-from ._errors import MigrationLockTimeout, PoolExhaustedError
-from ._retry import is_recoverable
-from ._types import Connection
+from .._errors import MigrationLockTimeout, PoolExhaustedError
+from .._model.types import Connection
+from .._runtime.retry import is_recoverable
+from . import sql as _sql
+from .connect import acquire, unavailable
 
 logger = logging.getLogger("brainmigrate")
 

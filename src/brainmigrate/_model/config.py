@@ -6,7 +6,7 @@ from typing import Any
 
 import attrs
 
-from ._errors import ConfigError
+from .._errors import ConfigError
 
 #: PostgreSQL's longest identifier, in bytes (NAMEDATALEN - 1); longer names are silently truncated.
 MAX_IDENTIFIER_BYTES = 63

@@ -13,8 +13,8 @@ import anyio
 import anyio.lowlevel
 import tenacity
 
-from ._config import MigrationConfig, RetryPolicy
-from ._retry import backoff
+from .._model.config import MigrationConfig, RetryPolicy
+from .._runtime.retry import backoff
 
 T = TypeVar("T")
 R = TypeVar("R")

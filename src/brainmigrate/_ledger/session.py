@@ -16,11 +16,11 @@ import anyio
 import asyncpg
 import attrs
 
-from . import _sql
-from ._config import MigrationConfig
-from ._connect import connection
-from ._lock import RunnerLock, migration_lock
-from ._types import Connection, is_usable
+from .._model.config import MigrationConfig
+from .._model.types import Connection, is_usable
+from . import sql as _sql
+from .connect import connection
+from .lock import RunnerLock, migration_lock
 
 logger = logging.getLogger("brainmigrate")
 

@@ -139,3 +139,25 @@ def shorten(statement: str, limit: int = 100) -> str:
     text = statement.strip()
     line = text.splitlines()[0] if text else ""
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier for PostgreSQL (``my"schema`` becomes ``"my""schema"``).
+
+    ValueError if ``name`` is empty, contains NUL, or exceeds 63 bytes of UTF-8 (PostgreSQL would
+    silently truncate it, so two long names could become one).
+    """
+    if not name:
+        raise ValueError("invalid SQL identifier: it is empty")
+    if "\0" in name:
+        raise ValueError(f"invalid SQL identifier {name!r}: it contains NUL")
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        raise ValueError(f"invalid SQL identifier {name!r}: it is not valid Unicode") from None
+    if size > 63:  # NAMEDATALEN - 1
+        raise ValueError(
+            f"invalid SQL identifier {name[:20]!r}...: it is {size} bytes in UTF-8, and PostgreSQL "
+            "identifiers hold at most 63 (longer ones are silently truncated)"
+        )
+    return '"' + name.replace('"', '""') + '"'

@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from ._errors import MigrationValidationError
+from .._errors import MigrationValidationError
 
 
 class Unset(enum.Enum):

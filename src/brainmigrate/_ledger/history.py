@@ -10,12 +10,13 @@ from typing import NamedTuple
 import asyncpg
 import attrs
 
-from . import _sql
-from ._errors import MigrationLockLost
-from ._lock import RunnerLock
-from ._metadata import MigrationType
-from ._results import HistoryRecord
-from ._types import Connection
+from .._errors import MigrationLockLost
+from .._model.metadata import MigrationType
+from .._model.results import HistoryRecord
+from .._model.sqltext import quote_ident
+from .._model.types import Connection
+from . import sql as _sql
+from .lock import RunnerLock
 
 
 class MigrationState(NamedTuple):
@@ -70,7 +71,7 @@ class HistoryLedger:
     schema: str
 
     async def exists(self, conn: Connection) -> bool:
-        table = f"{_sql.quote_ident(self.schema)}.{_sql.HISTORY_TABLE}"
+        table = f"{quote_ident(self.schema)}.{_sql.HISTORY_TABLE}"
         return bool(await conn.fetchval(_sql.history_exists(), table))
 
     async def ensure(self, conn: Connection) -> None:

@@ -12,10 +12,10 @@ from typing import Any
 
 import attrs
 
-from ._errors import MigrationValidationError
-from ._items import DataSource
-from ._sql import quote_ident
-from ._types import Connection
+from .._errors import MigrationValidationError
+from .._model.items import DataSource
+from .._model.sqltext import quote_ident
+from .._model.types import Connection
 
 _COLUMNS = """
 SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname::text, t.typcategory::text,

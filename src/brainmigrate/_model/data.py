@@ -6,8 +6,8 @@ import inspect
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from ._items import BulkMemoryItem, DataSource
-from ._migration import Migration
+from .items import BulkMemoryItem, DataSource
+from .migration import Migration
 
 
 class DataMigration(Migration):

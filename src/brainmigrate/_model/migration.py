@@ -9,10 +9,10 @@ import json
 from collections.abc import Sequence
 from typing import ClassVar
 
-from ._errors import MigrationValidationError
-from ._metadata import MigrationMetadata
-from ._txcontrol import shorten, split_statements, transaction_control
-from ._types import Connection, Pool
+from .._errors import MigrationValidationError
+from .metadata import MigrationMetadata
+from .sqltext import shorten, split_statements, transaction_control
+from .types import Connection, Pool
 
 
 class Migration(abc.ABC):

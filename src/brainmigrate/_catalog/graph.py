@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
-from ._errors import CyclicDependencyError, DuplicateMigrationError, MissingDependencyError
-from ._metadata import MigrationMetadata, version_key
+from .._errors import CyclicDependencyError, DuplicateMigrationError, MissingDependencyError
+from .._model.metadata import MigrationMetadata, version_key
 
 _Neighbours = Callable[[str], Iterable[str]]
 

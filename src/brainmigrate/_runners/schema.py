@@ -13,23 +13,23 @@ import asyncpg
 import attrs
 from opentelemetry.trace import StatusCode
 
-from . import _sql
-from . import _telemetry as telemetry
-from ._config import MigrationConfig
-from ._data import DataMigration
-from ._datarun import DataRunner
-from ._errors import (
+from .._engine.runner import DataRunner
+from .._errors import (
     BrainMigrateError,
     MigrationExecutionError,
     MigrationValidationError,
 )
-from ._history import Attempt, HistoryLedger
-from ._metadata import MigrationStatus
-from ._migration import DatabaseSchemaMigration, Migration, transaction_control_refusal
-from ._results import ItemChange, MigrationResult
-from ._retry import retrying
-from ._session import RunnerSession
-from ._types import Connection, is_usable
+from .._ledger import sql as _sql
+from .._ledger.history import Attempt, HistoryLedger
+from .._ledger.session import RunnerSession
+from .._model.config import MigrationConfig
+from .._model.data import DataMigration
+from .._model.metadata import MigrationStatus
+from .._model.migration import DatabaseSchemaMigration, Migration, transaction_control_refusal
+from .._model.results import ItemChange, MigrationResult
+from .._model.types import Connection, is_usable
+from .._runtime import telemetry as telemetry
+from .._runtime.retry import retrying
 
 logger = logging.getLogger("brainmigrate")
 

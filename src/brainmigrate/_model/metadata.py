@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from ._errors import MigrationValidationError
+from .._errors import MigrationValidationError
 
 
 class MigrationType(enum.StrEnum):

@@ -14,17 +14,17 @@ import anyio.lowlevel
 import asyncpg
 import attrs
 
-from ._data import DatabaseDataMigration, MemoryDataMigration
-from ._errors import (
+from .._errors import (
     MigrationExecutionError,
     MigrationValidationError,
 )
-from ._items import BulkMemoryItem
-from ._plan import RunPlan
-from ._retry import is_recoverable
-from ._table import Column
-from ._transform import TransformCaller
-from ._types import Connection
+from .._model.data import DatabaseDataMigration, MemoryDataMigration
+from .._model.items import BulkMemoryItem
+from .._model.types import Connection
+from .._runtime.retry import is_recoverable
+from .plan import RunPlan
+from .table import Column
+from .transform import TransformCaller
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup

@@ -19,9 +19,20 @@ import asyncpg
 import attrs
 import tenacity
 
-from . import _run_sql as sql
-from . import _telemetry as telemetry
-from ._batches import (
+from .._errors import (
+    MigrationExecutionError,
+    PoolExhaustedError,
+)
+from .._ledger.sql import set_session_timeouts
+from .._model.config import MigrationConfig
+from .._model.data import DatabaseDataMigration, DataMigration, MemoryDataMigration
+from .._model.items import Progress
+from .._model.sqltext import quote_ident
+from .._model.types import Connection, Pool, is_usable
+from .._runtime import telemetry as telemetry
+from .._runtime.retry import is_recoverable, retrying
+from . import sql as sql
+from .batches import (
     Counts,
     Entry,
     InFlight,
@@ -33,18 +44,8 @@ from ._batches import (
     transform_items,
     write_entries,
 )
-from ._config import MigrationConfig
-from ._data import DatabaseDataMigration, DataMigration, MemoryDataMigration
-from ._errors import (
-    MigrationExecutionError,
-    PoolExhaustedError,
-)
-from ._items import Progress
-from ._plan import QUERY, STATEMENT, STREAM, ProgressCallback, RunPlan
-from ._retry import is_recoverable, retrying
-from ._sql import quote_ident, set_session_timeouts
-from ._transform import TransformCaller
-from ._types import Connection, Pool, is_usable
+from .plan import QUERY, STATEMENT, STREAM, ProgressCallback, RunPlan
+from .transform import TransformCaller
 
 if TYPE_CHECKING:
     pass

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from opentelemetry import metrics, trace
 
-from ._metadata import MigrationType
+from .._model.metadata import MigrationType
 
 TRACER_NAME = "brainmigrate"
 

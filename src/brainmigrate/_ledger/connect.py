@@ -17,8 +17,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from ._errors import DatabaseUnavailableError, PoolExhaustedError
-from ._types import Pool
+from .._errors import DatabaseUnavailableError, PoolExhaustedError
+from .._model.types import Pool
 
 #: What opening a connection raises when the server is down, unreachable or rejects the session.
 CONNECT_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.ConnectionDoesNotExistError)

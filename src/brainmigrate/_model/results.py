@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 from typing import Any
 
 import attrs
 
-from ._metadata import MigrationStatus, MigrationType
-
-
-class MigrationOperation(enum.StrEnum):
-    """What a run or a recorded attempt did to a migration."""
-
-    APPLY = "apply"
-    ROLLBACK = "rollback"
-    #: A dirty mark cleared by hand (``Migrator.resolve``).
-    RESOLVE = "resolve"
-
-
-class AttemptStatus(enum.StrEnum):
-    """How one attempt in the history table stands."""
-
-    #: In progress, or dirty when its runner died.
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    #: A non-transactional attempt interrupted midway (see ``Migrator.resolve``).
-    DIRTY = "dirty"
+from .metadata import MigrationStatus, MigrationType
+from .states import AttemptStatus, MigrationOperation
 
 
 def _operation(value: MigrationOperation | str) -> MigrationOperation:

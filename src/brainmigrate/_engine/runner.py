@@ -20,9 +20,21 @@ import anyio.lowlevel
 import asyncpg
 import attrs
 
-from . import _run_sql as sql
-from . import _telemetry as telemetry
-from ._batches import (
+from .._errors import (
+    ChecksumMismatchError,
+    IrreversibleMigrationError,
+    MigrationExecutionError,
+    MigrationValidationError,
+)
+from .._model.config import MigrationConfig
+from .._model.data import DatabaseDataMigration, DataMigration, MemoryDataMigration
+from .._model.items import Progress
+from .._model.results import ItemChange, ItemError
+from .._model.sqltext import quote_ident
+from .._model.types import Connection, Pool
+from .._runtime import telemetry as telemetry
+from . import sql as sql
+from .batches import (
     Counts,
     Entry,
     ItemValueError,
@@ -35,22 +47,10 @@ from ._batches import (
     unwrap,
     write_entries,
 )
-from ._chunks import ChunkWorker, Stop, Tracker
-from ._config import MigrationConfig
-from ._data import DatabaseDataMigration, DataMigration, MemoryDataMigration
-from ._errors import (
-    ChecksumMismatchError,
-    IrreversibleMigrationError,
-    MigrationExecutionError,
-    MigrationValidationError,
-)
-from ._items import Progress
-from ._plan import ACTIVE, QUERY, STATEMENT, STREAM, ProgressCallback, RunPlan, image_candidates
-from ._results import ItemChange, ItemError
-from ._sql import quote_ident
-from ._table import TableShape
-from ._transform import TransformCaller, cancelled
-from ._types import Connection, Pool
+from .chunks import ChunkWorker, Stop, Tracker
+from .plan import ACTIVE, QUERY, STATEMENT, STREAM, ProgressCallback, RunPlan, image_candidates
+from .table import TableShape
+from .transform import TransformCaller, cancelled
 
 if TYPE_CHECKING:
     pass

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
-from . import _run_sql as sql
-from ._data import DatabaseDataMigration, DataMigration, MemoryDataMigration
-from ._items import MEMORY_FIELDS, Progress
-from ._table import Column, TableShape
+from .._model.data import DatabaseDataMigration, DataMigration, MemoryDataMigration
+from .._model.items import MEMORY_FIELDS, Progress
+from . import sql as sql
+from .table import Column, TableShape
 
 if TYPE_CHECKING:
     pass

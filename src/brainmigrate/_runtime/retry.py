@@ -9,8 +9,8 @@ import anyio
 import asyncpg
 import tenacity
 
-from ._config import RetryPolicy
-from ._errors import DatabaseUnavailableError
+from .._errors import DatabaseUnavailableError
+from .._model.config import RetryPolicy
 
 logger = logging.getLogger("brainmigrate")
 

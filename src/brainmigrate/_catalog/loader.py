@@ -16,8 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from ._errors import ConfigError, MigrationLoadError, MigrationValidationError
-from ._migration import Migration
+from .._errors import ConfigError, MigrationLoadError, MigrationValidationError
+from .._model.migration import Migration
 
 #: What ``Migrator(pool, migrations=...)`` accepts.
 MigrationSource: TypeAlias = (

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from ._sql import quote_ident
+from .._model.sqltext import quote_ident
 
 RUNS = "data_runs"
 CHUNKS = "data_chunks"

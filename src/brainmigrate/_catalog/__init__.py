@@ -1,0 +1,1 @@
+"""The catalog: finding migrations and ordering them (loader, dependency graph)."""

@@ -1,0 +1,1 @@
+"""The data engine: leased chunks, batches, set-based writes, checkpoints, before-images."""

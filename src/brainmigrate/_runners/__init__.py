@@ -1,0 +1,1 @@
+"""The step runners: one per migration kind, behind one small protocol."""

@@ -1,0 +1,1 @@
+"""Cross-cutting machinery below the runners and the engine: retries, telemetry."""
