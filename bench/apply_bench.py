@@ -21,17 +21,7 @@ from typing import Any
 
 import asyncpg
 import sqlalchemy
-from common import (
-    DB_PREFIX,
-    Row,
-    Section,
-    Stats,
-    checkpoint,
-    create_database,
-    drop_database,
-    rotated,
-    sqlalchemy_url,
-)
+from common import Row, Section, Stats, checkpoint, databases, rotated, sqlalchemy_url
 from generate import (
     alembic_config,
     forward_sql,
@@ -206,18 +196,18 @@ async def bench_apply(admin_dsn: str, workdir: Path, count: int, samples: int) -
     }
     wall: dict[str, list[float]] = {tool: [] for tool in runners}
     outside: dict[str, list[float]] = {tool: [] for tool in runners}
-    name = f"{DB_PREFIX}_apply"
-    for turn in range(WARMUP + samples):
-        for tool in rotated(list(runners), turn):
-            dsn = await create_database(admin_dsn, name)
-            await checkpoint(admin_dsn)
-            try:
-                elapsed, in_ddl = await runners[tool](dsn, turn)
-            finally:
-                await drop_database(admin_dsn, name)
-            if turn >= WARMUP:
-                wall[tool].append(elapsed)
-                outside[tool].append(elapsed - in_ddl)
+    async with databases(admin_dsn) as factory:
+        for turn in range(WARMUP + samples):
+            for tool in rotated(list(runners), turn):
+                dsn = await factory.create()
+                await checkpoint(admin_dsn)
+                try:
+                    elapsed, in_ddl = await runners[tool](dsn, turn)
+                finally:
+                    await factory.drop(dsn)
+                if turn >= WARMUP:
+                    wall[tool].append(elapsed)
+                    outside[tool].append(elapsed - in_ddl)
     target = f"{BRAINMIGRATE} faster than {ALEMBIC_EACH}"
     return [
         Section(

@@ -5,11 +5,13 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-#: Prefix of every database the benchmarks create, so they are easy to spot and clean up.
+from brainmigrate.testing import DatabaseFactory
+
+#: Prefix of every database the benchmarks create, so they are easy to spot.
 DB_PREFIX = "brainmigrate_bench"
 
 
@@ -135,14 +137,6 @@ def markdown_table(section: Section) -> str:
     return "\n".join(lines)
 
 
-def with_database(dsn: str, database: str) -> str:
-    """The same server URI pointing at another database."""
-    parts = urlsplit(dsn)
-    if parts.scheme not in ("postgres", "postgresql"):
-        raise ValueError(f"expected a postgresql:// URI, got {dsn!r}")
-    return urlunsplit(parts._replace(path="/" + database))
-
-
 def sqlalchemy_url(dsn: str) -> str:
     """The URI for SQLAlchemy's psycopg 3 driver.
 
@@ -162,37 +156,13 @@ def transport(dsn: str) -> str:
     return "TCP" if host and not host.startswith("/") else "unix socket"
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+def databases(admin_dsn: str) -> DatabaseFactory:
+    """A factory of throwaway databases on the server, named ``brainmigrate_bench_...``.
 
-
-async def create_database(admin_dsn: str, name: str) -> str:
-    """(Re)create an empty database and return its URI."""
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {_quote(name)} TEMPLATE template0")
-    finally:
-        await conn.close()
-    return with_database(admin_dsn, name)
-
-
-async def clone_database(admin_dsn: str, template: str, name: str) -> str:
-    """(Re)create ``name`` as a copy of ``template``, which must have no sessions; return its URI.
-
-    From PostgreSQL 15 the copy is made file by file (``STRATEGY FILE_COPY``, with a checkpoint
-    before and after), which for a large database is faster than the default of copying it
-    block by block through the WAL.
+    Use it as ``async with databases(admin_dsn) as factory:``; leaving the block drops every
+    database it created that is still there.
     """
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
-        modern = int(await conn.fetchval("SHOW server_version_num")) >= 150000
-        strategy = " STRATEGY FILE_COPY" if modern else ""
-        await conn.execute(f"CREATE DATABASE {_quote(name)} TEMPLATE {_quote(template)}{strategy}")
-    finally:
-        await conn.close()
-    return with_database(admin_dsn, name)
+    return DatabaseFactory(admin_dsn, prefix=DB_PREFIX)
 
 
 async def checkpoint(admin_dsn: str) -> None:
@@ -202,15 +172,6 @@ async def checkpoint(admin_dsn: str) -> None:
         await conn.execute("CHECKPOINT")
     except asyncpg.InsufficientPrivilegeError:
         pass
-    finally:
-        await conn.close()
-
-
-async def drop_database(admin_dsn: str, name: str) -> None:
-    """Drop a database, ending sessions still connected to it."""
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {_quote(name)} WITH (FORCE)")
     finally:
         await conn.close()
 

@@ -63,18 +63,7 @@ from uuid import UUID
 
 import asyncpg
 import attrs
-from common import (
-    DB_PREFIX,
-    Row,
-    Section,
-    Stats,
-    checkpoint,
-    clone_database,
-    create_database,
-    drop_database,
-    rotated,
-    with_database,
-)
+from common import Row, Section, Stats, checkpoint, databases, rotated
 
 from brainmigrate import (
     BulkMemoryItem,
@@ -85,6 +74,7 @@ from brainmigrate import (
     MigrationType,
     Migrator,
 )
+from brainmigrate.testing import DatabaseFactory
 
 #: Rows per page: brainmigrate's default batch size for data migrations.
 BATCH = MigrationConfig().batch_size
@@ -464,28 +454,32 @@ async def check_transformed(dsn: str, rows: int) -> None:
 
 
 class Copies:
-    """Fresh copies of one source database, each dropped after use."""
+    """Fresh copies of one source database (made by ``factory``), each dropped after use."""
 
-    def __init__(self, admin_dsn: str, source: str, copy: str) -> None:
-        self.admin_dsn = admin_dsn
+    def __init__(self, factory: DatabaseFactory, source: str) -> None:
+        self.factory = factory
         self.source = source
-        self.copy = copy
 
     async def run(self, tool: Callable[[str], Awaitable[Any]]) -> Any:
-        """``tool(dsn)`` on a new copy; returns what it returns."""
-        dsn = await clone_database(self.admin_dsn, self.source, self.copy)
-        await checkpoint(self.admin_dsn)
+        """``tool(dsn)`` on a new copy, made file by file; returns what it returns."""
+        dsn = await self.factory.create(copy_of=self.source, file_copy=True)
+        await checkpoint(self.factory.admin_dsn)
         try:
             return await tool(dsn)
         finally:
-            await drop_database(self.admin_dsn, self.copy)
+            await self.factory.drop(dsn)
 
 
-async def available_brainmigrate(admin_dsn: str) -> tuple[list[str], list[str]]:
+async def memory_store(factory: DatabaseFactory, rows: int) -> Copies:
+    """A new source database of ``rows`` memories, and its copies."""
+    dsn = await factory.create()
+    await generate(dsn, rows)
+    return Copies(factory, dsn)
+
+
+async def available_brainmigrate(factory: DatabaseFactory) -> tuple[list[str], list[str]]:
     """The brainmigrate rows whose variant works on a small copy, and those not implemented yet."""
-    source, copy = f"{DB_PREFIX}_data_probe", f"{DB_PREFIX}_data_probe_copy"
-    await generate(await create_database(admin_dsn, source), PROBE_ROWS)
-    copies = Copies(admin_dsn, source, copy)
+    copies = await memory_store(factory, PROBE_ROWS)
     working: list[str] = []
     missing: list[str] = []
     try:
@@ -501,7 +495,7 @@ async def available_brainmigrate(admin_dsn: str) -> tuple[list[str], list[str]]:
 
             (working if await copies.run(attempt) else missing).append(name)
     finally:
-        await drop_database(admin_dsn, source)
+        await factory.drop(copies.source)
     return working, missing
 
 
@@ -576,12 +570,6 @@ def child_main(argv: list[str]) -> int:
     return 0
 
 
-async def _source(admin_dsn: str, name: str, rows: int) -> Copies:
-    """A source database of ``rows`` memories, and its copies."""
-    await generate(await create_database(admin_dsn, name), rows)
-    return Copies(admin_dsn, name, f"{name}_copy")
-
-
 def _progress(turn: int, rounds: int, what: str) -> None:
     print(f"  data, round {turn + 1}/{rounds}: {what}", file=sys.stderr, flush=True)
 
@@ -594,18 +582,22 @@ async def bench_data(admin_dsn: str, rows: int, rounds: int, rss: bool = False) 
     ``min(rows, MODEL_ROWS)`` memories. With ``rss``, the peak memory of each client tool; that of
     brainmigrate (checkpoints) at a tenth of the rows too, to see how it grows with the table.
     """
-    working, missing = await available_brainmigrate(admin_dsn)
+    async with databases(admin_dsn) as factory:
+        return await _bench_data(factory, rows, rounds, rss)
+
+
+async def _bench_data(factory: DatabaseFactory, rows: int, rounds: int, rss: bool) -> Section:
+    working, missing = await available_brainmigrate(factory)
     tools = [*working, HAND, NAIVE, SINGLE_UPDATE, TWO_UPDATES]
     model_rows = min(rows, MODEL_ROWS)
-    sources = [f"{DB_PREFIX}_data", f"{DB_PREFIX}_data_model", f"{DB_PREFIX}_data_tenth"]
     samples: dict[str, list[float]] = {tool: [] for tool in tools}
     rollbacks: list[float] = []
     model: list[float] = []
     notes: list[str] = []
+    copies = await memory_store(factory, rows)
+    original = await fingerprint(copies.source)
+    model_copies = await memory_store(factory, model_rows)
     try:
-        copies = await _source(admin_dsn, sources[0], rows)
-        original = await fingerprint(with_database(admin_dsn, sources[0]))
-        model_copies = await _source(admin_dsn, sources[1], model_rows)
         for turn in range(rounds):
             for tool in rotated(tools, turn):
 
@@ -662,16 +654,16 @@ async def bench_data(admin_dsn: str, rows: int, rounds: int, rss: bool = False) 
                 memory = await copies.run(measured)
                 notes.append(f"  - {tool}: {memory.describe()}")
                 if tool == CHECKPOINTS and rows >= 10:
-                    tenth = await _source(admin_dsn, sources[2], rows // 10)
+                    tenth = await memory_store(factory, rows // 10)
                     small = await tenth.run(functools.partial(measured, tool=tool, rows=rows // 10))
-                    await drop_database(admin_dsn, sources[2])
+                    await factory.drop(tenth.source)
                     notes.append(
                         f"  - {tool} at {rows // 10:,} rows: {small.describe()}; growth at {rows:,} rows "
                         f"÷ growth at {rows // 10:,}: {memory.growth_kib / max(small.growth_kib, 1):.2f}x"
                     )
     finally:
-        for source in sources:
-            await drop_database(admin_dsn, source)
+        await factory.drop(copies.source)
+        await factory.drop(model_copies.source)
     if missing:
         notes.append(f"- not measured, run_brainmigrate() does not implement them yet: {', '.join(missing)}")
     return Section(

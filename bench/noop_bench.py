@@ -18,7 +18,7 @@ import asyncpg
 import sqlalchemy
 from alembic import command
 from alembic.config import Config
-from common import DB_PREFIX, Row, Section, Stats, create_database, drop_database, rotated, sqlalchemy_url
+from common import Row, Section, Stats, databases, rotated, sqlalchemy_url
 from generate import alembic_config, migration_id, write_alembic_project, write_brainmigrate_migrations
 
 from brainmigrate import Migrator
@@ -71,8 +71,19 @@ async def _timed(fn: Callable[[], Awaitable[object]]) -> float:
 
 async def bench_noop(admin_dsn: str, workdir: Path, count: int, samples: int) -> Section:
     """Measure the three no-op checks and return their section of the report."""
-    names = {tool: f"{DB_PREFIX}_noop_{i}" for i, tool in enumerate((BRAINMIGRATE, HAND, ALEMBIC))}
-    dsns = {tool: await create_database(admin_dsn, name) for tool, name in names.items()}
+    async with databases(admin_dsn) as factory:
+        dsns = {tool: await factory.create() for tool in (BRAINMIGRATE, HAND, ALEMBIC)}
+        times = await _measure(dsns, workdir, count, samples)
+    return Section(
+        title=f"1. no-op run_pending(), {count} migrations applied, warm pool",
+        rows=[Row(tool, Stats(tuple(times[tool]))) for tool in (BRAINMIGRATE, HAND, ALEMBIC)],
+        baselines=(HAND, ALEMBIC),
+        target=f"{BRAINMIGRATE} median <= 5 ms",
+    )
+
+
+async def _measure(dsns: dict[str, str], workdir: Path, count: int, samples: int) -> dict[str, list[float]]:
+    """The samples of each tool, each on its own database (``dsns``)."""
     bm_dir = write_brainmigrate_migrations(workdir / "noop_brainmigrate", count)
     alembic_dir = write_alembic_project(workdir / "noop_alembic", count)
     bm_pool = await asyncpg.create_pool(dsns[BRAINMIGRATE], min_size=2, max_size=2)
@@ -110,11 +121,4 @@ async def bench_noop(admin_dsn: str, workdir: Path, count: int, samples: int) ->
         await bm_pool.close()
         await hand_pool.close()
         engine.dispose()
-        for name in names.values():
-            await drop_database(admin_dsn, name)
-    return Section(
-        title=f"1. no-op run_pending(), {count} migrations applied, warm pool",
-        rows=[Row(tool, Stats(tuple(times[tool]))) for tool in (BRAINMIGRATE, HAND, ALEMBIC)],
-        baselines=(HAND, ALEMBIC),
-        target=f"{BRAINMIGRATE} median <= 5 ms",
-    )
+    return times

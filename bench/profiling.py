@@ -23,12 +23,13 @@ from typing import Any
 import asyncpg
 import sqlalchemy
 from apply_bench import hand_written_apply
-from common import DB_PREFIX, checkpoint, create_database, drop_database, sqlalchemy_url, with_database
-from data_bench import HAND, AddBenchKey, Copies, check_transformed, generate, hand_tuned_loop
+from common import checkpoint, databases, sqlalchemy_url
+from data_bench import HAND, AddBenchKey, check_transformed, hand_tuned_loop, memory_store
 from generate import alembic_config, migration_id, write_alembic_project, write_brainmigrate_migrations
 from noop_bench import HandWrittenRunner, alembic_upgrade
 
 from brainmigrate import Migrator
+from brainmigrate.testing import DatabaseFactory
 
 NOOP_CALLS = 200
 TOP_FUNCTIONS = 20
@@ -125,23 +126,23 @@ def _alembic_apply(dsn: str, script_location: Path) -> str:
 
 
 class _Scratch:
-    """A fresh database with a logged pool, dropped on exit."""
+    """A fresh database (its URI in ``dsn``) with a logged pool, dropped on exit."""
 
-    def __init__(self, admin_dsn: str, log: QueryLog | None = None) -> None:
-        self.admin_dsn = admin_dsn
+    def __init__(self, factory: DatabaseFactory, log: QueryLog | None = None) -> None:
+        self.factory = factory
         self.log = log
-        self.name = f"{DB_PREFIX}_profile"
+        self.dsn = ""
 
     async def __aenter__(self) -> asyncpg.Pool[Any]:
-        dsn = await create_database(self.admin_dsn, self.name)
-        await checkpoint(self.admin_dsn)
+        self.dsn = await self.factory.create()
+        await checkpoint(self.factory.admin_dsn)
         init = self.log.attach if self.log else None
-        self.pool = await asyncpg.create_pool(dsn, min_size=2, max_size=2, init=init)
+        self.pool = await asyncpg.create_pool(self.dsn, min_size=2, max_size=2, init=init)
         return self.pool
 
     async def __aexit__(self, *exc: object) -> None:
         await self.pool.close()
-        await drop_database(self.admin_dsn, self.name)
+        await self.factory.drop(self.dsn)
 
 
 async def _logged(log: QueryLog, title: str, fn: Callable[[], Awaitable[object]]) -> str:
@@ -157,29 +158,34 @@ async def _logged(log: QueryLog, title: str, fn: Callable[[], Awaitable[object]]
 
 async def profile(admin_dsn: str, workdir: Path, count: int) -> None:
     """Print statement logs and cProfile summaries of brainmigrate and the hand-written runner."""
+    async with databases(admin_dsn) as factory:
+        await _profile(factory, workdir, count)
+
+
+async def _profile(factory: DatabaseFactory, workdir: Path, count: int) -> None:
     source = str(write_brainmigrate_migrations(workdir / "profile_brainmigrate", count))
     alembic_dir = write_alembic_project(workdir / "profile_alembic", count)
     ids = [migration_id(i) for i in range(count)]
     log = QueryLog()
 
-    async with _Scratch(admin_dsn) as pool:  # imports the migration modules, as in the benchmark
+    async with _Scratch(factory) as pool:  # imports the migration modules, as in the benchmark
         await Migrator(pool, source).run_pending()
 
     print(f"== applying {count} migrations to a fresh database\n")
-    async with _Scratch(admin_dsn, log) as pool:
+    async with _Scratch(factory, log) as pool:
         print(await _logged(log, "brainmigrate", Migrator(pool, source).run_pending), end="\n\n")
-    async with _Scratch(admin_dsn, log) as pool:
+    async with _Scratch(factory, log) as pool:
         print(await _logged(log, "hand-written asyncpg", lambda: hand_written_apply(pool, count)), end="\n\n")
-    async with _Scratch(admin_dsn) as pool:
-        dsn = with_database(admin_dsn, f"{DB_PREFIX}_profile")
-        print(_alembic_apply(dsn, alembic_dir), end="\n\n")
-    async with _Scratch(admin_dsn) as pool:
+    scratch = _Scratch(factory)
+    async with scratch:
+        print(_alembic_apply(scratch.dsn, alembic_dir), end="\n\n")
+    async with _Scratch(factory) as pool:
         per_call, profiler = await _profiled(Migrator(pool, source).run_pending, 1)
         print(f"brainmigrate under cProfile: {per_call * 1000:.0f} ms")
         print(_top_functions(profiler, 1))
 
     print(f"== no-op run_pending() with {count} migrations applied\n")
-    async with _Scratch(admin_dsn, log) as pool:
+    async with _Scratch(factory, log) as pool:
         migrator = Migrator(pool, source)
         await migrator.run_pending()
         await migrator.run_pending()
@@ -203,9 +209,12 @@ async def profile(admin_dsn: str, workdir: Path, count: int) -> None:
 
 async def profile_data(admin_dsn: str, rows: int) -> None:
     """Benchmark 3's single worker: statements, wall and CPU against the hand-tuned loop, cProfile."""
-    source = f"{DB_PREFIX}_profile_data"
-    await generate(await create_database(admin_dsn, source), rows)
-    copies = Copies(admin_dsn, source, f"{source}_copy")
+    async with databases(admin_dsn) as factory:
+        await _profile_data(factory, rows)
+
+
+async def _profile_data(factory: DatabaseFactory, rows: int) -> None:
+    copies = await memory_store(factory, rows)
     log = QueryLog()
 
     async def brainmigrate(dsn: str, init: Callable[[Any], Awaitable[None]] | None = None) -> None:
@@ -242,4 +251,4 @@ async def profile_data(admin_dsn: str, rows: int) -> None:
             print(await copies.run(logged), end="\n\n")
         print(await copies.run(profiled))
     finally:
-        await drop_database(admin_dsn, source)
+        await factory.drop(copies.source)

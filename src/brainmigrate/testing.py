@@ -1,12 +1,17 @@
-"""Helpers for testing migrations: database fingerprints and the up/down/up ("stairway") check.
+"""Helpers for testing migrations: throwaway databases, fingerprints and the up/down/up check.
 
 ::
 
-    from brainmigrate.testing import assert_reversible, fingerprint
+    from brainmigrate.testing import DatabaseFactory, assert_reversible, fingerprint
 
+    async with DatabaseFactory(admin_dsn) as databases:
+        dsn = await databases.create()  # a fresh, empty database
+        ...
     await assert_reversible(pool, [CreateMemories, AddEmbeddingIndex])
 
-Both work with any asyncpg pool or connection; neither needs pytest.
+:func:`assert_reversible` and :func:`fingerprint` work with any asyncpg pool or connection, and
+:class:`DatabaseFactory` with any server whose user may create databases; none of them needs
+pytest. The pytest plugin's ``brainmigrate_database`` fixture is a :class:`DatabaseFactory`'s.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from typing import Any
 import asyncpg
 import attrs
 
+from ._databases import DatabaseFactory
 from ._errors import BrainMigrateError
 from ._migrator import Migrator
 from ._model.types import Connection, Pool
 
-__all__ = ["Fingerprint", "assert_reversible", "fingerprint"]
+__all__ = ["DatabaseFactory", "Fingerprint", "assert_reversible", "fingerprint"]
 
 #: The order kinds of objects are listed in, in dumps and diffs.
 _KINDS = (

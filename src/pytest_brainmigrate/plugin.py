@@ -22,9 +22,9 @@ import anyio
 import asyncpg
 import pytest
 
-from brainmigrate._databases import DatabaseFactory
 from brainmigrate._errors import DatabaseUnavailableError
 from brainmigrate.embedded import EmbeddedPostgres
+from brainmigrate.testing import DatabaseFactory
 
 T = TypeVar("T")
 DSN_ENV = "BRAINMIGRATE_TEST_DSN"
