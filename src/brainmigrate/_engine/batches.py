@@ -66,10 +66,6 @@ def key_text(key: Any) -> str:
     return str(key)
 
 
-def decode_row(plan: RunPlan, row: asyncpg.Record) -> dict[str, Any]:
-    return decode_rows(plan, [row])[0]
-
-
 def decode_rows(plan: RunPlan, rows: Sequence[asyncpg.Record]) -> list[dict[str, Any]]:
     """Rows read with the plan's columns, by column name, each value as :meth:`Column.decode` makes it.
 

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -26,7 +26,7 @@ from .._errors import (
 from .._ledger.sql import set_session_timeouts
 from .._model.config import MigrationConfig
 from .._model.data import DatabaseDataMigration, DataMigration, MemoryDataMigration
-from .._model.items import Progress
+from .._model.items import Progress, ProgressCallback
 from .._model.sqltext import quote_ident
 from .._model.types import Connection, Pool, is_usable
 from .._runtime import telemetry as telemetry
@@ -44,11 +44,8 @@ from .batches import (
     transform_items,
     write_entries,
 )
-from .plan import QUERY, STATEMENT, STREAM, ProgressCallback, RunPlan
+from .plan import QUERY, STATEMENT, STREAM, RunPlan
 from .transform import TransformCaller
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger("brainmigrate")
 
@@ -211,12 +208,7 @@ class ChunkWorker:
             async for attempt in self._retrying():
                 with attempt:
                     conn = await self.connection()
-                    row = await conn.fetchrow(
-                        f"SELECT cursor_key, lease_owner FROM {quote_ident(self.schema)}.{sql.CHUNKS} "
-                        "WHERE migration_id = $1 AND chunk = $2",
-                        self.plan.migration_id,
-                        chunk,
-                    )
+                    row = await conn.fetchrow(sql.chunk_cursor(self.schema), self.plan.migration_id, chunk)
                     if row is None or row[1] != self.owner:
                         raise LeaseLost()
                     cursor = row[0]

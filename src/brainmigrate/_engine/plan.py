@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import attrs
 
 from .._model.data import DatabaseDataMigration, DataMigration, MemoryDataMigration
-from .._model.items import MEMORY_FIELDS, Progress
+from .._model.items import MEMORY_FIELDS
 from . import sql as sql
 from .table import Column, TableShape
-
-if TYPE_CHECKING:
-    pass
-
-T = TypeVar("T")
-
 
 STREAM = "stream"  # pages of a source table, transformed in Python
 QUERY = "query"  # slices returned by get_memories_to_migrate(), until it returns none
 STATEMENT = "statement"  # an SQL statement per key range, on the server
-
-#: Statuses in which a run is still going (or stopping) somewhere.
-ACTIVE = ("running", "cancelling")
-
-ProgressCallback = Callable[[Progress], Awaitable[None] | None]
 
 
 @attrs.define

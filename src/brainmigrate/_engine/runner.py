@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -24,13 +23,17 @@ from .._errors import (
     ChecksumMismatchError,
     IrreversibleMigrationError,
     MigrationExecutionError,
+    MigrationStateError,
     MigrationValidationError,
+    SchemaVersionError,
 )
+from .._ledger import schema as _own_schema
 from .._model.config import MigrationConfig
 from .._model.data import DatabaseDataMigration, DataMigration, MemoryDataMigration
-from .._model.items import Progress
+from .._model.items import Progress, ProgressCallback
 from .._model.results import ItemChange, ItemError
 from .._model.sqltext import quote_ident
+from .._model.states import ACTIVE_RUN_STATUSES, RUN_TRANSITIONS, RunStatus, allowed_sources, check_transition
 from .._model.types import Connection, Pool
 from .._runtime import telemetry as telemetry
 from . import sql as sql
@@ -48,14 +51,9 @@ from .batches import (
     write_entries,
 )
 from .chunks import ChunkWorker, Stop, Tracker
-from .plan import ACTIVE, QUERY, STATEMENT, STREAM, ProgressCallback, RunPlan, image_candidates
+from .plan import QUERY, STATEMENT, STREAM, RunPlan, image_candidates
 from .table import TableShape
 from .transform import TransformCaller, cancelled
-
-if TYPE_CHECKING:
-    pass
-
-T = TypeVar("T")
 
 
 @attrs.frozen
@@ -86,14 +84,18 @@ class DataRunner:
     # -- state ------------------------------------------------------------------------------
 
     async def ensure_tables(self, conn: Connection) -> None:
+        """Create brainmigrate's tables if the run tables are missing (under the runner lock)."""
         if await conn.fetchval("SELECT to_regclass($1)", f"{quote_ident(self.schema)}.{sql.CHUNKS}") is None:
-            await conn.execute(sql.bootstrap(self.schema))
+            await _own_schema.upgrade(conn, self.schema, create=True)
 
     async def run_row(self, conn: Connection, migration_id: str) -> asyncpg.Record | None:
+        """The current (latest) run of ``migration_id``, or None if it never ran."""
         try:
             return await conn.fetchrow(sql.select_run(self.schema), migration_id)
         except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
             return None
+        except asyncpg.UndefinedColumnError as exc:
+            raise await self._outdated(conn) from exc
 
     async def progress(self, conn: Connection, migration_id: str) -> Progress | None:
         """The persisted progress of a run, or None if it never ran."""
@@ -101,49 +103,31 @@ class DataRunner:
             row = await conn.fetchrow(sql.run_progress(self.schema), migration_id)
         except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
             return None
-        if row is None:
-            return None
-        (
-            status,
-            total,
-            started,
-            resumed,
-            at_resume,
-            error,
-            processed,
-            failed,
-            skipped,
-            batches,
-            updated,
-            live,
-            _,
-            _now,
-        ) = row
-        done = processed + failed + skipped
-        elapsed = (updated - resumed).total_seconds()
-        rate = (done - at_resume) / elapsed if elapsed > 0 and done > at_resume else None
-        return Progress(
-            migration_id=migration_id,
-            status=status,
-            processed=processed,
-            failed=failed,
-            skipped=skipped,
-            total=total,
-            batch_number=batches,
-            rate=rate,
-            started_at=started,
-            updated_at=updated,
-            workers=live,
-            error=error,
+        except asyncpg.UndefinedColumnError as exc:
+            raise await self._outdated(conn) from exc
+        return None if row is None else _progress(row)
+
+    async def running(self, conn: Connection) -> list[Progress]:
+        """The progress of each current run in flight: running or cancelling, or with live workers."""
+        try:
+            rows = await conn.fetch(sql.running_progress(self.schema, ACTIVE_RUN_STATUSES))
+        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+            return []
+        except asyncpg.UndefinedColumnError as exc:
+            raise await self._outdated(conn) from exc
+        return [_progress(row) for row in rows]
+
+    async def _outdated(self, conn: Connection) -> SchemaVersionError:
+        """The error for run tables of an older layout (a 0.1.0 database not upgraded yet)."""
+        return SchemaVersionError(
+            self.schema,
+            found=await _own_schema.read_version(conn, self.schema) or 1,
+            supported=_own_schema.CURRENT_VERSION,
         )
 
     async def chunks_left(self, conn: Connection, migration_id: str) -> int:
-        """Chunks of the key space not done yet."""
-        count: int = await conn.fetchval(
-            f"SELECT count(*) FROM {quote_ident(self.schema)}.{sql.CHUNKS} "
-            "WHERE migration_id = $1 AND NOT done",
-            migration_id,
-        )
+        """Chunks of the current run's key space not done yet."""
+        count: int = await conn.fetchval(sql.chunks_left(self.schema), migration_id)
         return count
 
     async def live_workers(self, conn: Connection, migration_id: str) -> int:
@@ -154,24 +138,65 @@ class DataRunner:
         self,
         conn: Connection,
         migration_id: str,
-        status: str,
-        allowed: Sequence[str],
+        status: RunStatus | str,
+        allowed: Sequence[str] | None = None,
         error: str | None = None,
-    ) -> str | None:
-        """Move run ``migration_id`` to ``status`` if it is in one of ``allowed``; None if it was not."""
+        *,
+        operation: str | None = None,
+    ) -> RunStatus | None:
+        """Move the current run of ``migration_id`` to ``status``; None if it was not moved.
+
+        It moves from the statuses :data:`RUN_TRANSITIONS` allows (narrowed to ``allowed``, if given;
+        a run already in ``status`` stays in it when ``allowed`` names it). With ``operation``, a
+        refused move of an existing run raises MigrationStateError naming it, instead of returning None.
+        """
+        target = RunStatus(status)
+        sources = set(allowed_sources(RUN_TRANSITIONS, target))
+        if allowed is not None:
+            sources = {s for s in sources if s in allowed} | ({target.value} & set(allowed))
         try:
             result: str | None = await conn.fetchval(
-                sql.set_status(self.schema), migration_id, status, error, list(allowed)
+                sql.set_status(self.schema), migration_id, target.value, error, sorted(sources)
             )
         except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
             return None
-        return result
+        if result is None and operation is not None:
+            current = await conn.fetchval(sql.run_status(self.schema), migration_id)
+            if current is not None:
+                check_transition(
+                    RUN_TRANSITIONS,
+                    RunStatus(current),
+                    target,
+                    operation=operation,
+                    migration_id=migration_id,
+                )
+                raise MigrationStateError(
+                    f"cannot {operation} migration {migration_id!r}: it is {current}",
+                    migration_id=migration_id,
+                )
+        return None if result is None else RunStatus(result)
+
+    async def resume(self, conn: Connection, migration_id: str) -> None:
+        """Mark the current run running again: a stopped one, or one whose workers all died."""
+        sources = sorted({*allowed_sources(RUN_TRANSITIONS, RunStatus.RUNNING), RunStatus.RUNNING.value})
+        if await conn.fetchval(sql.resume_run(self.schema), migration_id, sources) is None:
+            current = await conn.fetchval(sql.run_status(self.schema), migration_id)
+            check_transition(
+                RUN_TRANSITIONS,
+                RunStatus(current),
+                RunStatus.RUNNING,
+                operation="resume",
+                migration_id=migration_id,
+            )
 
     async def errors(self, conn: Connection, migration_id: str) -> list[ItemError]:
+        """The failed items of the current run."""
         try:
             rows = await conn.fetch(sql.select_errors(self.schema), migration_id)
         except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
             return []
+        except asyncpg.UndefinedColumnError as exc:
+            raise await self._outdated(conn) from exc
         return [
             ItemError(key=r[0], error=r[1], attempts=r[2], first_failed_at=r[3], last_failed_at=r[4])
             for r in rows
@@ -267,21 +292,25 @@ class DataRunner:
         meta = migration.metadata
         await self.ensure_tables(conn)
         row = await self.run_row(conn, meta.id)
-        status = None if row is None else row["status"]
-        if row is not None and status not in ("rolled_back", "completed") and row["checksum"] != checksum:
+        status = None if row is None else RunStatus(row["status"])
+        if (
+            row is not None
+            and status not in (RunStatus.ROLLED_BACK, RunStatus.COMPLETED)
+            and row["checksum"] != checksum
+        ):
             raise ChecksumMismatchError(meta.id, expected=row["checksum"], actual=checksum, resuming=True)
         plan = await self.plan(conn, migration, checksum)
-        if status in ACTIVE:
+        if status in ACTIVE_RUN_STATUSES:
             live = await self.live_workers(conn, meta.id)
-            if live and not (config.parallel_execution and status == "running"):
+            if live and not (config.parallel_execution and status is RunStatus.RUNNING):
                 return Claim("elsewhere", plan, f"running in {live} worker(s) elsewhere")
             if not live:
-                await conn.execute(sql.resume_run(self.schema), meta.id)
+                await self.resume(conn, meta.id)
             return Claim("work", plan)
-        if status == "cancelled" and not resume_paused:
+        if status is RunStatus.CANCELLED and not resume_paused:
             return Claim("paused", plan, "paused (cancelled); `await migrator.execute(id)` resumes it")
-        if status in ("cancelled", "failed"):
-            await conn.execute(sql.resume_run(self.schema), meta.id)
+        if status in (RunStatus.CANCELLED, RunStatus.FAILED):
+            await self.resume(conn, meta.id)
             return Claim("work", plan)
         if before_start is not None:
             await before_start(conn)
@@ -307,8 +336,7 @@ class DataRunner:
                             sql.boundaries(shape.qualified, shape.key.quoted, source.where), parts
                         )
                     ]
-        async with conn.transaction():
-            await conn.execute(sql.clear_chunks(self.schema), meta.id)
+        async with conn.transaction():  # a new run: the earlier ones are kept, with their chunks
             if plan.image is not None:
                 await conn.execute(f"DROP TABLE IF EXISTS {plan.image}")
                 columns = image_candidates(plan.migration, shape)
@@ -483,10 +511,12 @@ class DataRunner:
             count += sum(1 for e in entries if e.changes is not None)
             cursor = str(rows[-1][0])
 
-    async def discard(self, conn: Connection, plan: RunPlan, status: str, error: str | None = None) -> None:
-        """Forget a run's chunks and errors, keeping its row with ``status``."""
+    async def discard(
+        self, conn: Connection, plan: RunPlan, status: RunStatus | str, error: str | None = None
+    ) -> None:
+        """Forget the current run's chunks and errors, keeping its row with ``status`` (rolled back)."""
         await conn.execute(sql.clear_chunks(self.schema), plan.migration_id)
-        await self.set_status(conn, plan.migration_id, status, sql.RUN_STATUSES, error)
+        await self.set_status(conn, plan.migration_id, status, None, error, operation="roll back")
 
     async def retry_failed(self, conn: Connection, plan: RunPlan, config: MigrationConfig) -> Counts:
         """Transform and write again the items in the error ledger, and only those.
@@ -572,6 +602,44 @@ class DataRunner:
                             ItemChange(key=entry.key, column=column, before=old.get(column), after=value)
                         )
         return counts, changes
+
+
+def _progress(row: asyncpg.Record) -> Progress:
+    """A run's progress from a row of :func:`sql.run_progress`."""
+    (
+        status,
+        total,
+        started,
+        resumed,
+        at_resume,
+        error,
+        processed,
+        failed,
+        skipped,
+        batches,
+        updated,
+        live,
+        _,
+        _now,
+        migration_id,
+    ) = row
+    done = processed + failed + skipped
+    elapsed = (updated - resumed).total_seconds()
+    rate = (done - at_resume) / elapsed if elapsed > 0 and done > at_resume else None
+    return Progress(
+        migration_id=migration_id,
+        status=status,
+        processed=processed,
+        failed=failed,
+        skipped=skipped,
+        total=total,
+        batch_number=batches,
+        rate=rate,
+        started_at=started,
+        updated_at=updated,
+        workers=live,
+        error=error,
+    )
 
 
 # -- helpers shared by the workers ----------------------------------------------------------------

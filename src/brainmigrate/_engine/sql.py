@@ -10,124 +10,83 @@ import hashlib
 from collections.abc import Sequence
 
 from .._model.sqltext import quote_ident
+from .._model.states import ACTIVE_RUN_STATUSES, RunStatus
 
 RUNS = "data_runs"
 CHUNKS = "data_chunks"
 ERRORS = "data_errors"
 
-RUN_STATUSES = ("running", "cancelling", "cancelled", "failed", "completed", "rolled_back")
+_ACTIVE = ", ".join(f"'{status.value}'" for status in ACTIVE_RUN_STATUSES)
 
 
-def bootstrap(schema: str) -> str:
-    """Create the run tables if they are missing (run under the runner lock)."""
-    s = quote_ident(schema)
-    statuses = ", ".join(f"'{status}'" for status in RUN_STATUSES)
-    return f"""
-CREATE SCHEMA IF NOT EXISTS {s};
-CREATE TABLE IF NOT EXISTS {s}.{RUNS} (
-    migration_id        text PRIMARY KEY,
-    checksum            text NOT NULL,
-    status              text NOT NULL CHECK (status IN ({statuses})),
-    mode                text NOT NULL,
-    total               bigint,
-    before_images       text,
-    image_columns       text[],
-    started_at          timestamptz NOT NULL,
-    resumed_at          timestamptz NOT NULL,
-    processed_at_resume bigint NOT NULL DEFAULT 0,
-    finished_at         timestamptz,
-    error               text
-);
-CREATE TABLE IF NOT EXISTS {s}.{CHUNKS} (
-    migration_id     text NOT NULL REFERENCES {s}.{RUNS} ON DELETE CASCADE,
-    chunk            integer NOT NULL,
-    lower_key        text,
-    upper_key        text,
-    cursor_key       text,
-    done             boolean NOT NULL DEFAULT false,
-    lease_owner      uuid,
-    lease_pid        integer,
-    lease_expires_at timestamptz,
-    processed        bigint NOT NULL DEFAULT 0,
-    failed           bigint NOT NULL DEFAULT 0,
-    skipped          bigint NOT NULL DEFAULT 0,
-    batches          bigint NOT NULL DEFAULT 0,
-    updated_at       timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (migration_id, chunk)
-);
-CREATE TABLE IF NOT EXISTS {s}.{ERRORS} (
-    migration_id    text NOT NULL,
-    item_key        text NOT NULL,
-    error           text NOT NULL,
-    attempts        integer NOT NULL,
-    first_failed_at timestamptz NOT NULL,
-    last_failed_at  timestamptz NOT NULL,
-    PRIMARY KEY (migration_id, item_key)
-);
-"""
+def _latest(schema: str, param: str = "$1") -> str:
+    """The id of the current (latest) run of the migration whose id is ``param``."""
+    return f"(SELECT max(run_id) FROM {quote_ident(schema)}.{RUNS} WHERE migration_id = {param})"
 
 
 def select_run(schema: str) -> str:
+    """The current run of migration $1 (each run is a row; the latest is the current one)."""
     return f"""
-SELECT migration_id, checksum, status, mode, total, before_images, image_columns, started_at, error
+SELECT migration_id, checksum, status, mode, total, before_images, image_columns, started_at, error, run_id
   FROM {quote_ident(schema)}.{RUNS} WHERE migration_id = $1
+ ORDER BY run_id DESC LIMIT 1
 """
 
 
 def start_run(schema: str) -> str:
-    """Create the run row, or reset one that was rolled back ($1 id … $6 before-images table)."""
+    """Write a new run of migration $1, which becomes its current run ($2 checksum … $5 before-images)."""
     return f"""
 INSERT INTO {quote_ident(schema)}.{RUNS}
        (migration_id, checksum, status, mode, total, before_images, started_at, resumed_at)
-VALUES ($1, $2, 'running', $3, $4, $5, clock_timestamp(), clock_timestamp())
-ON CONFLICT (migration_id) DO UPDATE
-   SET checksum = EXCLUDED.checksum, status = 'running', mode = EXCLUDED.mode, total = EXCLUDED.total,
-       before_images = EXCLUDED.before_images, image_columns = NULL, started_at = clock_timestamp(),
-       resumed_at = clock_timestamp(), processed_at_resume = 0, finished_at = NULL, error = NULL
+VALUES ($1, $2, '{RunStatus.RUNNING.value}', $3, $4, $5, clock_timestamp(), clock_timestamp())
 """
 
 
 def resume_run(schema: str) -> str:
-    """Mark a stopped run running again, remembering where this leg of it started."""
+    """Mark the current run running again if its status is one of $2, remembering where this leg of it
+    started; return the new status."""
     s = quote_ident(schema)
     return f"""
 UPDATE {s}.{RUNS} r
-   SET status = 'running', resumed_at = clock_timestamp(), error = NULL, finished_at = NULL,
+   SET status = '{RunStatus.RUNNING.value}', resumed_at = clock_timestamp(), error = NULL, finished_at = NULL,
        processed_at_resume = (SELECT coalesce(sum(processed + skipped + failed), 0)
-                                FROM {s}.{CHUNKS} c WHERE c.migration_id = r.migration_id)
- WHERE migration_id = $1
-"""
-
-
-def set_status(schema: str) -> str:
-    """Move a run to status $2 (with error $3) if its status is one of $4; return the new status."""
-    return f"""
-UPDATE {quote_ident(schema)}.{RUNS}
-   SET status = $2, error = coalesce($3, error),
-       finished_at = CASE WHEN $2 IN ('running', 'cancelling') THEN NULL ELSE now() END
- WHERE migration_id = $1 AND status = ANY($4::text[])
+                                FROM {s}.{CHUNKS} c WHERE c.run_id = r.run_id)
+ WHERE run_id = {_latest(schema)} AND status = ANY($2::text[])
 RETURNING status
 """
 
 
-def set_image_columns(schema: str) -> str:
-    return f"UPDATE {quote_ident(schema)}.{RUNS} SET image_columns = $2 WHERE migration_id = $1"
+def set_status(schema: str) -> str:
+    """Move the current run to status $2 (with error $3) if its status is one of $4; return the new status."""
+    return f"""
+UPDATE {quote_ident(schema)}.{RUNS}
+   SET status = $2, error = coalesce($3, error),
+       finished_at = CASE WHEN $2 IN ({_ACTIVE}) THEN NULL ELSE now() END
+ WHERE run_id = {_latest(schema)} AND status = ANY($4::text[])
+RETURNING status
+"""
+
+
+def run_status(schema: str) -> str:
+    """The status of the current run of migration $1."""
+    return f"SELECT status FROM {quote_ident(schema)}.{RUNS} WHERE run_id = {_latest(schema)}"
 
 
 def insert_chunks(schema: str) -> str:
     return f"""
-INSERT INTO {quote_ident(schema)}.{CHUNKS} (migration_id, chunk, lower_key, upper_key)
-SELECT $1, ordinality - 1, lower_key, upper_key
+INSERT INTO {quote_ident(schema)}.{CHUNKS} (run_id, migration_id, chunk, lower_key, upper_key)
+SELECT {_latest(schema)}, $1, ordinality - 1, lower_key, upper_key
   FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS b(lower_key, upper_key, ordinality)
 """
 
 
 def clear_chunks(schema: str) -> str:
-    """Forget the chunks and failed items of run $1."""
+    """Forget the chunks and failed items of the current run of migration $1."""
     s = quote_ident(schema)
     return f"""
-WITH forgotten AS (DELETE FROM {s}.{ERRORS} WHERE migration_id = $1)
-DELETE FROM {s}.{CHUNKS} WHERE migration_id = $1
+WITH current_run AS (SELECT {_latest(schema)} AS run_id),
+     forgotten AS (DELETE FROM {s}.{ERRORS} WHERE run_id = (SELECT run_id FROM current_run))
+DELETE FROM {s}.{CHUNKS} WHERE run_id = (SELECT run_id FROM current_run)
 """
 
 
@@ -138,15 +97,16 @@ def _lease_alive(alias: str) -> str:
 
 
 def lease_chunk(schema: str) -> str:
-    """Lease the first chunk of run $1 that is not done and not leased by a live worker, for owner $2."""
+    """Lease the first chunk of migration $1's current run that is not done and not leased by a live
+    worker, for owner $2."""
     s = quote_ident(schema)
     return f"""
 UPDATE {s}.{CHUNKS} c
    SET lease_owner = $2, lease_pid = pg_backend_pid(),
        lease_expires_at = clock_timestamp() + make_interval(secs => $3), updated_at = clock_timestamp()
- WHERE (c.migration_id, c.chunk) = (
-       SELECT f.migration_id, f.chunk FROM {s}.{CHUNKS} f
-        WHERE f.migration_id = $1 AND NOT f.done AND NOT {_lease_alive("f")}
+ WHERE (c.run_id, c.chunk) = (
+       SELECT f.run_id, f.chunk FROM {s}.{CHUNKS} f
+        WHERE f.run_id = {_latest(schema)} AND NOT f.done AND NOT {_lease_alive("f")}
         ORDER BY f.chunk
         LIMIT 1
           FOR UPDATE SKIP LOCKED)
@@ -154,33 +114,47 @@ RETURNING chunk, lower_key, upper_key, cursor_key
 """
 
 
+def chunk_cursor(schema: str) -> str:
+    """Where chunk $2 of migration $1's current run stands: its cursor and its lease's owner."""
+    return (
+        f"SELECT cursor_key, lease_owner FROM {quote_ident(schema)}.{CHUNKS} "
+        f"WHERE run_id = {_latest(schema)} AND chunk = $2"
+    )
+
+
+def chunks_left(schema: str) -> str:
+    """How many chunks of migration $1's current run are not done."""
+    s = quote_ident(schema)
+    return f"SELECT count(*) FROM {s}.{CHUNKS} WHERE run_id = {_latest(schema)} AND NOT done"
+
+
 def checkpoint(schema: str) -> str:
-    """Advance chunk $2 of run $1 while owner $10 holds its lease; return the run's status.
+    """Advance chunk $2 of migration $1's run while owner $10 holds its lease; return the run's status.
 
     Runs in the transaction of the writes it covers: no row means the lease was lost, and the
     transaction must be rolled back.
     """
     s = quote_ident(schema)
     return f"""
-UPDATE {s}.{CHUNKS}
+UPDATE {s}.{CHUNKS} c
    SET cursor_key = coalesce($3, cursor_key), processed = processed + $4, failed = failed + $5,
        skipped = skipped + $6, batches = batches + $7, done = $8, lease_pid = pg_backend_pid(),
        lease_expires_at = clock_timestamp() + make_interval(secs => $9), updated_at = clock_timestamp(),
        lease_owner = CASE WHEN $8 THEN NULL ELSE lease_owner END
- WHERE migration_id = $1 AND chunk = $2 AND lease_owner = $10
-RETURNING (SELECT status FROM {s}.{RUNS} WHERE migration_id = $1)
+ WHERE run_id = {_latest(schema)} AND chunk = $2 AND lease_owner = $10
+RETURNING (SELECT r.status FROM {s}.{RUNS} r WHERE r.run_id = c.run_id)
 """
 
 
 def release_chunks(schema: str) -> str:
-    """Give up every lease owner $2 holds in run $1."""
+    """Give up every lease owner $2 holds in migration $1's runs (owners are unique to a worker)."""
     return f"""
 UPDATE {quote_ident(schema)}.{CHUNKS} SET lease_owner = NULL, lease_pid = NULL, updated_at = clock_timestamp()
  WHERE migration_id = $1 AND lease_owner = $2
 """
 
 
-def run_progress(schema: str) -> str:
+def _progress(schema: str, runs: str, having: str = "") -> str:
     s = quote_ident(schema)
     return f"""
 SELECT r.status, r.total, r.started_at, r.resumed_at, r.processed_at_resume, r.error,
@@ -188,45 +162,71 @@ SELECT r.status, r.total, r.started_at, r.resumed_at, r.processed_at_resume, r.e
        coalesce(sum(c.skipped), 0)::bigint, coalesce(sum(c.batches), 0)::bigint,
        greatest(max(c.updated_at), r.resumed_at),
        count(*) FILTER (WHERE NOT c.done AND {_lease_alive("c")}),
-       count(*) FILTER (WHERE NOT c.done), now()
-  FROM {s}.{RUNS} r LEFT JOIN {s}.{CHUNKS} c USING (migration_id)
- WHERE r.migration_id = $1
- GROUP BY r.migration_id
+       count(*) FILTER (WHERE NOT c.done), now(), r.migration_id
+  FROM {s}.{RUNS} r LEFT JOIN {s}.{CHUNKS} c ON c.run_id = r.run_id
+ WHERE {runs}
+ GROUP BY r.run_id
+ {having}
 """
 
 
+def run_progress(schema: str) -> str:
+    """The progress of the current run of migration $1."""
+    return _progress(schema, f"r.run_id = {_latest(schema)}")
+
+
+def running_progress(schema: str, active: Sequence[str]) -> str:
+    """The progress of every current run that is ``active`` or has live workers, by migration id."""
+    s = quote_ident(schema)
+    statuses = ", ".join(f"'{status}'" for status in active)
+    return _progress(
+        schema,
+        f"r.run_id IN (SELECT max(run_id) FROM {s}.{RUNS} GROUP BY migration_id)",
+        f"""HAVING r.status IN ({statuses})
+     OR count(*) FILTER (WHERE NOT c.done AND {_lease_alive("c")}) > 0
+ ORDER BY r.migration_id""",
+    )
+
+
 def record_errors(schema: str) -> str:
-    """Add failed items ($2 keys, $3 errors) of run $1 to the ledger, counting attempts."""
+    """Add failed items ($2 keys, $3 errors) of migration $1's current run to the ledger, counting
+    attempts."""
     s = quote_ident(schema)
     return f"""
-INSERT INTO {s}.{ERRORS} AS e (migration_id, item_key, error, attempts, first_failed_at, last_failed_at)
-SELECT $1, k, m, 1, now(), now() FROM unnest($2::text[], $3::text[]) AS u(k, m)
-ON CONFLICT (migration_id, item_key) DO UPDATE
+INSERT INTO {s}.{ERRORS} AS e
+       (run_id, migration_id, item_key, error, attempts, first_failed_at, last_failed_at)
+SELECT {_latest(schema)}, $1, k, m, 1, now(), now() FROM unnest($2::text[], $3::text[]) AS u(k, m)
+ON CONFLICT (run_id, item_key) DO UPDATE
    SET error = EXCLUDED.error, attempts = e.attempts + 1, last_failed_at = now()
 """
 
 
 def forget_errors(schema: str) -> str:
     return (
-        f"DELETE FROM {quote_ident(schema)}.{ERRORS} WHERE migration_id = $1 AND item_key = ANY($2::text[])"
+        f"DELETE FROM {quote_ident(schema)}.{ERRORS} "
+        f"WHERE run_id = {_latest(schema)} AND item_key = ANY($2::text[])"
     )
 
 
 def move_failed(schema: str) -> str:
-    """After retrying failed items of run $1: $2 more written, $3 more skipped, $4 fewer failed."""
+    """After retrying failed items of migration $1's current run: $2 more written, $3 more skipped,
+    $4 fewer failed."""
     s = quote_ident(schema)
     return f"""
+WITH current_run AS (SELECT {_latest(schema)} AS run_id)
 UPDATE {s}.{CHUNKS}
    SET processed = processed + $2, skipped = skipped + $3, failed = greatest(failed - $4, 0),
        updated_at = clock_timestamp()
- WHERE migration_id = $1 AND chunk = (SELECT min(chunk) FROM {s}.{CHUNKS} WHERE migration_id = $1)
+ WHERE run_id = (SELECT run_id FROM current_run)
+   AND chunk = (SELECT min(chunk) FROM {s}.{CHUNKS} WHERE run_id = (SELECT run_id FROM current_run))
 """
 
 
 def select_errors(schema: str) -> str:
+    """The failed items of migration $1's current run."""
     return f"""
 SELECT item_key, error, attempts, first_failed_at, last_failed_at
-  FROM {quote_ident(schema)}.{ERRORS} WHERE migration_id = $1 ORDER BY item_key
+  FROM {quote_ident(schema)}.{ERRORS} WHERE run_id = {_latest(schema)} ORDER BY item_key
 """
 
 

@@ -13,8 +13,9 @@ import attrs
 from .._errors import MigrationLockLost
 from .._model.metadata import MigrationType
 from .._model.results import HistoryRecord
-from .._model.sqltext import quote_ident
+from .._model.states import ATTEMPT_TRANSITIONS, AttemptStatus, check_transition
 from .._model.types import Connection
+from . import schema as _schema
 from . import sql as _sql
 from .lock import RunnerLock
 
@@ -70,14 +71,9 @@ class HistoryLedger:
 
     schema: str
 
-    async def exists(self, conn: Connection) -> bool:
-        table = f"{quote_ident(self.schema)}.{_sql.HISTORY_TABLE}"
-        return bool(await conn.fetchval(_sql.history_exists(), table))
-
     async def ensure(self, conn: Connection) -> None:
-        """Create the schema and table if missing; call only while holding the migration lock."""
-        if not await self.exists(conn):
-            await conn.execute(_sql.bootstrap(self.schema))
+        """Create brainmigrate's tables, or upgrade them to this version; only under the runner lock."""
+        await _schema.upgrade(conn, self.schema, create=True)
 
     async def states(self, conn: Connection) -> dict[str, MigrationState]:
         """Each migration's state; empty when the table does not exist yet."""
@@ -128,6 +124,13 @@ class HistoryLedger:
         self, conn: Connection, attempt_id: int, attempt: Attempt, lock: RunnerLock | None = None
     ) -> None:
         """Complete an attempt row written while it was running (only while ``lock`` is held, if given)."""
+        check_transition(
+            ATTEMPT_TRANSITIONS,
+            AttemptStatus.RUNNING,
+            AttemptStatus(attempt.status),
+            operation="record the outcome of",
+            migration_id=attempt.migration_id,
+        )
         status = await conn.execute(
             _sql.update_attempt(self.schema, guarded=lock is not None),
             attempt_id,

@@ -61,8 +61,13 @@ class RunnerLock:
     @property
     def guard(self) -> tuple[int, int, int]:
         """Parameters for the SQL checks that the lock is still held: holder pid and the key's halves."""
-        unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
-        return self.holder_pid, unsigned >> 32, unsigned & 0xFFFF_FFFF
+        return (self.holder_pid, *key_parts(self.key))
+
+
+def key_parts(key: int) -> tuple[int, int]:
+    """The halves of an advisory lock key as ``pg_locks`` shows them (``classid``, ``objid``)."""
+    unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
+    return unsigned >> 32, unsigned & 0xFFFF_FFFF
 
 
 @asynccontextmanager

@@ -18,6 +18,7 @@ import attrs
 
 from .._model.config import MigrationConfig
 from .._model.types import Connection, is_usable
+from . import schema as _schema
 from . import sql as _sql
 from .connect import connection
 from .lock import RunnerLock, migration_lock
@@ -155,7 +156,12 @@ class RunnerSession:
 async def runner_session(
     pool: asyncpg.Pool[Any], schema: str, config: MigrationConfig
 ) -> AsyncIterator[RunnerSession]:
-    """Take the runner lock for ``schema`` and hold it, with a work connection, until the block ends."""
+    """Take the runner lock for ``schema`` and hold it, with a work connection, until the block ends.
+
+    Under the lock, brainmigrate's own tables are upgraded to this version if they are older (not in a
+    dry run, which writes nothing), and refused if newer; checked once per connection.
+    """
     async with AsyncExitStack() as stack:
         lock = await stack.enter_async_context(migration_lock(pool, schema, config.lock_wait_seconds))
+        await _schema.upgrade(lock.conn, schema, create=False, check_only=config.dry_run)
         yield RunnerSession(pool, lock, config, stack)

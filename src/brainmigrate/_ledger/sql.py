@@ -10,37 +10,6 @@ from .._model.sqltext import quote_ident
 HISTORY_TABLE = "migration_history"
 
 
-def bootstrap(schema: str) -> str:
-    """Create the history schema and table if they are missing (run under the migration lock)."""
-    s = quote_ident(schema)
-    return f"""
-CREATE SCHEMA IF NOT EXISTS {s};
-CREATE TABLE IF NOT EXISTS {s}.{HISTORY_TABLE} (
-    attempt_id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    migration_id    text NOT NULL,
-    name            text NOT NULL,
-    migration_type  text NOT NULL,
-    version         text NOT NULL,
-    checksum        text NOT NULL,
-    operation       text NOT NULL CHECK (operation IN ('apply', 'rollback', 'resolve')),
-    status          text NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'dirty')),
-    applied_after   boolean,
-    started_at      timestamptz NOT NULL,
-    finished_at     timestamptz,
-    duration_ms     double precision,
-    statement_index integer,
-    statement_count integer,
-    error           text,
-    sqlstate        text,
-    hostname        text NOT NULL,
-    pid             integer NOT NULL,
-    db_user         text NOT NULL DEFAULT current_user
-);
-CREATE INDEX IF NOT EXISTS {quote_ident(HISTORY_TABLE + "_migration_idx")}
-    ON {s}.{HISTORY_TABLE} (migration_id, attempt_id DESC);
-"""
-
-
 def current_states(schema: str) -> str:
     """The latest row that decides each migration's state (failed attempts leave the state as it was)."""
     return f"""
@@ -129,8 +98,18 @@ SELECT attempt_id, {_COLUMNS}, db_user
 """
 
 
-def history_exists() -> str:
-    return "SELECT to_regclass($1) IS NOT NULL"
+def lock_held_by_anyone() -> str:
+    """Whether any session of this database holds the advisory lock whose key halves are $1, $2.
+
+    Read from ``pg_locks``, so asking takes no lock and waits for none.
+    """
+    return """
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+     WHERE locktype = 'advisory' AND granted AND objsubid = 1
+       AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+       AND classid = $1::bigint::oid AND objid = $2::bigint::oid
+)"""
 
 
 TRY_LOCK = "SELECT pg_try_advisory_lock($1)"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 
 from .._errors import MigrationValidationError
+from .states import RunStatus
 
 
 class Unset(enum.Enum):
@@ -131,8 +132,9 @@ class Progress:
     """How far a data migration's run got; persisted, so any process can ask for it."""
 
     migration_id: str
-    #: ``running``, ``cancelling``, ``cancelled`` (paused), ``failed``, ``completed`` or ``rolled_back``.
-    status: str
+    #: ``running``, ``cancelling``, ``cancelled`` (paused), ``failed``, ``completed`` or ``rolled_back``
+    #: (a :class:`RunStatus`, which compares equal to those strings; a string given is converted).
+    status: RunStatus = attrs.field(converter=RunStatus)
     #: Items written (or found already up to date and skipped, see ``skipped``).
     processed: int
     #: Items that failed and are recorded in the error ledger.
@@ -169,3 +171,7 @@ class Progress:
         if self.total is None or not self.rate:
             return None
         return max(0, self.total - self.done) / self.rate
+
+
+#: Called with a :class:`Progress` after each checkpoint of a data migration (sync or async).
+ProgressCallback = Callable[[Progress], Awaitable[None] | None]

@@ -65,7 +65,10 @@ RUN_TRANSITIONS: Mapping[RunStatus, frozenset[RunStatus]] = {
     RunStatus.RUNNING: frozenset(
         {RunStatus.CANCELLING, RunStatus.FAILED, RunStatus.COMPLETED, RunStatus.ROLLED_BACK}
     ),
-    RunStatus.CANCELLING: frozenset({RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.ROLLED_BACK}),
+    # RUNNING: a cancelling run whose workers all died is taken over by the next runner (resumed).
+    RunStatus.CANCELLING: frozenset(
+        {RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.ROLLED_BACK, RunStatus.RUNNING}
+    ),
     RunStatus.CANCELLED: frozenset({RunStatus.RUNNING, RunStatus.FAILED, RunStatus.ROLLED_BACK}),
     RunStatus.FAILED: frozenset({RunStatus.RUNNING, RunStatus.ROLLED_BACK}),
     RunStatus.COMPLETED: frozenset({RunStatus.ROLLED_BACK}),
@@ -73,9 +76,7 @@ RUN_TRANSITIONS: Mapping[RunStatus, frozenset[RunStatus]] = {
 }
 
 
-def allowed_sources(
-    table: Mapping[enum.StrEnum, frozenset[enum.StrEnum]], target: enum.StrEnum
-) -> tuple[str, ...]:
+def allowed_sources(table: Mapping[S, frozenset[S]], target: S) -> tuple[str, ...]:
     """The statuses from which ``table`` allows moving to ``target`` (for SQL that checks it)."""
     return tuple(source.value for source, targets in table.items() if target in targets)
 
