@@ -2,6 +2,7 @@
 
 import importlib.metadata as _importlib_metadata
 
+from ._catalog.loader import MigrationSource
 from ._errors import (
     BrainMigrateError,
     ChecksumMismatchError,
@@ -21,11 +22,12 @@ from ._errors import (
     MigrationValidationError,
     MissingDependencyError,
     PoolExhaustedError,
+    SchemaVersionError,
 )
 from ._migrator import Migrator
 from ._model.config import MigrationConfig, RetryPolicy
 from ._model.data import DatabaseDataMigration, MemoryDataMigration
-from ._model.items import BulkMemoryItem, DataSource, Progress
+from ._model.items import BulkMemoryItem, DataSource, Progress, ProgressCallback
 from ._model.metadata import MigrationMetadata, MigrationStatus, MigrationType
 from ._model.migration import DatabaseSchemaMigration, Migration
 from ._model.results import HistoryRecord, ItemChange, ItemError, MigrationResult, ValidationReport
@@ -67,6 +69,7 @@ __all__ = [
     "MigrationNotFoundError",
     "MigrationOperation",
     "MigrationResult",
+    "MigrationSource",
     "MigrationStateError",
     "MigrationStatus",
     "MigrationType",
@@ -75,8 +78,10 @@ __all__ = [
     "MissingDependencyError",
     "PoolExhaustedError",
     "Progress",
+    "ProgressCallback",
     "RetryPolicy",
     "RunStatus",
+    "SchemaVersionError",
     "ValidationReport",
     "__version__",
 ]

@@ -19,7 +19,8 @@ Every error is a :class:`BrainMigrateError`; the tree is shallow::
     ├── MigrationLockLost
     ├── PoolExhaustedError (also a TimeoutError)
     ├── MigrationExecutionError
-    └── DatabaseUnavailableError (also a ConnectionError)
+    ├── DatabaseUnavailableError (also a ConnectionError)
+    └── SchemaVersionError
 
 Each error carries the facts as attributes and its message says what to do next. Driver errors are
 chained (``raise ... from exc``) and never escape on their own.
@@ -244,12 +245,17 @@ class MigrationExecutionError(BrainMigrateError):
         statement_index: int | None = None,
         statement: str | None = None,
         sqlstate: str | None = None,
+        detail: str | None = None,
+        hint: str | None = None,
     ) -> None:
         super().__init__(message)
         self.migration_id = migration_id
         self.statement_index = statement_index
         self.statement = statement
+        #: The PostgreSQL error's SQLSTATE, DETAIL and HINT, when PostgreSQL raised it.
         self.sqlstate = sqlstate
+        self.detail = detail
+        self.hint = hint
 
 
 class DatabaseUnavailableError(BrainMigrateError, ConnectionError):
@@ -272,3 +278,28 @@ class DatabaseUnavailableError(BrainMigrateError, ConnectionError):
             f"{origin}. Check that PostgreSQL is running and reachable from here, and that {remedy}; "
             "then run again"
         )
+
+
+class SchemaVersionError(BrainMigrateError):
+    """brainmigrate's own tables are not at the version this brainmigrate uses.
+
+    Newer (``found > supported``): a newer brainmigrate upgraded them; nothing is written. Older:
+    they were not upgraded yet, which the next write (``run_pending()``, say) does.
+    """
+
+    def __init__(self, schema: str, *, found: int, supported: int) -> None:
+        self.schema = schema
+        self.found = found
+        self.supported = supported
+        if found > self.supported:
+            message = (
+                f"brainmigrate's tables in schema {schema!r} are at version {found}, newer than this "
+                f"brainmigrate supports (version {self.supported}): a newer brainmigrate upgraded them; "
+                "upgrade brainmigrate"
+            )
+        else:
+            message = (
+                f"brainmigrate's tables in schema {schema!r} are at version {found}; this brainmigrate "
+                f"uses version {self.supported}: run_pending() (or any other write) upgrades them first"
+            )
+        super().__init__(message)

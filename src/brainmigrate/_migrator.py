@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from datetime import datetime
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import anyio
 import asyncpg
 import attrs
-from opentelemetry.trace import StatusCode
 
 from ._catalog.graph import MigrationGraph
-from ._catalog.loader import configured_source, load_migrations
-from ._engine.batches import Counts
-from ._engine.plan import ACTIVE, ProgressCallback, RunPlan
-from ._engine.runner import DataRunner, Outcome
+from ._catalog.loader import MigrationSource, configured_source, load_migrations
+from ._engine.runner import DataRunner
 from ._errors import (
-    BrainMigrateError,
     ChecksumMismatchError,
     ConfigError,
     DependencyError,
     DirtyMigrationError,
-    IrreversibleMigrationError,
     MigrationExecutionError,
     MigrationNotFoundError,
     MigrationStateError,
@@ -32,20 +25,29 @@ from ._errors import (
 from ._ledger import sql as _sql
 from ._ledger.connect import connection
 from ._ledger.history import Attempt, HistoryLedger, MigrationState
-from ._ledger.lock import lock_key
+from ._ledger.lock import key_parts, lock_key
 from ._ledger.session import RunnerSession, runner_session
 from ._model.config import MigrationConfig, check_schema_name
 from ._model.data import DataMigration
-from ._model.items import Progress
+from ._model.items import Progress, ProgressCallback
 from ._model.metadata import MigrationMetadata, MigrationStatus, MigrationType
-from ._model.migration import DatabaseSchemaMigration, Migration, check_definition
+from ._model.migration import Migration, MigrationKind, check_definition
 from ._model.results import HistoryRecord, ItemError, MigrationResult, ValidationReport
-from ._model.types import Connection
-from ._runners.schema import APPLY, ROLLBACK, MigrationExecutor, now, run_gate, statements_of
+from ._model.states import ACTIVE_RUN_STATUSES, AttemptStatus, MigrationOperation, RunStatus
+from ._runners.base import Deferred, Runners, not_run
+from ._runners.data import DataMigrationRunner
+from ._runners.dry_run import dry_run
+from ._runners.schema import SchemaRunner
 from ._runtime import telemetry as telemetry
-from ._runtime.retry import is_recoverable
+from ._runtime.steps import now
 
 logger = logging.getLogger("brainmigrate")
+
+#: Run statuses that decide a data migration's status while it is not applied.
+_STOPPABLE = (RunStatus.RUNNING, RunStatus.CANCELLING, RunStatus.CANCELLED, RunStatus.FAILED)
+
+APPLY = MigrationOperation.APPLY
+ROLLBACK = MigrationOperation.ROLLBACK
 
 
 @attrs.frozen
@@ -91,7 +93,7 @@ class Migrator:
     def __init__(
         self,
         pool: asyncpg.Pool[Any],
-        migrations: Any = None,
+        migrations: MigrationSource | None = None,
         *,
         config: MigrationConfig | None = None,
         schema: str = "brainmigrate",
@@ -112,8 +114,15 @@ class Migrator:
         self._source = migrations if migrations is not None else configured_source()
         self._ledger = HistoryLedger(schema)
         self._data = DataRunner(schema)
-        self._executor = MigrationExecutor(self._ledger, self._data)
-        self._on_progress = on_progress
+        schema_runner = SchemaRunner(self._ledger)
+        self._data_runner = DataMigrationRunner(pool, self._ledger, self._data, on_progress)
+        self._runners = Runners(
+            {
+                MigrationKind.PYTHON: schema_runner,
+                MigrationKind.SQL: schema_runner,
+                MigrationKind.DATA: self._data_runner,
+            }
+        )
         self._catalog: _Catalog | None = None
 
     # -- reading -------------------------------------------------------------------------------
@@ -147,7 +156,9 @@ class Migrator:
         async with connection(self.pool) as conn:
             return await self._data.errors(conn, migration_id)
 
-    async def retry_failed(self, migration_id: str, config: MigrationConfig | None = None) -> MigrationResult:
+    async def retry_failed(
+        self, migration_id: str, *, config: MigrationConfig | None = None
+    ) -> MigrationResult:
         """Run a data migration's transform again over the items in its error ledger, and only those.
 
         For a run that completed with failures (``continue_on_error``) once the cause is fixed. Items
@@ -161,19 +172,16 @@ class Migrator:
                 f"migration {migration_id!r} is not a data migration; only those keep failed items",
                 migration_id=migration_id,
             )
-        started = now()
-        async with runner_session(self.pool, self.schema, cfg) as session:
-            conn = await session.work_connection()
-            row = await self._data.run_row(conn, migration_id)
-            if row is None or row["status"] not in ("completed", "failed", "cancelled"):
-                raise MigrationStateError(
-                    f"data migration {migration_id!r} has no finished or stopped run whose failed items "
-                    "could be retried",
-                    migration_id=migration_id,
-                )
-            plan = await self._data.plan(conn, migration, catalog.checksums[migration_id])
-            counts = await self._data.retry_failed(conn, plan, cfg)
-        return _data_result(migration.metadata, APPLY, MigrationStatus.COMPLETED, started, counts)
+        return await self._data_runner.retry_failed(migration, catalog.checksums[migration_id], cfg)
+
+    async def running(self) -> list[Progress]:
+        """The data migrations' runs in flight, from any process, each with its progress.
+
+        A run is in flight while it is running or cancelling, or while workers still hold parts of
+        it; ordered by migration id. Reads only: it takes no lock and writes nothing.
+        """
+        async with connection(self.pool) as conn:
+            return await self._data.running(conn)
 
     async def cancel(self, migration_id: str) -> MigrationStatus:
         """Stop a running data migration at its next batch boundary, from any process.
@@ -186,7 +194,8 @@ class Migrator:
         async with connection(self.pool) as conn:
             if (
                 not isinstance(migration, DataMigration)
-                or await self._data.set_status(conn, migration_id, "cancelling", ACTIVE) is None
+                or await self._data.set_status(conn, migration_id, RunStatus.CANCELLING, ACTIVE_RUN_STATUSES)
+                is None
             ):
                 raise MigrationStateError(
                     f"migration {migration_id!r} is not a running data migration, so there is nothing "
@@ -194,7 +203,7 @@ class Migrator:
                     migration_id=migration_id,
                 )
             if not await self._data.live_workers(conn, migration_id):
-                await self._data.set_status(conn, migration_id, "cancelled", ("cancelling",))
+                await self._data.set_status(conn, migration_id, RunStatus.CANCELLED)
                 return MigrationStatus.CANCELLED
         logger.info("data migration %s: cancellation requested", migration_id)
         return MigrationStatus.CANCELLING
@@ -210,20 +219,14 @@ class Migrator:
             state = (await self._ledger.states(conn)).get(migration_id)
             if isinstance(migration, DataMigration) and not (state is not None and state.applied):
                 progress = await self._data.progress(conn, migration_id)
-                if progress is not None and progress.status in (
-                    "running",
-                    "cancelling",
-                    "cancelled",
-                    "failed",
-                ):
-                    if progress.status in ACTIVE and not progress.workers:
+                if progress is not None and progress.status in _STOPPABLE:
+                    if progress.status in ACTIVE_RUN_STATUSES and not progress.workers:
                         return MigrationStatus.FAILED
-                    return MigrationStatus(progress.status)
-            if state is not None and state.status == "running":
-                # A running mark with the runner lock free means its runner died: dirty.
-                key = lock_key(self.schema)
-                if await conn.fetchval(_sql.TRY_LOCK, key):
-                    await conn.execute(_sql.UNLOCK, key)
+                    return MigrationStatus(progress.status.value)
+            if state is not None and state.status == AttemptStatus.RUNNING:
+                # A running mark while no session holds the runner lock means its runner died: dirty.
+                # Read from pg_locks: asking takes no lock and waits for none.
+                if not await conn.fetchval(_sql.lock_held_by_anyone(), *key_parts(lock_key(self.schema))):
                     return MigrationStatus.DIRTY
                 return MigrationStatus.RUNNING
             if state is not None and state.dirty:
@@ -299,22 +302,23 @@ class Migrator:
                     if not settled:
                         span.set_attribute(telemetry.ATTR_PENDING_COUNT, len(plan))
                     if cfg.dry_run:
-                        return await self._executor.dry_run([(m, APPLY) for m in plan], cfg, session)
+                        return await dry_run(self._runners, [(m, APPLY) for m in plan], cfg, session)
                     if plan:
                         await self._prepare_writes(session, states)
                     claimed = await self._apply_plan(plan, states, catalog, cfg, session, results, settled)
                 if claimed is None:
                     return results
-                settled.add(claimed.migration_id)
+                migration, work = claimed
+                settled.add(migration.metadata.id)
                 try:
-                    results.append(await self._run_data(claimed, cfg))
+                    results.append(await work())
                 except (MigrationExecutionError, MigrationValidationError) as exc:
                     if not cfg.continue_on_error:
                         raise
-                    logger.warning("migration %s failed, continuing: %s", claimed.migration_id, exc)
-                    results.append(_not_run(claimed.migration.metadata, MigrationStatus.FAILED, str(exc)))
+                    logger.warning("migration %s failed, continuing: %s", migration.metadata.id, exc)
+                    results.append(not_run(migration.metadata, MigrationStatus.FAILED, str(exc)))
 
-    async def execute(self, migration_id: str, config: MigrationConfig | None = None) -> MigrationResult:
+    async def execute(self, migration_id: str, *, config: MigrationConfig | None = None) -> MigrationResult:
         """Apply one migration by id; its dependencies must already be applied."""
         cfg = self._config(config)
         catalog = await self._load()
@@ -334,26 +338,16 @@ class Migrator:
                     migration_id=migration_id,
                 )
             if cfg.dry_run:
-                return (await self._executor.dry_run([(migration, APPLY)], cfg, session))[0]
+                return (await dry_run(self._runners, [(migration, APPLY)], cfg, session))[0]
             await self._prepare_writes(session, states)
-            if not isinstance(migration, DataMigration):
-                return await self._executor.run(
-                    migration, catalog.checksums[migration_id], APPLY, cfg, session
-                )
-            claim = await self._data.claim(
-                await session.work_connection(),
-                migration,
-                catalog.checksums[migration_id],
-                cfg,
-                resume_paused=True,
-                before_start=self._preconditions(migration, cfg),
+            outcome = await self._runners.of(migration).apply(
+                migration, catalog.checksums[migration_id], cfg, session, resume=True
             )
-            if claim.kind != "work" or claim.plan is None:
-                return _not_run(migration.metadata, MigrationStatus.RUNNING, claim.note)
-        return await self._run_data(claim.plan, cfg)
+        # Work deferred by its runner (a data migration's batches) runs without the runner lock.
+        return outcome if isinstance(outcome, MigrationResult) else await outcome()
 
     async def rollback(
-        self, migration_id: str, config: MigrationConfig | None = None, cascade: bool = False
+        self, migration_id: str, *, cascade: bool = False, config: MigrationConfig | None = None
     ) -> list[MigrationResult]:
         """Reverse an applied migration; with ``cascade``, first the applied migrations that depend on it.
 
@@ -364,11 +358,11 @@ class Migrator:
         """
         cfg = self._config(config)
         catalog = await self._load()
-        catalog.get(migration_id)
+        target = catalog.get(migration_id)
         async with runner_session(self.pool, self.schema, cfg) as session:
             states = await self._checked_states(catalog, cfg, session)
-            if not _applied(states, migration_id) and not await self._stopped_data_run(
-                catalog, migration_id, session
+            if not _applied(states, migration_id) and not await self._runners.of(target).stopped_midway(
+                session.lock.conn, target
             ):
                 raise MigrationStateError(
                     f"migration {migration_id!r} is not applied, so there is nothing to roll back",
@@ -386,63 +380,13 @@ class Migrator:
                     migration_id=migration_id,
                 )
             targets = [catalog.migrations[mid] for mid in [*dependents, migration_id]]
-            data_plans: dict[str, RunPlan] = {}
-            for target in targets:
-                if not target.metadata.reversible:
-                    raise IrreversibleMigrationError(target.metadata.id)
-                if isinstance(target, DatabaseSchemaMigration) and not await statements_of(target, ROLLBACK):
-                    raise IrreversibleMigrationError(
-                        target.metadata.id,
-                        reason="it declares reversible=True but has no rollback statements",
-                    )
-                if isinstance(target, DataMigration):
-                    conn = await session.work_connection()
-                    plan = await self._data.plan(conn, target, catalog.checksums[target.metadata.id])
-                    await self._data.check_reversible(conn, plan)
-                    data_plans[target.metadata.id] = plan
+            reversals = [
+                await self._runners.of(t).check_reversible(t, catalog.checksums[t.metadata.id], session)
+                for t in targets
+            ]
             if cfg.dry_run:
-                return await self._executor.dry_run([(t, ROLLBACK) for t in targets], cfg, session)
-            results = []
-            for target in targets:
-                plan_of_data = data_plans.get(target.metadata.id)
-                if plan_of_data is None:
-                    results.append(
-                        await self._executor.run(
-                            target, catalog.checksums[target.metadata.id], ROLLBACK, cfg, session
-                        )
-                    )
-                else:
-                    results.append(await self._rollback_data(plan_of_data, cfg, session))
-            return results
-
-    async def _stopped_data_run(self, catalog: _Catalog, migration_id: str, session: RunnerSession) -> bool:
-        """Whether ``migration_id`` is a data migration whose run stopped midway (failed or cancelled)."""
-        if not isinstance(catalog.migrations[migration_id], DataMigration):
-            return False
-        progress = await self._data.progress(session.lock.conn, migration_id)
-        return progress is not None and (
-            progress.status in ("failed", "cancelled") or (progress.status in ACTIVE and not progress.workers)
-        )
-
-    async def _rollback_data(
-        self, plan: RunPlan, cfg: MigrationConfig, session: RunnerSession
-    ) -> MigrationResult:
-        """Restore what a data migration changed and record it, in one transaction."""
-        meta = plan.migration.metadata
-        started = now()
-        with telemetry.migration_span(telemetry.SPAN_ROLLBACK, meta.id, meta.migration_type, False):
-            conn = await session.work_connection()
-            async with conn.transaction():
-                restored = await self._data.reverse(conn, plan, cfg)
-                await self._data.discard(conn, plan, "rolled_back")
-                attempt = attrs.evolve(
-                    self._data_attempt(plan, "completed", False, None, started),
-                    operation=ROLLBACK,
-                    started_at=started,
-                )
-                await self._ledger.insert(conn, attempt, session.lock)
-        logger.info("rolled back data migration %s: %d rows restored", meta.id, restored)
-        return _data_result(meta, ROLLBACK, MigrationStatus.ROLLED_BACK, started, Counts(processed=restored))
+                return await dry_run(self._runners, [(t, ROLLBACK) for t in targets], cfg, session)
+            return [await reverse(cfg, session) for reverse in reversals]
 
     async def resolve(self, migration_id: str, *, applied: bool) -> HistoryRecord:
         """Clear a dirty mark after inspecting the database by hand.
@@ -473,8 +417,8 @@ class Migrator:
                         migration_type=meta.migration_type,
                         version=meta.version,
                         checksum=catalog.checksums[migration_id],
-                        operation="resolve",
-                        status="completed",
+                        operation=MigrationOperation.RESOLVE,
+                        status=AttemptStatus.COMPLETED,
                         applied_after=applied,
                         started_at=stamp,
                         finished_at=stamp,
@@ -508,13 +452,14 @@ class Migrator:
         return self._catalog
 
     async def _prepare_writes(self, session: RunnerSession, states: Mapping[str, MigrationState]) -> None:
-        """Before the first write: take the work connection, then create the history table if missing.
+        """Before the first write: take the work connection, then create brainmigrate's tables if missing.
 
         In this order, a pool with no free connection fails (PoolExhaustedError) before anything is written.
+        Existing tables of an older version were upgraded when the session took the lock.
         """
         await session.work_connection()
         if not states:
-            # Short statements on the lock's connection, which never keeps a transaction open.
+            # Short transactions on the lock's connection, which never keeps one open otherwise.
             await self._ledger.ensure(session.lock.conn)
 
     async def _checked_states(
@@ -540,7 +485,7 @@ class Migrator:
     async def _dirty_error(self, catalog: _Catalog, state: MigrationState) -> DirtyMigrationError:
         migration = catalog.migrations[state.migration_id]
         index = state.statement_index or 0
-        statements = await statements_of(migration, APPLY)
+        statements = await self._runners.of(migration).describe(migration, APPLY)
         return DirtyMigrationError(
             state.migration_id,
             statement_index=index,
@@ -557,10 +502,11 @@ class Migrator:
         session: RunnerSession,
         results: list[MigrationResult],
         settled: set[str],
-    ) -> RunPlan | None:
-        """Apply schema migrations in order until a data migration is claimed for work (returned).
+    ) -> tuple[Migration, Deferred] | None:
+        """Apply migrations in order until one's runner defers work to do without the lock (returned).
 
-        Data migrations running elsewhere, or paused, are reported and their dependents skipped.
+        Migrations left unapplied (data migrations running elsewhere, or paused) are reported and
+        their dependents skipped.
         """
         applied = {mid for mid, state in states.items() if state.applied}
         for migration in plan:
@@ -568,253 +514,27 @@ class Migrator:
             settled.add(meta.id)
             blocked = [dep for dep in meta.dependencies if dep not in applied]
             if blocked:
-                results.append(_not_run(meta, MigrationStatus.SKIPPED, f"waiting for {', '.join(blocked)}"))
+                results.append(not_run(meta, MigrationStatus.SKIPPED, f"waiting for {', '.join(blocked)}"))
                 continue
             try:
-                if isinstance(migration, DataMigration):
-                    claim = await self._data.claim(
-                        await session.work_connection(),
-                        migration,
-                        catalog.checksums[meta.id],
-                        cfg,
-                        resume_paused=False,
-                        before_start=self._preconditions(migration, cfg),
-                    )
-                    if claim.kind == "work" and claim.plan is not None:
-                        settled.discard(meta.id)
-                        return claim.plan
-                    status = MigrationStatus.CANCELLED if claim.kind == "paused" else MigrationStatus.RUNNING
-                    logger.info("data migration %s: %s", meta.id, claim.note)
-                    results.append(_not_run(meta, status, claim.note))
-                    continue
-                results.append(
-                    await self._executor.run(migration, catalog.checksums[meta.id], APPLY, cfg, session)
+                outcome = await self._runners.of(migration).apply(
+                    migration, catalog.checksums[meta.id], cfg, session, resume=False
                 )
             except (MigrationExecutionError, MigrationValidationError) as exc:
                 if not cfg.continue_on_error:
                     raise
                 logger.warning("migration %s failed, continuing: %s", meta.id, exc)
-                results.append(_not_run(meta, MigrationStatus.FAILED, str(exc)))
+                results.append(not_run(meta, MigrationStatus.FAILED, str(exc)))
                 continue
-            applied.add(meta.id)
+            if not isinstance(outcome, MigrationResult):
+                settled.discard(meta.id)
+                return migration, outcome
+            results.append(outcome)
+            if outcome.status is MigrationStatus.COMPLETED:
+                applied.add(meta.id)
         return None
-
-    # -- data migrations -------------------------------------------------------------------------
-
-    async def _run_data(self, plan: RunPlan, cfg: MigrationConfig) -> MigrationResult:
-        """Work on a claimed data migration without the runner lock, then settle it under the lock."""
-        meta = plan.migration.metadata
-        started = now()
-        with telemetry.migration_span(telemetry.SPAN_MIGRATION, meta.id, meta.migration_type, False) as span:
-            try:
-                outcome = await self._data.work(self.pool, plan, cfg, self._on_progress)
-            except BaseException as exc:
-                error = _data_error(exc, meta.id)
-                if error is None:
-                    raise
-                with anyio.CancelScope(shield=True):
-                    # After transient failures outlast the retries (the database is unreachable),
-                    # reversing would fail or throw away hours of work: the run stays resumable.
-                    error = await self._fail_data(plan, cfg, error, started, reverse=not is_recoverable(exc))
-                span.set_attribute(telemetry.ATTR_STATUS, MigrationStatus.FAILED.value)
-                span.record_exception(error)
-                span.set_status(StatusCode.ERROR, str(error))
-                if error is exc:
-                    raise
-                raise error from exc
-            async with runner_session(self.pool, self.schema, cfg) as session:
-                result = await self._settle_data(session, plan, outcome, started, cfg)
-            if isinstance(result, BrainMigrateError):  # the postconditions refused the finished run
-                with anyio.CancelScope(shield=True):
-                    refusal = await self._fail_data(plan, cfg, result, started)
-                span.set_attribute(telemetry.ATTR_STATUS, MigrationStatus.FAILED.value)
-                span.set_status(StatusCode.ERROR, str(refusal))
-                raise refusal
-            span.set_attribute(telemetry.ATTR_STATUS, result.status.value)
-            return result
-
-    def _preconditions(
-        self, migration: Migration, cfg: MigrationConfig
-    ) -> Callable[[Connection], Awaitable[None]] | None:
-        """The precondition gate, run before a data migration's first batch (with validate_before)."""
-        if not cfg.validate_before:
-            return None
-
-        async def gate(conn: Connection) -> None:
-            await run_gate(migration.validate_preconditions, conn, "preconditions", migration.metadata.id)
-
-        return gate
-
-    async def _settle_data(
-        self, session: RunnerSession, plan: RunPlan, outcome: Outcome, started: datetime, cfg: MigrationConfig
-    ) -> MigrationResult | BrainMigrateError:
-        """Under the lock: record a finished run as applied, or report where it stands.
-
-        A finished run must pass the postcondition gate (with validate_after); when it does not,
-        the refusal is returned, to be handled once the lock is released.
-        """
-        meta = plan.migration.metadata
-        conn = await session.work_connection()
-        progress = await self._data.progress(conn, meta.id)
-        assert progress is not None
-        counts = outcome.counts
-        status = MigrationStatus.RUNNING
-        note: str | None = None
-        if progress.status in ("cancelling", "cancelled"):
-            if progress.workers == 0:
-                await self._data.set_status(conn, meta.id, "cancelled", ("cancelling",))
-            status, note = MigrationStatus.CANCELLED, "cancelled at a batch boundary; execute(id) resumes it"
-        elif progress.status == "failed":
-            status, note = MigrationStatus.FAILED, progress.error or "failed in another worker"
-        elif progress.status == "completed":
-            status = MigrationStatus.COMPLETED
-        elif await self._data.chunks_left(conn, meta.id):
-            note = f"still running in {progress.workers} other worker(s)"
-        else:
-            async with conn.transaction():
-                if cfg.validate_after:
-                    try:
-                        await run_gate(
-                            plan.migration.validate_postconditions, conn, "postconditions", meta.id
-                        )
-                    except MigrationValidationError as refused:
-                        return refused
-                await session.act_as_runner(conn)  # not as a role the postconditions switched to
-                await self._ledger.insert(
-                    conn,
-                    self._data_attempt(plan, "completed", True, progress, started),
-                    session.lock,
-                )
-                await self._data.set_status(conn, meta.id, "completed", ("running",))
-            status = MigrationStatus.COMPLETED
-            logger.info(
-                "applied data migration %s: %d written, %d skipped, %d failed",
-                meta.id,
-                progress.processed,
-                progress.skipped,
-                progress.failed,
-            )
-        return _data_result(meta, APPLY, status, started, counts, note)
-
-    def _data_attempt(
-        self, plan: RunPlan, status: str, applied: bool | None, progress: Progress | None, started: datetime
-    ) -> Attempt:
-        meta = plan.migration.metadata
-        error = None
-        if progress is not None and progress.failed:
-            error = f"{progress.failed} items failed; see Migrator.failed_items({meta.id!r})"
-        return Attempt(
-            migration_id=meta.id,
-            name=meta.name,
-            migration_type=meta.migration_type,
-            version=meta.version,
-            checksum=plan.checksum,
-            operation=APPLY,
-            status=status,
-            applied_after=applied,
-            started_at=progress.started_at if progress is not None else started,
-            finished_at=now(),
-            error=error,
-        )
-
-    async def _fail_data(
-        self,
-        plan: RunPlan,
-        cfg: MigrationConfig,
-        error: BrainMigrateError,
-        started: datetime,
-        *,
-        reverse: bool = True,
-    ) -> BrainMigrateError:
-        """After a failed run: reverse it (with ``enable_rollback``) or leave it resumable; record it."""
-        meta = plan.migration.metadata
-        message = str(error)
-        async with runner_session(self.pool, self.schema, cfg) as session:
-            conn = await session.work_connection()
-            await self._data.set_status(conn, meta.id, "failed", ACTIVE, message)
-            if reverse and cfg.enable_rollback and plan.reverse is not None:
-                if await self._data.live_workers(conn, meta.id):
-                    message += "; not reversed, because other workers are still running it"
-                else:
-                    try:
-                        await self._data.check_reversible(conn, plan)
-                        async with conn.transaction():
-                            restored = await self._data.reverse(conn, plan, cfg)
-                            await self._data.discard(conn, plan, "rolled_back", message)
-                        message += f"; its writes were reversed ({restored} rows restored)"
-                    except Exception as undo:
-                        logger.exception("reversing data migration %s failed", meta.id)
-                        message += f"; reversing it failed too ({type(undo).__name__}: {undo})"
-            else:
-                message += "; it can be resumed from its last checkpoint: run it again"
-            progress = await self._data.progress(conn, meta.id)
-            failed = attrs.evolve(self._data_attempt(plan, "failed", None, progress, started), error=message)
-            await self._ledger.insert(conn, failed)
-        if isinstance(error, MigrationExecutionError):
-            return MigrationExecutionError(
-                message,
-                migration_id=meta.id,
-                statement_index=error.statement_index,
-                statement=error.statement,
-                sqlstate=error.sqlstate,
-            )
-        if isinstance(error, MigrationValidationError):
-            return MigrationValidationError(message, migration_id=meta.id)
-        return error
-
-
-def _data_error(exc: BaseException, migration_id: str) -> BrainMigrateError | None:
-    """The public error for a failed data run, or None for what must propagate (cancellation)."""
-    if isinstance(exc, BrainMigrateError):
-        return exc
-    if not isinstance(exc, Exception):
-        return None
-    reason = f"{type(exc).__name__}: {exc}"
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(exc, asyncpg.PostgresError):
-        reason = f"[{sqlstate}] {exc}"
-    return MigrationExecutionError(
-        f"data migration {migration_id!r} failed: {reason}", migration_id=migration_id, sqlstate=sqlstate
-    )
 
 
 def _applied(states: Mapping[str, MigrationState], migration_id: str) -> bool:
     state = states.get(migration_id)
     return state is not None and state.applied
-
-
-def _data_result(
-    meta: MigrationMetadata,
-    operation: str,
-    status: MigrationStatus,
-    started: datetime,
-    counts: Counts,
-    error: str | None = None,
-) -> MigrationResult:
-    """How a data migration's run (or rollback, or retry of failed items) ended, with its counts."""
-    finished = now()
-    return MigrationResult(
-        migration_id=meta.id,
-        name=meta.name,
-        migration_type=meta.migration_type,
-        operation=operation,
-        status=status,
-        started_at=started,
-        finished_at=finished,
-        duration_seconds=(finished - started).total_seconds(),
-        error=error,
-        items_processed=counts.processed,
-        items_skipped=counts.skipped,
-        items_failed=counts.failed,
-    )
-
-
-def _not_run(meta: MigrationMetadata, status: MigrationStatus, error: str) -> MigrationResult:
-    return MigrationResult(
-        migration_id=meta.id,
-        name=meta.name,
-        migration_type=meta.migration_type,
-        operation=APPLY,
-        status=status,
-        error=error,
-    )

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from .items import BulkMemoryItem, DataSource
-from .migration import Migration
+from .metadata import MigrationType
+from .migration import Migration, MigrationKind
 
 
 class DataMigration(Migration):
@@ -16,6 +17,11 @@ class DataMigration(Migration):
     A data migration pages through :attr:`source` by key, transforms each batch of items, and
     writes the changes back set-based, checkpointing as it goes (see the guide).
     """
+
+    kind: ClassVar[MigrationKind] = MigrationKind.DATA
+    migration_types: ClassVar[frozenset[MigrationType]] = frozenset(
+        {MigrationType.DATABASE_DATA, MigrationType.MEMORY_DATA}
+    )
 
     #: The rows to page through. Required unless the migration overrides a query method.
     source: ClassVar[DataSource | None] = None
@@ -62,6 +68,7 @@ class DatabaseDataMigration(DataMigration):
     them exactly; or override :meth:`reverse_row` (or :meth:`get_rollback_batch_statement`).
     """
 
+    migration_types: ClassVar[frozenset[MigrationType]] = frozenset({MigrationType.DATABASE_DATA})
     #: Columns a server-side batch statement changes; their before-images make it reversible.
     writes: ClassVar[tuple[str, ...]] = ()
 
@@ -106,6 +113,7 @@ class MemoryDataMigration(DataMigration):
     """
 
     source: ClassVar[DataSource | None] = MEMORIES
+    migration_types: ClassVar[frozenset[MigrationType]] = frozenset({MigrationType.MEMORY_DATA})
 
     async def get_memories_to_migrate(self) -> list[dict[str, Any]]:
         """Memories still to migrate (the next slice); called until it returns none.

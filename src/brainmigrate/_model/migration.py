@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import enum
 import hashlib
 import inspect
 import json
@@ -10,9 +11,20 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from .._errors import MigrationValidationError
-from .metadata import MigrationMetadata
+from .metadata import MigrationMetadata, MigrationType
 from .sqltext import shorten, split_statements, transaction_control
 from .types import Connection, Pool
+
+
+class MigrationKind(enum.StrEnum):
+    """How a migration runs, which decides the runner that runs it; declared once per base class."""
+
+    #: Python ``up()``/``down()``, once, in one transaction (:class:`Migration`).
+    PYTHON = "python"
+    #: SQL statements, in order, in one transaction or one by one (:class:`DatabaseSchemaMigration`).
+    SQL = "sql"
+    #: Batches over the rows of a table, checkpointed and resumable (the data migrations).
+    DATA = "data"
 
 
 class Migration(abc.ABC):
@@ -26,6 +38,10 @@ class Migration(abc.ABC):
     #: Whether the migration runs inside one transaction. Set to False for statements PostgreSQL
     #: refuses inside a transaction, such as ``CREATE INDEX CONCURRENTLY``.
     transactional: ClassVar[bool] = True
+    #: How the migration runs (set by brainmigrate's base classes, not by migrations).
+    kind: ClassVar[MigrationKind] = MigrationKind.PYTHON
+    #: The ``migration_type`` values this kind of migration may declare (checked when loaded).
+    migration_types: ClassVar[frozenset[MigrationType]] = frozenset(MigrationType)
 
     def __init__(self, pool: Pool | None = None) -> None:
         self.pool = pool
@@ -98,6 +114,12 @@ def _normalise(statement: str) -> str:
 
 class DatabaseSchemaMigration(Migration):
     """A migration made of SQL statements (DDL), run in order in its own transaction."""
+
+    kind: ClassVar[MigrationKind] = MigrationKind.SQL
+    #: All but MEMORY_DATA, which is the kind of :class:`MemoryDataMigration`'s batched transforms.
+    migration_types: ClassVar[frozenset[MigrationType]] = frozenset(MigrationType) - {
+        MigrationType.MEMORY_DATA
+    }
 
     @abc.abstractmethod
     async def get_forward_statements(self) -> list[str]:
@@ -203,6 +225,7 @@ async def check_definition(migration: Migration) -> None:
             f"{_where(migration)}: transactional must be True or False, got {transactional!r}",
             migration_id=migration.metadata.id,
         )
+    _check_kind(migration)
     for name in _async_hooks(type(migration)):
         if not _is_async(getattr(migration, name)):
             raise _not_async(migration, name)
@@ -216,11 +239,51 @@ async def check_definition(migration: Migration) -> None:
             raise refusal
 
 
+def _base_class(migration: Migration) -> type:
+    """The brainmigrate base class ``migration`` subclasses most directly."""
+    return next(base for base in type(migration).__mro__ if base.__module__.startswith("brainmigrate."))
+
+
+#: For a declared type that a kind refuses, the base class to subclass instead.
+_BASE_FOR_TYPE = {
+    MigrationType.MEMORY_DATA: "MemoryDataMigration (transform_memory())",
+    MigrationType.DATABASE_DATA: "DatabaseDataMigration (transform_row() or get_batch_statement())",
+}
+
+
+def _check_kind(migration: Migration) -> None:
+    """The declared ``migration_type`` must be one the migration's kind runs."""
+    cls = type(migration)
+    kind = getattr(cls, "kind", None)
+    if not isinstance(kind, MigrationKind):
+        raise MigrationValidationError(
+            f"{_where(migration)}: kind must be one of brainmigrate's MigrationKind values, got {kind!r}; "
+            "do not set it, subclass the base class for the kind of migration instead",
+            migration_id=migration.metadata.id,
+        )
+    declared = migration.metadata.migration_type
+    accepted = cls.migration_types
+    if declared in accepted:
+        return
+    base = _base_class(migration).__name__
+    instead = _BASE_FOR_TYPE.get(
+        declared, "DatabaseSchemaMigration (SQL statements) or Migration (up()/down())"
+    )
+    allowed = ", ".join(t.name for t in MigrationType if t in accepted)
+    raise MigrationValidationError(
+        f"{_where(migration)} is a {base} (kind {kind.value!r}) but declares "
+        f"migration_type=MigrationType.{declared.name}, which a {base} does not run: "
+        f"run_pending(migration_type=...) selects migrations by that type. Declare one of {allowed}, "
+        f"or subclass {instead} for a {declared.name} migration",
+        migration_id=migration.metadata.id,
+    )
+
+
 def transaction_control_refusal(
     migration: Migration, statements: Sequence[str], *, rollback: bool = False
 ) -> MigrationValidationError | None:
     """The refusal of a transactional schema migration's SQL that would end or replace its
-    transaction (see :mod:`._txcontrol`), or None; checked at load and before anything runs."""
+    transaction (see :mod:`.sqltext`), or None; checked at load and before anything runs."""
     if not migration.transactional or not isinstance(migration, DatabaseSchemaMigration):
         return None
     kind = "rollback" if rollback else "forward"

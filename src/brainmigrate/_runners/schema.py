@@ -1,65 +1,47 @@
-"""Runs one migration through the five stages: validate, prepare, execute, verify, commit."""
+"""The runner of SQL and Python migrations: each runs through the five stages (validate, prepare,
+execute, verify, commit), in one transaction or statement by statement, recording each attempt.
+
+It knows nothing of the data engine; dry runs are orchestrated above it (:mod:`.dry_run`).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime
-from typing import Any
 
 import anyio
-import asyncpg
 import attrs
 from opentelemetry.trace import StatusCode
 
-from .._engine.runner import DataRunner
 from .._errors import (
     BrainMigrateError,
+    IrreversibleMigrationError,
     MigrationExecutionError,
-    MigrationValidationError,
 )
 from .._ledger import sql as _sql
 from .._ledger.history import Attempt, HistoryLedger
 from .._ledger.session import RunnerSession
 from .._model.config import MigrationConfig
-from .._model.data import DataMigration
 from .._model.metadata import MigrationStatus
 from .._model.migration import DatabaseSchemaMigration, Migration, transaction_control_refusal
-from .._model.results import ItemChange, MigrationResult
-from .._model.types import Connection, is_usable
+from .._model.results import MigrationResult
+from .._model.states import AttemptStatus, MigrationOperation
+from .._model.types import Connection
 from .._runtime import telemetry as telemetry
 from .._runtime.retry import retrying
+from .._runtime.steps import GateRefused, now, run_gate
+from .._runtime.translate import execution_error, is_own_failure, reason, translate
+from .base import Reversal, Sample
+from .transactions import left_transaction, roll_back
 
 logger = logging.getLogger("brainmigrate")
 
-APPLY = "apply"
-ROLLBACK = "rollback"
+APPLY = MigrationOperation.APPLY
+ROLLBACK = MigrationOperation.ROLLBACK
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _first_line(statement: str) -> str:
-    text = statement.strip()
-    return text.splitlines()[0] if text else ""
-
-
-def _reason(exc: BaseException) -> str:
-    """What went wrong, for messages: ``[sqlstate] message (detail: ..., hint: ...)`` for PostgreSQL."""
-    if not isinstance(exc, asyncpg.PostgresError):
-        return f"{type(exc).__name__}: {exc}"
-    # str() of an asyncpg error already appends DETAIL and HINT lines: take the message alone.
-    reason = f"[{getattr(exc, 'sqlstate', None)}] {getattr(exc, 'message', None) or exc}"
-    for extra in ("detail", "hint"):
-        value = getattr(exc, extra, None)
-        if value:
-            reason += f" ({extra}: {value})"
-    return reason
-
-
-async def statements_of(migration: Migration, operation: str) -> tuple[str, ...]:
+async def statements_of(migration: Migration, operation: MigrationOperation) -> tuple[str, ...]:
     """The SQL a schema migration runs for ``operation``; empty for Python migrations."""
     if not isinstance(migration, DatabaseSchemaMigration):
         return ()
@@ -90,15 +72,11 @@ class _Progress:
         self.history_write = None
 
 
-class _GateRefused(MigrationValidationError):
-    """A validation hook returned False."""
-
-
 class _TransactionEscaped(MigrationExecutionError):
     """A migration ended (or replaced) the transaction brainmigrate ran it in."""
 
 
-def _escaped(migration_id: str, operation: str, then: str | None) -> _TransactionEscaped:
+def _escaped(migration_id: str, operation: MigrationOperation, then: str | None) -> _TransactionEscaped:
     done = "applied" if operation == APPLY else "rolled back"
     failed = f" It then failed: {then}." if then else ""
     return _TransactionEscaped(
@@ -113,60 +91,13 @@ def _escaped(migration_id: str, operation: str, then: str | None) -> _Transactio
     )
 
 
-def _dry_run_escaped(migration_id: str) -> MigrationExecutionError:
-    return MigrationExecutionError(
-        f"dry run of migration {migration_id!r} ended the dry-run transaction (with COMMIT, ROLLBACK, "
-        "RELEASE SAVEPOINT or the like, such as conn.execute('COMMIT') in up()), so what it and the "
-        "migrations before it in this dry run did may have been committed, although a dry run must "
-        "change nothing. Inspect the database and undo such changes by hand; leave transaction control "
-        "to brainmigrate (conn.transaction() gives a savepoint)",
-        migration_id=migration_id,
-    )
-
-
-async def _left_transaction(conn: Connection, xact: int, *, after_failure: bool = False) -> bool:
-    """Whether the transaction brainmigrate opened (id ``xact``) is no longer the one in progress.
-
-    After a failure the answer is best effort: an aborted transaction answers no query, and is
-    taken to be brainmigrate's.
-    """
-    if not is_usable(conn):
-        return False
-    if not conn.is_in_transaction():
-        return True
-    if not after_failure:
-        return bool(await conn.fetchval(_sql.CURRENT_XACT) != xact)
-    try:
-        return bool(await conn.fetchval(_sql.CURRENT_XACT) != xact)
-    except Exception:
-        return False
-
-
-async def _roll_back(conn: Connection, transaction: Any, *, committing: bool = False) -> None:
-    """End brainmigrate's transaction after a failure, never letting any of it commit.
-
-    After a failed COMMIT the server has ended it already (and asyncpg refuses rollback()); when
-    rolling back fails, closing the connection makes the server roll back.
-    """
-    if not is_usable(conn):
-        return
-    try:
-        if not committing:
-            await transaction.rollback()
-        elif conn.is_in_transaction():
-            await conn.execute("ROLLBACK")
-    except Exception as exc:
-        logger.warning("could not roll back a migration's transaction, closing its connection: %s", exc)
-        conn.terminate()
-
-
 async def _check_still_ours(
-    conn: Connection, xact: int, migration_id: str, operation: str, progress: _Progress
+    conn: Connection, xact: int, migration_id: str, operation: MigrationOperation, progress: _Progress
 ) -> None:
     """Before recording and committing: the authoritative check that the transaction brainmigrate
     opened is still in progress. COMMIT, ROLLBACK or PREPARE TRANSACTION leave none; COMMIT AND
     CHAIN, or BEGIN after them, another one."""
-    if await _left_transaction(conn, xact):
+    if await left_transaction(conn, xact):
         progress.escaped = True
         raise _escaped(migration_id, operation, None)
 
@@ -184,24 +115,70 @@ async def _as_runner(session: RunnerSession, conn: Connection) -> AsyncIterator[
 
 
 @attrs.frozen
-class MigrationExecutor:
-    """Applies or reverses one migration on a runner session's connection, recording each attempt.
-
-    Data migrations are run by the :class:`DataRunner`; the executor only dry-runs them.
-    """
+class SchemaRunner:
+    """Applies or reverses one SQL or Python migration on a runner session's connection, recording
+    each attempt (the :class:`~.base.Runner` of the ``sql`` and ``python`` kinds)."""
 
     ledger: HistoryLedger
-    data: DataRunner
+
+    async def describe(self, migration: Migration, operation: MigrationOperation) -> tuple[str, ...]:
+        return await statements_of(migration, operation)
+
+    async def apply(
+        self,
+        migration: Migration,
+        checksum: str,
+        config: MigrationConfig,
+        session: RunnerSession,
+        *,
+        resume: bool,
+    ) -> MigrationResult:
+        return await self.run(migration, checksum, APPLY, config, session)
+
+    async def check_reversible(self, migration: Migration, checksum: str, session: RunnerSession) -> Reversal:
+        meta = migration.metadata
+        if not meta.reversible:
+            raise IrreversibleMigrationError(meta.id)
+        if isinstance(migration, DatabaseSchemaMigration) and not await statements_of(migration, ROLLBACK):
+            raise IrreversibleMigrationError(
+                meta.id, reason="it declares reversible=True but has no rollback statements"
+            )
+
+        async def reverse(config: MigrationConfig, session: RunnerSession) -> MigrationResult:
+            return await self.run(migration, checksum, ROLLBACK, config, session)
+
+        return reverse
+
+    async def dry_run(
+        self,
+        conn: Connection,
+        migration: Migration,
+        operation: MigrationOperation,
+        config: MigrationConfig,
+        statements: tuple[str, ...],
+    ) -> Sample:
+        progress = _Progress()
+        try:
+            await _execute(migration, statements, operation, conn, progress)
+        except Exception as exc:
+            error = self._translate(exc, migration, statements, operation, progress, config)
+            if error is None or error is exc:
+                raise
+            raise error from exc
+        return Sample()
+
+    async def stopped_midway(self, conn: Connection, migration: Migration) -> bool:
+        return False  # a dirty attempt is resolved by hand, never rolled back
 
     async def run(
         self,
         migration: Migration,
         checksum: str,
-        operation: str,
+        operation: MigrationOperation,
         config: MigrationConfig,
         session: RunnerSession,
     ) -> MigrationResult:
-        """Apply (``operation="apply"``) or reverse (``"rollback"``) ``migration``, or raise.
+        """Apply (``MigrationOperation.APPLY``) or reverse (``ROLLBACK``) ``migration``, or raise.
 
         The runner lock is checked in the statement that writes the history row, before anything is
         committed, so a runner that lost its lock stops. A transactional migration's SQL that would
@@ -223,7 +200,7 @@ class MigrationExecutor:
                 version=meta.version,
                 checksum=checksum,
                 operation=operation,
-                status="running",
+                status=AttemptStatus.RUNNING,
                 applied_after=None,
                 started_at=started,
                 statement_count=len(statements),
@@ -293,7 +270,7 @@ class MigrationExecutor:
         self,
         migration: Migration,
         statements: Sequence[str],
-        operation: str,
+        operation: MigrationOperation,
         config: MigrationConfig,
         attempt: Attempt,
         progress: _Progress,
@@ -314,7 +291,10 @@ class MigrationExecutor:
             with telemetry.stage_span(telemetry.STAGE_COMMIT, meta.id):
                 await _check_still_ours(conn, xact, meta.id, operation, progress)
                 completed = attrs.evolve(
-                    attempt, status="completed", applied_after=operation == APPLY, finished_at=now()
+                    attempt,
+                    status=AttemptStatus.COMPLETED,
+                    applied_after=operation == APPLY,
+                    finished_at=now(),
                 )
                 with progress.writing("its completed row"):
                     await session.act_as_runner(conn)  # not as a role the migration switched to
@@ -324,17 +304,17 @@ class MigrationExecutor:
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 if xact is not None and not progress.committing and not progress.escaped:
-                    progress.escaped = await _left_transaction(conn, xact, after_failure=True)
-                await _roll_back(conn, transaction, committing=progress.committing)
+                    progress.escaped = await left_transaction(conn, xact, after_failure=True)
+                await roll_back(conn, transaction, committing=progress.committing)
             if progress.escaped and isinstance(exc, Exception) and not isinstance(exc, _TransactionEscaped):
-                raise _escaped(meta.id, operation, _reason(exc)) from exc  # never retried
+                raise _escaped(meta.id, operation, reason(exc)) from exc  # never retried
             raise
 
     async def _run_statement_by_statement(
         self,
         migration: Migration,
         statements: Sequence[str],
-        operation: str,
+        operation: MigrationOperation,
         config: MigrationConfig,
         attempt: Attempt,
         progress: _Progress,
@@ -367,7 +347,7 @@ class MigrationExecutor:
             with telemetry.stage_span(telemetry.STAGE_COMMIT, meta.id):
                 completed = attrs.evolve(
                     attempt,
-                    status="completed",
+                    status=AttemptStatus.COMPLETED,
                     applied_after=operation == APPLY,
                     finished_at=now(),
                     statement_index=progress.statement_index,
@@ -398,7 +378,7 @@ class MigrationExecutor:
         """After a non-transactional failure: compensate if possible, else leave the attempt dirty."""
         meta = migration.metadata
         conn = await session.work_connection()
-        status = "failed"
+        status = AttemptStatus.FAILED
         note = f"{type(exc).__name__}: {exc}"
         started_any = progress.statement_index is not None
         if started_any and attempt.operation == APPLY:
@@ -412,12 +392,12 @@ class MigrationExecutor:
                         else "; its work was reversed with down()"
                     )
                 except Exception as undo_exc:  # the database is in an unknown state now
-                    status = "dirty"
+                    status = AttemptStatus.DIRTY
                     note += f"; reversing failed too: {type(undo_exc).__name__}: {undo_exc}"
             else:  # the failed statement itself may have left work behind (an INVALID index)
-                status = "dirty"
+                status = AttemptStatus.DIRTY
         elif attempt.operation == ROLLBACK and started_any:
-            status = "dirty"
+            status = AttemptStatus.DIRTY
         await self._finish_failed(
             await session.work_connection(), attempt_id, attempt, status, note, exc, progress
         )
@@ -427,7 +407,7 @@ class MigrationExecutor:
         conn: Connection,
         attempt_id: int,
         attempt: Attempt,
-        status: str,
+        status: AttemptStatus,
         note: str,
         exc: BaseException,
         progress: _Progress,
@@ -458,7 +438,7 @@ class MigrationExecutor:
         with anyio.CancelScope(shield=True):
             failed = attrs.evolve(
                 attempt,
-                status="dirty" if progress.escaped else "failed",
+                status=AttemptStatus.DIRTY if progress.escaped else AttemptStatus.FAILED,
                 finished_at=now(),
                 statement_index=progress.statement_index,
                 error=str(error),
@@ -478,7 +458,7 @@ class MigrationExecutor:
         """
         table = f"{self.ledger.schema}.{_sql.HISTORY_TABLE}"
         note = (
-            f"this failure could not be recorded in the history table {table}: {_reason(recording)}. "
+            f"this failure could not be recorded in the history table {table}: {reason(recording)}. "
             "Check that table (was it altered by hand?) and that the database user can insert into "
             "and update it"
         )
@@ -495,36 +475,19 @@ class MigrationExecutor:
         exc: BaseException,
         migration: Migration,
         statements: Sequence[str],
-        operation: str,
+        operation: MigrationOperation,
         progress: _Progress,
         config: MigrationConfig,
     ) -> BrainMigrateError | None:
         """The public error for a failure, or None for what must propagate as it is (cancellation)."""
         meta = migration.metadata
-        verb = "apply" if operation == APPLY else "roll back"
         undone = (
             "the database is as it was before it"
             if migration.transactional
             else "see its history row for what was done and undone"
         )
-        if isinstance(exc, BrainMigrateError):
-            return exc
-        # The server's statement_timeout is set to timeout_seconds too; whichever fires first.
-        server_timeout = isinstance(exc, asyncpg.QueryCanceledError) and "statement timeout" in str(exc)
-        if isinstance(exc, TimeoutError) or server_timeout:
-            server = f" (the server: {_reason(exc)})" if server_timeout else ""
-            return MigrationExecutionError(
-                f"could not {verb} migration {meta.id!r} within timeout_seconds={config.timeout_seconds:g}"
-                f"{server}; {undone}. Raise MigrationConfig(timeout_seconds=...) or make it faster",
-                migration_id=meta.id,
-                statement_index=progress.statement_index,
-                sqlstate=getattr(exc, "sqlstate", None),
-            )
-        if not isinstance(exc, Exception):
-            return None
-        sqlstate = getattr(exc, "sqlstate", None)
-        reason = _reason(exc)
-        if progress.history_write is not None:  # brainmigrate's own write failed
+        if progress.history_write is not None and is_own_failure(exc):  # brainmigrate's own write failed
+            verb = "apply" if operation == APPLY else "roll back"
             table = f"{self.ledger.schema}.{_sql.HISTORY_TABLE}"
             if migration.transactional:
                 consequence = "the migration was rolled back, so the database is as it was before it"
@@ -532,180 +495,32 @@ class MigrationExecutor:
                 consequence = "nothing of it ran"
             else:
                 consequence = undone
-            return MigrationExecutionError(
+            return execution_error(
                 f"could not {verb} migration {meta.id!r}: writing {progress.history_write} to the history "
-                f"table {table} failed: {reason}; {consequence}. Check that table (was it altered by "
+                f"table {table} failed: {reason(exc)}; {consequence}. Check that table (was it altered by "
                 "hand?) and that the database user can insert into and update it, then run again",
+                exc,
                 migration_id=meta.id,
                 statement_index=None if migration.transactional else progress.statement_index,
-                sqlstate=sqlstate,
             )
-        where = ""
-        statement = None
-        statement_index = progress.statement_index
-        if progress.committing:
-            where, statement_index = " when committing it", None
-        elif statement_index is not None and statement_index < len(statements):
-            statement = statements[statement_index]
-            where = f" at statement {statement_index + 1} of {len(statements)} ({_first_line(statement)!r})"
-        return MigrationExecutionError(
-            f"could not {verb} migration {meta.id!r}{where}: {reason}; {undone}. "
-            "Fix the migration and run it again",
+        return translate(
+            exc,
             migration_id=meta.id,
-            statement_index=statement_index,
-            statement=statement,
-            sqlstate=sqlstate,
+            operation=operation,
+            undone=undone,
+            timeout_seconds=config.timeout_seconds,
+            statements=statements,
+            statement_index=progress.statement_index,
+            committing=progress.committing,
         )
-
-    async def dry_run(
-        self, plan: Sequence[tuple[Migration, str]], config: MigrationConfig, session: RunnerSession
-    ) -> list[MigrationResult]:
-        """Run ``(migration, operation)`` pairs in one transaction that is rolled back.
-
-        Each migration runs in a savepoint; the run stops at the first failure, which is reported in
-        its result rather than raised. Non-transactional migrations cannot run inside a transaction:
-        they are reported with their statements and marked skipped. Each migration starts from the
-        pool's session, and one that ended the dry-run transaction (Python code running COMMIT)
-        raises a MigrationExecutionError saying so.
-        """
-        results: list[MigrationResult] = []
-        conn = await session.work_connection()
-        transaction = conn.transaction()
-        await transaction.start()
-        try:
-            xact = int(await conn.fetchval(_sql.CURRENT_XACT))
-            for index, (migration, operation) in enumerate(plan):
-                if index:
-                    await self._reset_for_dry_run(session, conn, migration)
-                result = await self._dry_run_one(conn, migration, operation, config, xact)
-                results.append(result)
-                if result.status is MigrationStatus.FAILED:
-                    break
-        finally:
-            with anyio.CancelScope(shield=True):
-                await _roll_back(conn, transaction)
-        return results
-
-    async def _reset_for_dry_run(
-        self, session: RunnerSession, conn: Connection, migration: Migration
-    ) -> None:
-        """Inside the dry-run transaction (so rolled back with it): the pool's session again."""
-        try:
-            await session.reset(conn)
-        except Exception as exc:
-            raise MigrationExecutionError(
-                f"could not reset the session before the dry run of migration {migration.metadata.id!r}: "
-                f"{_reason(exc)}; nothing of the dry run is kept. Run it again",
-                migration_id=migration.metadata.id,
-                sqlstate=getattr(exc, "sqlstate", None),
-            ) from exc
-
-    async def _dry_run_one(
-        self, conn: Connection, migration: Migration, operation: str, config: MigrationConfig, xact: int
-    ) -> MigrationResult:
-        meta = migration.metadata
-        span_name = telemetry.SPAN_MIGRATION if operation == APPLY else telemetry.SPAN_ROLLBACK
-        with telemetry.migration_span(span_name, meta.id, meta.migration_type, True) as span:
-            statements = await statements_of(migration, operation)
-            started = now()
-            progress = _Progress()
-            status = MigrationStatus.COMPLETED if operation == APPLY else MigrationStatus.ROLLED_BACK
-            error: str | None = None
-            data_counts = (0, 0, 0)
-            changes: list[ItemChange] = []
-            refusal = transaction_control_refusal(migration, statements, rollback=operation != APPLY)
-            if refusal is not None:
-                status, error = MigrationStatus.FAILED, str(refusal)
-            elif not migration.transactional:
-                status = MigrationStatus.SKIPPED
-                error = "not executed: a non-transactional migration cannot run inside a dry-run transaction"
-            else:
-                savepoint = conn.transaction()
-                await savepoint.start()
-                try:
-                    if operation == APPLY and config.validate_before:
-                        await run_gate(migration.validate_preconditions, conn, "preconditions", meta.id)
-                    if isinstance(migration, DataMigration):
-                        data_counts, changes = await self._sample_data(conn, migration, operation, config)
-                    else:
-                        await _execute(migration, statements, operation, conn, progress)
-                    if operation == APPLY and config.validate_after:
-                        progress.postconditions_passed = await _passes(migration, conn)
-                        if not progress.postconditions_passed:
-                            status = MigrationStatus.FAILED
-                            error = "postconditions failed"
-                except Exception as exc:
-                    translated = self._translate(exc, migration, statements, operation, progress, config)
-                    status, error = MigrationStatus.FAILED, str(translated)
-                # Releasing the savepoint keeps its work until the outer transaction is rolled back.
-                await _end_dry_run_savepoint(
-                    conn, savepoint, xact, meta.id, keep=status is not MigrationStatus.FAILED
-                )
-            span.set_attribute(telemetry.ATTR_STATUS, status.value)
-            finished = now()
-            return MigrationResult(
-                migration_id=meta.id,
-                name=meta.name,
-                migration_type=meta.migration_type,
-                operation=operation,
-                status=status,
-                dry_run=True,
-                started_at=started,
-                finished_at=finished,
-                duration_seconds=(finished - started).total_seconds(),
-                statements=statements,
-                postconditions_passed=progress.postconditions_passed,
-                error=error,
-                items_processed=data_counts[0],
-                items_skipped=data_counts[1],
-                items_failed=data_counts[2],
-                changes=tuple(changes),
-            )
-
-    async def _sample_data(
-        self, conn: Connection, migration: DataMigration, operation: str, config: MigrationConfig
-    ) -> tuple[tuple[int, int, int], list[ItemChange]]:
-        """A data migration's dry run: transform a sample (or check it can be reversed); write nothing."""
-        plan = await self.data.plan(conn, migration, "")
-        if operation != APPLY:
-            await self.data.check_reversible(conn, plan)
-            return (0, 0, 0), []
-        counts, changes = await self.data.sample(conn, plan, config)
-        return (counts.processed, counts.skipped, counts.failed), changes
-
-
-async def _end_dry_run_savepoint(
-    conn: Connection, savepoint: Any, xact: int, migration_id: str, *, keep: bool
-) -> None:
-    """Release (``keep``) or roll back a dry-run migration's savepoint, once sure the dry-run
-    transaction is still the one in progress and the savepoint still there."""
-    try:
-        escaped = await _left_transaction(conn, xact, after_failure=True)
-        if not escaped:
-            await (savepoint.commit() if keep else savepoint.rollback())
-    except Exception as exc:
-        if not is_usable(conn):
-            raise MigrationExecutionError(
-                f"the dry run of migration {migration_id!r} lost its connection ({_reason(exc)}); nothing "
-                "of the dry run is kept. Run it again",
-                migration_id=migration_id,
-            ) from exc
-        raise _dry_run_escaped(migration_id) from exc  # a migration released or rolled back past it
-    if escaped:
-        raise _dry_run_escaped(migration_id)
-
-
-async def _passes(migration: Migration, conn: Connection) -> bool:
-    """The postcondition gate's answer, with an exception counting as False."""
-    try:
-        return await migration.validate_postconditions(conn) is not False
-    except Exception:
-        logger.exception("postconditions of %s raised during a dry run", migration.metadata.id)
-        return False
 
 
 async def _execute(
-    migration: Migration, statements: Sequence[str], operation: str, conn: Connection, progress: _Progress
+    migration: Migration,
+    statements: Sequence[str],
+    operation: MigrationOperation,
+    conn: Connection,
+    progress: _Progress,
 ) -> None:
     if isinstance(migration, DatabaseSchemaMigration):
         for index, statement in enumerate(statements):
@@ -718,7 +533,7 @@ async def _execute(
 
 
 async def _validate_stage(
-    migration: Migration, operation: str, config: MigrationConfig, conn: Connection
+    migration: Migration, operation: MigrationOperation, config: MigrationConfig, conn: Connection
 ) -> None:
     """Stage 1: the precondition gate, before anything changes (when applying, with validate_before).
 
@@ -730,7 +545,7 @@ async def _validate_stage(
             await run_gate(migration.validate_preconditions, conn, "preconditions", migration.metadata.id)
             if conn.is_in_transaction():
                 await conn.execute("ROLLBACK")
-                raise _GateRefused(
+                raise GateRefused(
                     f"preconditions of migration {migration.metadata.id!r} left a transaction open (they "
                     "ran BEGIN without COMMIT); it was rolled back and the migration was not applied. "
                     "Let validate_preconditions only read",
@@ -739,7 +554,11 @@ async def _validate_stage(
 
 
 async def _verify_stage(
-    migration: Migration, operation: str, config: MigrationConfig, conn: Connection, progress: _Progress
+    migration: Migration,
+    operation: MigrationOperation,
+    config: MigrationConfig,
+    conn: Connection,
+    progress: _Progress,
 ) -> None:
     """Stage 4: the postcondition gate, before committing (when applying, with validate_after)."""
     if operation == APPLY and config.validate_after:
@@ -747,22 +566,3 @@ async def _verify_stage(
             progress.postconditions_passed = False
             await run_gate(migration.validate_postconditions, conn, "postconditions", migration.metadata.id)
             progress.postconditions_passed = True
-
-
-async def run_gate(hook: Any, conn: Connection, what: str, migration_id: str) -> None:
-    """Run a validation hook; False or an exception refuses the migration."""
-    try:
-        passed = await hook(conn)
-    except BrainMigrateError:
-        raise
-    except Exception as exc:
-        raise _GateRefused(
-            f"{what} of migration {migration_id!r} raised {type(exc).__name__}: {exc}; it was not applied",
-            migration_id=migration_id,
-        ) from exc
-    if passed is False:
-        raise _GateRefused(
-            f"{what} of migration {migration_id!r} failed (validate_{what} returned False); "
-            "it was not applied",
-            migration_id=migration_id,
-        )
