@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import typing
 
 import brainmigrate
-from brainmigrate import BrainMigrateError
+from brainmigrate import BrainMigrateError, Connection
 
 
 def test_all_lists_exactly_the_public_names() -> None:
@@ -53,3 +54,20 @@ def test_the_package_is_typed() -> None:
     from importlib.resources import files
 
     assert files("brainmigrate").joinpath("py.typed").is_file()
+
+
+def test_the_connection_alias_resolves_at_run_time() -> None:
+    """A hook annotated with brainmigrate.Connection can be introspected (get_type_hints resolves it)."""
+    import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
+
+    class Annotated(brainmigrate.Migration):
+        def _get_metadata(self) -> brainmigrate.MigrationMetadata:
+            raise NotImplementedError
+
+        async def up(self, conn: Connection) -> None:
+            return None
+
+    hints = typing.get_type_hints(Annotated.up)
+
+    assert hints["conn"] == asyncpg.Connection | PoolConnectionProxy

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-#: A connection as users and brainmigrate see it: direct, or borrowed from a pool.
-Connection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
-Pool: TypeAlias = "asyncpg.Pool[Any]"
+if TYPE_CHECKING:
+    #: A connection as users and brainmigrate see it: direct, or borrowed from a pool.
+    Connection: TypeAlias = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
+    Pool: TypeAlias = asyncpg.Pool[Any]
+else:  # the same at run time, where asyncpg's classes take no type arguments: get_type_hints() works
+    Connection = asyncpg.Connection | PoolConnectionProxy
+    Pool = asyncpg.Pool
 
 
 def is_usable(conn: Connection) -> bool:
