@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from brainmigrate._engine import sql as engine_sql
 from brainmigrate._engine.batches import Entry, _write_args
-from brainmigrate._engine.chunks import ChunkWorker
+from brainmigrate._engine.pager import bounds
 from brainmigrate._engine.plan import RunPlan
 from brainmigrate._engine.table import Column, TableShape
 from brainmigrate._ledger import sql as ledger_sql
@@ -134,15 +134,15 @@ def test_page_quotes_every_name_and_binds_limit_and_bounds(
 @pytest.mark.parametrize(
     ("cursor", "lower", "upper"), list(itertools.product([None, "41"], [None, "10"], [None, "99"]))
 )
-def test_page_parameters_are_the_ones_the_chunk_worker_passes(
+def test_page_parameters_are_the_ones_the_key_pager_passes(
     cursor: str | None, lower: str | None, upper: str | None
 ) -> None:
-    """ChunkWorker passes the batch size, then the cursor (or the chunk's lower key), then its upper key."""
+    """The key pager passes the batch size, then the cursor (or the chunk's lower key), then its upper key."""
 
     def make(op: str | None, has_upper: bool) -> str:
         return engine_sql.page('"t"', '"id"', ['"id"'], None, "bigint", lower=op, upper=has_upper)
 
-    statement, args = ChunkWorker._bounds(make, cursor, lower, upper)
+    statement, args = bounds(make, cursor, lower, upper)
 
     assert parameters(statement) == 1 + len(args)
     text, _ = skeleton(statement)

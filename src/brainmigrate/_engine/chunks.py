@@ -8,8 +8,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from contextlib import suppress
+from contextlib import aclosing, suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +26,6 @@ from .._ledger.sql import set_session_timeouts
 from .._model.config import MigrationConfig
 from .._model.data import DatabaseDataMigration, DataMigration, MemoryDataMigration
 from .._model.items import Progress, ProgressCallback
-from .._model.sqltext import quote_ident
 from .._model.types import Connection, Pool, is_usable
 from .._runtime import telemetry as telemetry
 from .._runtime.retry import is_recoverable, retrying
@@ -44,6 +42,7 @@ from .batches import (
     transform_items,
     write_entries,
 )
+from .pager import Page, pages, range_count, range_end
 from .plan import QUERY, STATEMENT, STREAM, RunPlan
 from .transform import TransformCaller
 
@@ -132,11 +131,14 @@ class ChunkWorker:
         self.owner = uuid.uuid4()
         self._conn: Any = None
         self._chunk: int | None = None
+        self._number = 0
         #: The first page of the next group (chunk, cursor it follows, rows), read ahead by the last.
         self._next_page: tuple[int, str, list[asyncpg.Record]] | None = None
         self._seen_failed: set[str] = set()
         self._seen_skipped: set[str] = set()
         self._last_written: set[str] = set()
+        #: Whether to read the next page while one is transformed: in a stream without a throttle.
+        self._read_ahead = plan.mode == STREAM and not plan.migration._overrides("throttle", DataMigration)
 
     async def connection(self) -> Any:
         if self._conn is not None and not is_usable(self._conn):
@@ -218,159 +220,119 @@ class ChunkWorker:
         self, conn: Connection, chunk: int, lower: str | None, upper: str | None, cursor: str | None
     ) -> bool:
         """Read, transform and write batches up to a checkpoint; return True when the chunk is done."""
+        self._number = self.tracker.counts.batches  # the run's batches before this group's
+        if self.plan.mode == STATEMENT:
+            return await self._statement_group(conn, chunk, lower, upper, cursor)
+        if self.plan.mode == QUERY:
+            return await self._query_group(conn, chunk, cursor)
+        return await self._stream_group(conn, chunk, lower, upper, cursor)
+
+    # -- the stream mode: pages of the source table ------------------------------------------
+
+    async def _stream_group(
+        self, conn: Connection, chunk: int, lower: str | None, upper: str | None, cursor: str | None
+    ) -> bool:
+        """Pages of the chunk up to a checkpoint, transformed, then written with the checkpoint.
+
+        Without a throttle, the next page is read while this one is transformed; for the last page
+        of a group, the next group's first page, used if the group commits.
+        """
         plan, config = self.plan, self.config
         batches: list[_Batch] = []
-        items_in_group = 0
         end = False
         stop: str | None = None
-        number = self.tracker.counts.batches
-        statements_done = 0
-        # In a stream without a throttle, the next page is read while this one is transformed; for
-        # the last page of a group, the next group's first page, used if the group commits.
-        ahead: InFlight[list[asyncpg.Record]] | None = None
-        read_ahead = plan.mode == STREAM and not plan.migration._overrides("throttle", DataMigration)
         carried, self._next_page = self._next_page, None
+        first = carried[2] if carried is not None and carried[:2] == (chunk, cursor) else None
         next_page: tuple[str, InFlight[list[asyncpg.Record]]] | None = None
         async with anyio.create_task_group() as reads:
-            while items_in_group < config.checkpoint_frequency:
-                if time.monotonic() > self.deadline:
-                    stop = "timeout"
-                    break
-                if ahead is None:
-                    pause = await plan.migration.throttle()
-                    if pause and pause > 0:
-                        await anyio.sleep(pause)
-                started, started_ns = time.monotonic(), time.time_ns()
-                if plan.mode == STATEMENT:
-                    # Server-side batches run in the checkpoint's transaction below.
-                    span = telemetry.start_batch_span(plan.migration_id, number + 1, started_ns)
-                    batches.append(_Batch(number + len(batches) + 1, [], span, started))
-                    items_in_group = config.checkpoint_frequency
-                    break
-                if plan.mode == QUERY:
-                    # One slice per checkpoint: the next call must see this slice's writes committed.
-                    items = await self._query_slice()
-                    if items is None:
+            read_ahead = functools.partial(in_background, reads) if self._read_ahead else None
+            source = pages(
+                conn,
+                plan.page_sql,
+                lower,
+                upper,
+                config.batch_size,
+                cursor=cursor,
+                first=first,
+                read_ahead=read_ahead,
+            )
+            async with aclosing(source) as source:
+                page: Page | None = None
+                items_in_group = 0
+                while items_in_group < config.checkpoint_frequency:
+                    if (stop := self._timed_out()) is not None:
+                        break
+                    if page is None or page.ahead is None:
+                        await self._pause()
+                    started, started_ns = time.monotonic(), time.time_ns()
+                    page = await anext(source, None)
+                    if page is None:
                         end = True
                         break
-                    items_in_group = config.checkpoint_frequency
-                else:
-                    if ahead is not None:
-                        rows, ahead = await ahead.result(), None
-                    elif carried is not None and carried[:2] == (chunk, cursor):
-                        rows = carried[2]
-                    else:
-                        text, args = self._bounds(plan.page_sql, cursor, lower, upper)
-                        rows = await conn.fetch(text, config.batch_size, *args)
-                    carried = None
-                    if not rows:
-                        end = True
+                    cursor, end = page.cursor, page.last
+                    if (
+                        page.ahead is not None
+                        and items_in_group + len(page.rows) >= config.checkpoint_frequency
+                    ):
+                        next_page = (cursor, page.ahead)
+                    items = decode_rows(plan, page.rows)
+                    batches += await self._transform(items, started, started_ns, len(batches))
+                    items_in_group += len(items)
+                    if end:
                         break
-                    cursor = str(rows[-1][0])
-                    if len(rows) < config.batch_size:
-                        end = True
-                    elif read_ahead:
-                        text, args = self._bounds(plan.page_sql, cursor, lower, upper)
-                        page = in_background(
-                            reads, functools.partial(conn.fetch, text, config.batch_size, *args)
-                        )
-                        if items_in_group + len(rows) < config.checkpoint_frequency:
-                            ahead = page
-                        else:
-                            next_page = (cursor, page)
-                        await anyio.lowlevel.checkpoint()  # let it send the query now
-                    items = decode_rows(plan, rows)
-                span = telemetry.start_batch_span(plan.migration_id, number + len(batches) + 1, started_ns)
-                entries = await transform_items(plan, self.caller, items)
-                failures = [e for e in entries if e.error is not None]
-                if failures and not config.continue_on_error:
-                    span.end()
-                    raise MigrationExecutionError(
-                        f"data migration {plan.migration_id!r} failed on item {failures[0].key}: "
-                        f"{failures[0].error}; pass MigrationConfig(continue_on_error=True) to record "
-                        "failing items and go on",
-                        migration_id=plan.migration_id,
-                    )
-                for first in range(0, len(entries), config.batch_size):
-                    if first:
-                        span = telemetry.start_batch_span(plan.migration_id, number + len(batches) + 1)
-                    batches.append(
-                        _Batch(
-                            number + len(batches) + 1,
-                            entries[first : first + config.batch_size],
-                            span,
-                            started,
-                        )
-                    )
-                items_in_group += len(entries)
-                if end:
-                    break
         counts = Counts(batches=len(batches))
         async with conn.transaction():
-            if plan.mode == STATEMENT:
-                statements_done, ranges, cursor, end = await self._statement_batches(
-                    conn, cursor, lower, upper
-                )
-                counts.processed, counts.batches = statements_done, ranges
-            else:
-                async with piped(conn) as pipe:
-                    for batch in batches:
-                        to_write = [e for e in batch.entries if e.changes is not None and e.error is None]
-                        failed = [e for e in batch.entries if e.error is not None]
-                        failed += await write_entries(
-                            conn,
-                            plan,
-                            to_write,
-                            isolate=config.continue_on_error,
-                            pipe=None if config.continue_on_error else pipe,
-                        )
-                        if failed and not config.continue_on_error:
-                            await pipe.wait()
-                            raise MigrationExecutionError(
-                                f"data migration {plan.migration_id!r} failed on item {failed[0].key}: "
-                                f"{failed[0].error}",
-                                migration_id=plan.migration_id,
-                            )
-                        if failed:
-                            await conn.execute(
-                                sql.record_errors(self.schema),
-                                plan.migration_id,
-                                [key_text(e.key) for e in failed],
-                                [e.error or "" for e in failed],
-                            )
-                        skipped = sum(1 for e in batch.entries if e.changes is None and e.error is None)
-                        counts.failed += len(failed)
-                        counts.skipped += skipped
-                        counts.processed += len(batch.entries) - len(failed) - skipped
-            status = await conn.fetchval(
-                sql.checkpoint(self.schema),
-                plan.migration_id,
-                chunk,
-                cursor,
-                counts.processed,
-                counts.failed,
-                counts.skipped,
-                counts.batches,
-                end,
-                self.config.lease_seconds,
-                self.owner,
-            )
-            if status is None:
-                raise LeaseLost()
+            await self._write(conn, batches, counts)
+            status = await self._checkpoint(conn, chunk, cursor, counts, end)
         if next_page is not None:
             try:
                 self._next_page = (chunk, next_page[0], await next_page[1].result())
             except Exception:  # read it again in the next group, and fail there if it must
                 self._next_page = None
-        self._after_commit(batches)
-        await self.tracker.committed(counts)
-        if plan.mode == QUERY:
-            self._remember(batches)
-        if status != "running":
-            raise Stop("failed" if status == "failed" else "cancelled")
-        if stop is not None:
-            raise Stop(stop)
-        return end
+        await self._committed(batches, counts)
+        return self._went_on(status, stop, end)
+
+    # -- the query mode: slices from get_memories_to_migrate() ----------------------------------
+
+    async def _query_group(self, conn: Connection, chunk: int, cursor: str | None) -> bool:
+        """One slice per checkpoint: the next call must see this slice's writes committed."""
+        batches: list[_Batch] = []
+        end = False
+        if (stop := self._timed_out()) is None:
+            await self._pause()
+            started, started_ns = time.monotonic(), time.time_ns()
+            items = await self._query_slice()
+            if items is None:
+                end = True
+            else:
+                batches = await self._transform(items, started, started_ns, 0)
+        counts = Counts(batches=len(batches))
+        async with conn.transaction():
+            await self._write(conn, batches, counts)
+            status = await self._checkpoint(conn, chunk, cursor, counts, end)
+        await self._committed(batches, counts)
+        self._remember(batches)
+        return self._went_on(status, stop, end)
+
+    # -- the statement mode: the batch statement per key range, on the server -----------------
+
+    async def _statement_group(
+        self, conn: Connection, chunk: int, lower: str | None, upper: str | None, cursor: str | None
+    ) -> bool:
+        """Key ranges up to a checkpoint, each run by the batch statement in the checkpoint's
+        transaction."""
+        batches: list[_Batch] = []
+        if (stop := self._timed_out()) is None:
+            await self._pause()
+            started, started_ns = time.monotonic(), time.time_ns()
+            span = telemetry.start_batch_span(self.plan.migration_id, self._numbered(0), started_ns)
+            batches.append(_Batch(self._numbered(0), [], span, started))
+        async with conn.transaction():
+            done, ranges, cursor, end = await self._statement_batches(conn, cursor, lower, upper)
+            counts = Counts(processed=done, batches=ranges)
+            status = await self._checkpoint(conn, chunk, cursor, counts, end)
+        await self._committed(batches, counts)
+        return self._went_on(status, stop, end)
 
     async def _statement_batches(
         self, conn: Connection, cursor: str | None, lower: str | None, upper: str | None
@@ -379,49 +341,142 @@ class ChunkWorker:
         plan, config = self.plan, self.config
         assert plan.statement is not None
         done = ranges = 0
-        while done < config.checkpoint_frequency:
-            text, args = self._bounds(plan.range_sql, cursor, lower, upper)
-            row = await conn.fetchrow(text, config.batch_size, *args)
-            assert row is not None
-            first, last, last_text, count = row
-            if not count:
-                return done, ranges, cursor, True
-            if plan.reverse == "images":
-                assert plan.image is not None and isinstance(plan.migration, DatabaseDataMigration)
-                writes = list(plan.migration.writes)
-                await conn.execute(
-                    sql.save_images_in_range(
-                        plan.image,
-                        plan.table.qualified,
-                        plan.table.key.quoted,
-                        [quote_ident(w) for w in writes],
-                    ),
-                    first,
-                    last,
-                    writes,
+        key_ranges = pages(
+            conn,
+            plan.range_sql,
+            lower,
+            upper,
+            config.batch_size,
+            cursor=cursor,
+            cursor_of=range_end,
+            count_of=range_count,
+        )
+        async with aclosing(key_ranges) as key_ranges:
+            async for page in key_ranges:
+                first, last, _, count = page.rows[0]
+                if plan.save_range_images is not None:
+                    assert isinstance(plan.migration, DatabaseDataMigration)
+                    await conn.execute(plan.save_range_images, first, last, list(plan.migration.writes))
+                await conn.execute(plan.statement, first, last)
+                cursor = page.cursor
+                done += count
+                ranges += 1
+                if page.last:
+                    break
+                if done >= config.checkpoint_frequency:
+                    return done, ranges, cursor, False
+        return done, ranges, cursor, True
+
+    # -- the steps every group takes -----------------------------------------------------------
+
+    def _timed_out(self) -> str | None:
+        return "timeout" if time.monotonic() > self.deadline else None
+
+    async def _pause(self) -> None:
+        pause = await self.plan.migration.throttle()
+        if pause and pause > 0:
+            await anyio.sleep(pause)
+
+    def _numbered(self, index: int) -> int:
+        """The run-wide number of the group's batch at ``index``."""
+        return self._number + index + 1
+
+    async def _transform(
+        self, items: list[dict[str, Any]], started: float, started_ns: int, index: int
+    ) -> list[_Batch]:
+        """Transform items into batches of at most ``batch_size``, numbered from the group's ``index``."""
+        plan, config = self.plan, self.config
+        span = telemetry.start_batch_span(plan.migration_id, self._numbered(index), started_ns)
+        entries = await transform_items(plan, self.caller, items)
+        failures = [e for e in entries if e.error is not None]
+        if failures and not config.continue_on_error:
+            span.end()
+            raise MigrationExecutionError(
+                f"data migration {plan.migration_id!r} failed on item {failures[0].key}: "
+                f"{failures[0].error}; pass MigrationConfig(continue_on_error=True) to record "
+                "failing items and go on",
+                migration_id=plan.migration_id,
+            )
+        batches: list[_Batch] = []
+        for first in range(0, len(entries), config.batch_size):
+            if first:
+                span = telemetry.start_batch_span(plan.migration_id, self._numbered(index + len(batches)))
+            batches.append(
+                _Batch(
+                    self._numbered(index + len(batches)),
+                    entries[first : first + config.batch_size],
+                    span,
+                    started,
                 )
-            await conn.execute(plan.statement, first, last)
-            cursor = last_text
-            done += count
-            ranges += 1
-            if count < config.batch_size:
-                return done, ranges, cursor, True
-        return done, ranges, cursor, False
+            )
+        return batches
+
+    async def _write(self, conn: Connection, batches: list[_Batch], counts: Counts) -> None:
+        """Write the batches (set-based, piped) in the group's transaction, counting what they did."""
+        plan, config = self.plan, self.config
+        async with piped(conn) as pipe:
+            for batch in batches:
+                to_write = [e for e in batch.entries if e.changes is not None and e.error is None]
+                failed = [e for e in batch.entries if e.error is not None]
+                failed += await write_entries(
+                    conn,
+                    plan,
+                    to_write,
+                    isolate=config.continue_on_error,
+                    pipe=None if config.continue_on_error else pipe,
+                )
+                if failed and not config.continue_on_error:
+                    await pipe.wait()
+                    raise MigrationExecutionError(
+                        f"data migration {plan.migration_id!r} failed on item {failed[0].key}: "
+                        f"{failed[0].error}",
+                        migration_id=plan.migration_id,
+                    )
+                if failed:
+                    await conn.execute(
+                        sql.record_errors(self.schema),
+                        plan.migration_id,
+                        [key_text(e.key) for e in failed],
+                        [e.error or "" for e in failed],
+                    )
+                skipped = sum(1 for e in batch.entries if e.changes is None and e.error is None)
+                counts.failed += len(failed)
+                counts.skipped += skipped
+                counts.processed += len(batch.entries) - len(failed) - skipped
+
+    async def _checkpoint(
+        self, conn: Connection, chunk: int, cursor: str | None, counts: Counts, end: bool
+    ) -> str:
+        """Advance the chunk in the transaction of its writes; the run's status."""
+        status: str | None = await conn.fetchval(
+            sql.checkpoint(self.schema),
+            self.plan.migration_id,
+            chunk,
+            cursor,
+            counts.processed,
+            counts.failed,
+            counts.skipped,
+            counts.batches,
+            end,
+            self.config.lease_seconds,
+            self.owner,
+        )
+        if status is None:
+            raise LeaseLost()
+        return status
+
+    async def _committed(self, batches: list[_Batch], counts: Counts) -> None:
+        self._after_commit(batches)
+        await self.tracker.committed(counts)
 
     @staticmethod
-    def _bounds(
-        make: Callable[[str | None, bool], str], cursor: str | None, lower: str | None, upper: str | None
-    ) -> tuple[str, list[str]]:
-        """The page query after ``cursor`` (or from the chunk's ``lower`` key) and before ``upper``."""
-        args = []
-        op = None
-        if cursor is not None:
-            op, args = ">", [cursor]
-        elif lower is not None:
-            op, args = ">=", [lower]
-        if upper is not None:
-            args.append(upper)
-        return make(op, upper is not None), args
+    def _went_on(status: str, stop: str | None, end: bool) -> bool:
+        """Whether the chunk is done, once a group has committed; Stop if the run must stop."""
+        if status != "running":
+            raise Stop("failed" if status == "failed" else "cancelled")
+        if stop is not None:
+            raise Stop(stop)
+        return end
 
     def _after_commit(self, batches: list[_Batch]) -> None:
         metrics = self.metrics

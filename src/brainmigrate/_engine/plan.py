@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Mapping
 
 import attrs
 
 from .._model.data import DatabaseDataMigration, DataMigration, MemoryDataMigration
 from .._model.items import MEMORY_FIELDS
+from .._model.sqltext import quote_ident
 from . import sql as sql
 from .table import Column, TableShape
 
@@ -15,21 +16,138 @@ STREAM = "stream"  # pages of a source table, transformed in Python
 QUERY = "query"  # slices returned by get_memories_to_migrate(), until it returns none
 STATEMENT = "statement"  # an SQL statement per key range, on the server
 
+#: A keyset query for each combination of bounds (:data:`sql.BOUNDS`).
+Keyset = Mapping[tuple[str | None, bool], str]
 
-@attrs.define
+
+def _tuple(columns: Iterable[Column]) -> tuple[Column, ...]:
+    return tuple(columns)
+
+
+class WriteStatements:
+    """The batch UPDATE for each set of written columns, built on first use and then kept.
+
+    The only SQL of a run not built with its plan: the columns a batch writes are the keys of the
+    changes its transform returns, known only once it has run (any subset of the table's columns,
+    in the transform's order), so each set's statement is built the first time a batch writes it.
+    It is a pure function of the plan and the set: the cache never changes what a plan means.
+    """
+
+    def __init__(self, shape: TableShape | None, migration_id: str, image: str | None) -> None:
+        self._shape = shape
+        self._migration_id = migration_id
+        self._image = image
+        self._built: dict[tuple[str, ...], tuple[str, list[Column]]] = {}
+
+    def __call__(self, fields: tuple[str, ...]) -> tuple[str, list[Column]]:
+        built = self._built.get(fields)
+        if built is None:
+            shape = self._shape
+            assert shape is not None
+            columns = shape.check_columns(fields, self._migration_id, "writes")
+            statement = sql.write_batch(
+                shape.qualified,
+                shape.key.quoted,
+                shape.key.sql_type,
+                [(c.quoted, c.param_type(), f"::{c.sql_type}" if c.sent_as_text else "") for c in columns],
+                self._image,
+            )
+            built = self._built[fields] = (statement, columns)
+        return built
+
+
+@attrs.frozen
 class RunPlan:
-    """How one data migration runs here: its mode, table, and the SQL derived from them."""
+    """How one data migration runs here: its mode, table, and all the SQL derived from them.
+
+    Frozen and complete: every statement a run reads with is built when the plan is made (the
+    batch writes, built per set of written columns, see :class:`WriteStatements`).
+    """
 
     migration: DataMigration
     checksum: str
     schema: str
     mode: str
     shape: TableShape | None
-    read_columns: list[Column]
+    read_columns: tuple[Column, ...] = attrs.field(converter=_tuple)
     image: str | None
     reverse: str | None  # "images", "inverse", or None when not reversible
     statement: str | None = None
-    _sql_cache: dict[Any, str] = attrs.field(factory=dict)
+
+    #: Pages of the source (its filter applied) in key order, by bounds.
+    pages: Keyset = attrs.field(init=False)
+    #: Key ranges of the source (server-side batches), by bounds.
+    ranges: Keyset = attrs.field(init=False)
+    #: Pages and key ranges of the whole table, for reversing: the filter may no longer match
+    #: migrated rows.
+    table_pages: Keyset = attrs.field(init=False)
+    table_ranges: Keyset = attrs.field(init=False)
+    #: The rows with the keys in $1 (retrying failed items).
+    rows_by_key: str = attrs.field(init=False)
+    #: Saving the before-images of a server-side batch's key range, when it keeps them.
+    save_range_images: str | None = attrs.field(init=False)
+    write_sql: WriteStatements = attrs.field(init=False)
+
+    @pages.default
+    def _pages(self) -> Keyset:
+        return self._page_sql(self._where())
+
+    @ranges.default
+    def _ranges(self) -> Keyset:
+        return self._range_sql(self._where())
+
+    @table_pages.default
+    def _table_pages(self) -> Keyset:
+        return self._page_sql(None)
+
+    @table_ranges.default
+    def _table_ranges(self) -> Keyset:
+        return self._range_sql(None)
+
+    @rows_by_key.default
+    def _rows_by_key(self) -> str:
+        if self.shape is None:
+            return ""
+        shape = self.shape
+        return sql.rows_by_key(shape.qualified, shape.key.quoted, self._selects(), shape.key.sql_type)
+
+    @save_range_images.default
+    def _save_range_images(self) -> str | None:
+        migration = self.migration
+        if self.mode != STATEMENT or self.reverse != "images" or self.shape is None:
+            return None
+        assert self.image is not None and isinstance(migration, DatabaseDataMigration)
+        return sql.save_images_in_range(
+            self.image,
+            self.shape.qualified,
+            self.shape.key.quoted,
+            [quote_ident(w) for w in migration.writes],
+        )
+
+    @write_sql.default
+    def _write_sql(self) -> WriteStatements:
+        return WriteStatements(
+            self.shape, self.migration_id, self.image if self.reverse == "images" else None
+        )
+
+    def _selects(self) -> list[str]:
+        return [column.select() for column in self.read_columns]
+
+    def _where(self) -> str | None:
+        source = self.migration.source
+        return source.where if source is not None else None
+
+    def _page_sql(self, where: str | None) -> Keyset:
+        shape = self.shape
+        if shape is None:
+            return {}
+        return sql.pages(shape.qualified, shape.key.quoted, self._selects(), where, shape.key.sql_type)
+
+    def _range_sql(self, where: str | None) -> Keyset:
+        shape = self.shape
+        if shape is None:
+            return {}
+        return sql.key_ranges(shape.qualified, shape.key.quoted, where, shape.key.sql_type)
 
     @property
     def migration_id(self) -> str:
@@ -41,45 +159,16 @@ class RunPlan:
         return self.shape
 
     def page_sql(self, lower: str | None, upper: bool) -> str:
-        key = ("page", lower, upper)
-        if key not in self._sql_cache:
-            shape = self.table
-            source = self.migration.source
-            assert source is not None
-            self._sql_cache[key] = sql.page(
-                shape.qualified,
-                shape.key.quoted,
-                [column.select() for column in self.read_columns],
-                source.where,
-                shape.key.sql_type,
-                lower=lower,
-                upper=upper,
-            )
-        return self._sql_cache[key]
+        return self.pages[lower, upper]
 
     def range_sql(self, lower: str | None, upper: bool) -> str:
-        key = ("range", lower, upper)
-        if key not in self._sql_cache:
-            shape = self.table
-            source = self.migration.source
-            assert source is not None
-            self._sql_cache[key] = sql.key_range(
-                shape.qualified, shape.key.quoted, source.where, shape.key.sql_type, lower=lower, upper=upper
-            )
-        return self._sql_cache[key]
+        return self.ranges[lower, upper]
 
-    def write_sql(self, fields: tuple[str, ...]) -> tuple[str, list[Column]]:
-        columns = self.table.check_columns(fields, self.migration_id, "writes")
-        key = ("write", fields)
-        if key not in self._sql_cache:
-            self._sql_cache[key] = sql.write_batch(
-                self.table.qualified,
-                self.table.key.quoted,
-                self.table.key.sql_type,
-                [(c.quoted, c.param_type(), f"::{c.sql_type}" if c.sent_as_text else "") for c in columns],
-                self.image if self.reverse == "images" else None,
-            )
-        return self._sql_cache[key], columns
+    def table_page_sql(self, lower: str | None, upper: bool) -> str:
+        return self.table_pages[lower, upper]
+
+    def table_range_sql(self, lower: str | None, upper: bool) -> str:
+        return self.table_ranges[lower, upper]
 
 
 def image_candidates(migration: DataMigration, shape: TableShape) -> list[str]:

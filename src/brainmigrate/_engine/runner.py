@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import aclosing
 
 import anyio
 import anyio.lowlevel
@@ -51,6 +52,7 @@ from .batches import (
     write_entries,
 )
 from .chunks import ChunkWorker, Stop, Tracker
+from .pager import pages, range_count, range_end
 from .plan import QUERY, STATEMENT, STREAM, RunPlan, image_candidates
 from .table import TableShape
 from .transform import TransformCaller, cancelled
@@ -85,7 +87,7 @@ class DataRunner:
 
     async def ensure_tables(self, conn: Connection) -> None:
         """Create brainmigrate's tables if the run tables are missing (under the runner lock)."""
-        if await conn.fetchval("SELECT to_regclass($1)", f"{quote_ident(self.schema)}.{sql.CHUNKS}") is None:
+        if await conn.fetchval(sql.TABLE_EXISTS, f"{quote_ident(self.schema)}.{sql.CHUNKS}") is None:
             await _own_schema.upgrade(conn, self.schema, create=True)
 
     async def run_row(self, conn: Connection, migration_id: str) -> asyncpg.Record | None:
@@ -338,7 +340,7 @@ class DataRunner:
                     ]
         async with conn.transaction():  # a new run: the earlier ones are kept, with their chunks
             if plan.image is not None:
-                await conn.execute(f"DROP TABLE IF EXISTS {plan.image}")
+                await conn.execute(sql.drop_images(plan.image, missing_ok=True))
                 columns = image_candidates(plan.migration, shape)
                 await conn.execute(
                     sql.create_images(
@@ -422,7 +424,7 @@ class DataRunner:
         if plan.reverse == "images":
             row = await self.run_row(conn, meta.id)
             image = row["before_images"] if row is not None else None
-            if image is None or await conn.fetchval("SELECT to_regclass($1)", image) is None:
+            if image is None or await conn.fetchval(sql.TABLE_EXISTS, image) is None:
                 raise IrreversibleMigrationError(
                     meta.id, reason="its before-images are gone, so its old values cannot be restored"
                 )
@@ -449,7 +451,7 @@ class DataRunner:
                     )
                 )
                 restored = int(status.split()[-1])
-            await conn.execute(f"DROP TABLE {plan.image}")
+            await conn.execute(sql.drop_images(plan.image))
             return restored
         migration = plan.migration
         if isinstance(migration, DatabaseDataMigration) and (
@@ -461,55 +463,41 @@ class DataRunner:
     async def _reverse_by_statement(
         self, conn: Connection, plan: RunPlan, statement: str, config: MigrationConfig
     ) -> int:
-        shape = plan.table
-        cursor: str | None = None
+        """Run the rollback statement over key ranges of the whole table (the source's filter is not
+        applied: it may no longer match migrated rows)."""
         count = 0
-        key_range = sql.key_range  # over the whole table: the filter may no longer match migrated rows
-        while True:
-            text = key_range(
-                shape.qualified,
-                shape.key.quoted,
-                None,
-                shape.key.sql_type,
-                lower=">" if cursor else None,
-                upper=False,
-            )
-            row = await conn.fetchrow(text, config.batch_size, *([cursor] if cursor else []))
-            if row is None or not row[3]:
-                return count
-            await conn.execute(statement, row[0], row[1])
-            cursor, count = row[2], count + row[3]
+        key_ranges = pages(
+            conn,
+            plan.table_range_sql,
+            None,
+            None,
+            config.batch_size,
+            cursor_of=range_end,
+            count_of=range_count,
+        )
+        async with aclosing(key_ranges) as key_ranges:
+            async for page in key_ranges:
+                first, last, _, rows = page.rows[0]
+                await conn.execute(statement, first, last)
+                count += rows
+        return count
 
     async def _reverse_by_transform(self, conn: Connection, plan: RunPlan, config: MigrationConfig) -> int:
         """Apply the inverse transform to every row of the table (the source's filter is not applied)."""
-        shape = plan.table
         migration = plan.migration
-        cursor: str | None = None
         count = 0
-        while True:
-            text = sql.page(
-                shape.qualified,
-                shape.key.quoted,
-                [c.select() for c in plan.read_columns],
-                None,
-                shape.key.sql_type,
-                lower=">" if cursor else None,
-                upper=False,
-            )
-            rows = await conn.fetch(text, config.batch_size, *([cursor] if cursor else []))
-            if not rows:
-                return count
-            items = decode_rows(plan, rows)
-            entries: list[Entry] = []
-            for item in items:
-                if isinstance(migration, MemoryDataMigration):
-                    entries.append(entry_of(plan, item, await migration.reverse_memory(item)))
-                else:
-                    assert isinstance(migration, DatabaseDataMigration)
-                    entries.append(entry_of(plan, item, await migration.reverse_row(item)))
-            await write_entries(conn, plan, [e for e in entries if e.changes is not None], isolate=False)
-            count += sum(1 for e in entries if e.changes is not None)
-            cursor = str(rows[-1][0])
+        async with aclosing(pages(conn, plan.table_page_sql, None, None, config.batch_size)) as table:
+            async for page in table:
+                entries: list[Entry] = []
+                for item in decode_rows(plan, page.rows):
+                    if isinstance(migration, MemoryDataMigration):
+                        entries.append(entry_of(plan, item, await migration.reverse_memory(item)))
+                    else:
+                        assert isinstance(migration, DatabaseDataMigration)
+                        entries.append(entry_of(plan, item, await migration.reverse_row(item)))
+                await write_entries(conn, plan, [e for e in entries if e.changes is not None], isolate=False)
+                count += sum(1 for e in entries if e.changes is not None)
+        return count
 
     async def discard(
         self, conn: Connection, plan: RunPlan, status: RunStatus | str, error: str | None = None
@@ -524,16 +512,12 @@ class DataRunner:
         Items that now succeed (or are skipped, or no longer exist) leave the ledger; the others
         stay with one more attempt counted. Each slice commits with its ledger changes.
         """
-        shape = plan.table
         keys = [error.key for error in await self.errors(conn, plan.migration_id)]
         caller = TransformCaller(config, plan.migration.retry_on)
-        select = sql.rows_by_key(
-            shape.qualified, shape.key.quoted, [c.select() for c in plan.read_columns], shape.key.sql_type
-        )
         counts = Counts()
         for first in range(0, len(keys), config.batch_size):
             wanted = keys[first : first + config.batch_size]
-            items = decode_rows(plan, await conn.fetch(select, wanted))
+            items = decode_rows(plan, await conn.fetch(plan.rows_by_key, wanted))
             entries = await transform_items(plan, caller, items)
             async with conn.transaction():
                 ok = [e for e in entries if e.changes is not None and e.error is None]
@@ -573,8 +557,9 @@ class DataRunner:
             items = query_items(plan, await migration.get_memories_to_migrate())
             items = items[: config.dry_run_sample]
         else:
-            rows = await conn.fetch(plan.page_sql(None, False), config.dry_run_sample)
-            items = decode_rows(plan, rows)
+            async with aclosing(pages(conn, plan.page_sql, None, None, config.dry_run_sample)) as source:
+                page = await anext(source, None)  # the first page only
+            items = decode_rows(plan, page.rows if page is not None else [])
         # The values as read, untouched by a transform that edits its input in place (only here:
         # a run writes what the transform returns and needs no copy).
         key_name = plan.table.key.name

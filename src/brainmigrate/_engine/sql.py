@@ -264,6 +264,33 @@ ALTER TABLE {image} ADD PRIMARY KEY ({key});
 """
 
 
+#: Every combination of a keyset query's bounds: from a key (``>`` after a cursor, ``>=`` from a
+#: chunk's lower key, or none) and before a key (a chunk's upper key) or not.
+BOUNDS: tuple[tuple[str | None, bool], ...] = tuple(
+    (lower, upper) for lower in (None, ">", ">=") for upper in (False, True)
+)
+
+#: The columns of table $1 (a qualified name): name, type, type name and category, whether it
+#: alone is a unique key, whether its type is built in.
+TABLE_COLUMNS = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname::text, t.typcategory::text,
+       EXISTS (SELECT 1 FROM pg_index i
+                WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indnkeyatts = 1
+                  AND i.indkey[0] = a.attnum AND i.indpred IS NULL),
+       t.typnamespace = 'pg_catalog'::regnamespace
+  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+ WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY a.attnum
+"""
+
+#: Whether a table exists (``to_regclass`` of its qualified name, $1), or NULL.
+TABLE_EXISTS = "SELECT to_regclass($1)"
+
+
+def drop_images(image: str, *, missing_ok: bool = False) -> str:
+    return f"DROP TABLE {'IF EXISTS ' if missing_ok else ''}{image}"
+
+
 def page(
     table: str,
     key: str,
@@ -288,6 +315,24 @@ def page(
         conditions.append(f"{key} < ${n}::text::{key_type}")
     where_sql = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     return f"SELECT {', '.join(selects)} FROM {table} {where_sql} ORDER BY {key} LIMIT $1"
+
+
+def pages(
+    table: str, key: str, selects: Sequence[str], where: str | None, key_type: str
+) -> dict[tuple[str | None, bool], str]:
+    """:func:`page` for each combination of :data:`BOUNDS`."""
+    return {
+        (lower, upper): page(table, key, selects, where, key_type, lower=lower, upper=upper)
+        for lower, upper in BOUNDS
+    }
+
+
+def key_ranges(table: str, key: str, where: str | None, key_type: str) -> dict[tuple[str | None, bool], str]:
+    """:func:`key_range` for each combination of :data:`BOUNDS`."""
+    return {
+        (lower, upper): key_range(table, key, where, key_type, lower=lower, upper=upper)
+        for lower, upper in BOUNDS
+    }
 
 
 def rows_by_key(table: str, key: str, selects: Sequence[str], key_type: str) -> str:

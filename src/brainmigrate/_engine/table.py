@@ -16,17 +16,7 @@ from .._errors import MigrationValidationError
 from .._model.items import DataSource
 from .._model.sqltext import quote_ident
 from .._model.types import Connection
-
-_COLUMNS = """
-SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname::text, t.typcategory::text,
-       EXISTS (SELECT 1 FROM pg_index i
-                WHERE i.indrelid = a.attrelid AND i.indisunique AND i.indnkeyatts = 1
-                  AND i.indkey[0] = a.attnum AND i.indpred IS NULL),
-       t.typnamespace = 'pg_catalog'::regnamespace
-  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
- WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
- ORDER BY a.attnum
-"""
+from . import sql as sql
 
 _TEXT_TYPES = frozenset({"json", "jsonb", "vector", "halfvec", "sparsevec"})
 
@@ -152,13 +142,13 @@ class TableShape:
         qualified = quote_ident(source.table)
         if source.schema is not None:
             qualified = f"{quote_ident(source.schema)}.{qualified}"
-        if await conn.fetchval("SELECT to_regclass($1)", qualified) is None:
+        if await conn.fetchval(sql.TABLE_EXISTS, qualified) is None:
             raise MigrationValidationError(
                 f"data migration {migration_id!r}: source table {qualified} does not exist; "
                 "create it with a schema migration this one depends on",
                 migration_id=migration_id,
             )
-        rows = await conn.fetch(_COLUMNS, qualified)
+        rows = await conn.fetch(sql.TABLE_COLUMNS, qualified)
         columns = {row[0]: Column(row[0], row[1], row[2], row[3], row[4], row[5]) for row in rows}
         key = columns.get(source.key)
         if key is None:
