@@ -69,6 +69,10 @@ class RunnerSession:
         self._work: Connection | None = None
         self._baseline: SessionBaseline | None = None
         self._handed_out = False
+        #: Whether the work connection's session is known to be as handed out (reset, and not
+        #: handed out since), and whether a reset in the transaction in progress will make it so.
+        self._clean = False
+        self._reset_in_transaction = False
 
     async def work_connection(self) -> Connection:
         """The connection migrations run on; replaced if it broke.
@@ -76,7 +80,7 @@ class RunnerSession:
         Every call after the first hands it over reset (outside a transaction), so each migration,
         and each write brainmigrate makes after a failed one, starts from the pool's session.
         """
-        if self._work is not None and self._handed_out and is_usable(self._work):
+        if self._work is not None and self._handed_out and not self._clean and is_usable(self._work):
             await self._reset_or_discard(self._work)
         if self._work is None or not is_usable(self._work):
             # PoolExhaustedError when no connection is free in time, DatabaseUnavailableError when
@@ -88,13 +92,18 @@ class RunnerSession:
             self._stack.push_async_callback(self._release_clean, conn, baseline)
             self._work, self._baseline = conn, baseline
         self._handed_out = True
+        self._clean = self._reset_in_transaction = False
         return self._work
+
+    @property
+    def _statement_timeout_ms(self) -> int:
+        return round(self.config.timeout_seconds * 1000)
 
     async def _set_timeouts(self, conn: Connection) -> None:
         await conn.execute(
             _sql.set_session_timeouts(check_client=conn.get_server_version() >= (14,)),
             f"{self.config.statement_lock_timeout_ms}ms",
-            f"{round(self.config.timeout_seconds * 1000)}ms",
+            f"{self._statement_timeout_ms}ms",
         )
 
     async def reset(self, conn: Connection) -> None:
@@ -108,16 +117,73 @@ class RunnerSession:
         await self._restore(conn, self._baseline)
 
     async def _restore(self, conn: Connection, baseline: SessionBaseline) -> None:
+        """Reset, then set again what the baseline had SET (and its role) with this session's
+        timeouts: two round trips (the reset is several statements, the rest takes parameters)."""
+        lock_ms, statement_ms = self.config.statement_lock_timeout_ms, self._statement_timeout_ms
+        check_client = conn.get_server_version() >= (14,)
+        if not baseline.names and baseline.role == "none":
+            await conn.execute(_sql.RESET_SESSION)
+            await conn.execute(
+                _sql.set_session_timeouts(check_client=check_client), f"{lock_ms}ms", f"{statement_ms}ms"
+            )
+            return
         await conn.execute(_sql.RESET_SESSION)
-        await conn.execute(_sql.RESTORE_SESSION, list(baseline.names), list(baseline.values), baseline.role)
-        await self._set_timeouts(conn)
+        await conn.execute(
+            _sql.restore_session(check_client=check_client),
+            list(baseline.names),
+            list(baseline.values),
+            baseline.role,
+            f"{lock_ms}ms",
+            f"{statement_ms}ms",
+        )
 
-    async def act_as_runner(self, conn: Connection) -> None:
+    @property
+    def resets_before_commit(self) -> bool:
+        """Whether :meth:`reset_before_commit` can stand for :meth:`act_as_runner`: when the
+        baseline SET nothing and no role, which the reset alone gives back."""
+        baseline = self._baseline
+        assert baseline is not None
+        return not baseline.names and baseline.role == "none"
+
+    async def reset_before_commit(self, conn: Connection, xact: int) -> bool:
+        """Inside brainmigrate's transaction ``xact`` on the work connection, before its history row:
+        reset the session to the pool's (as :meth:`reset`, and as its session user), so that the
+        rest of the transaction runs as the pool's session and, once it commits (see
+        :meth:`committed`), the connection is handed out next without another reset.
+
+        False when ``xact`` is not the transaction in progress (a migration ended it): the
+        connection is then reset again when handed out next.
+        """
+        baseline = self._baseline
+        assert baseline is not None and conn is self._work and self.resets_before_commit
+        # The reset first: if a migration ended the transaction, it runs in another one (undone by
+        # its rollback) or in none (a reset all the same), and the id read after it tells.
+        await conn.execute(_sql.reset_as(baseline.user))
+        current = await conn.fetchval(
+            _sql.xact_and_timeouts(check_client=conn.get_server_version() >= (14,)),
+            f"{self.config.statement_lock_timeout_ms}ms",
+            f"{self._statement_timeout_ms}ms",
+        )
+        if current != xact:
+            return False
+        self._reset_in_transaction = True
+        return True
+
+    def committed(self, conn: Connection) -> None:
+        """The transaction on ``conn`` committed: after :meth:`reset_before_commit`, it is clean."""
+        if conn is self._work and self._reset_in_transaction:
+            self._clean = True
+        self._reset_in_transaction = False
+
+    async def act_as_runner(self, conn: Connection) -> int:
         """Inside a transaction on the work connection: run the rest of it as the session the pool
-        handed over (session user, role, search_path), whatever a migration switched it to."""
+        handed over (session user, role, search_path), whatever a migration switched it to.
+
+        Returns the id of the transaction in progress (``txid_current()``), read by the same
+        statement, for telling whether a migration ended the transaction brainmigrate opened."""
         baseline = self._baseline
         assert baseline is not None and conn is self._work
-        await conn.execute(_sql.ACT_AS, baseline.user, baseline.role, baseline.search_path)
+        return int(await conn.fetchval(_sql.ACT_AS, baseline.user, baseline.role, baseline.search_path))
 
     async def _reset_or_discard(self, conn: Connection) -> None:
         """Reset ``conn`` between uses; when that fails, close it so the next use takes another.

@@ -142,7 +142,7 @@ SELECT session_user::text, current_setting('role'), current_setting('search_path
 """
 
 #: Undo what a session SET: its session authorization, role and every setting. Run then
-#: :data:`RESTORE_SESSION` for what the pool had set.
+#: :func:`restore_session` for what the pool had set.
 RESET_SESSION = "RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL"
 
 #: After :data:`RESET_SESSION`: the settings ($1 names, $2 values), then the role ($3), of a baseline.
@@ -152,9 +152,48 @@ SELECT pg_catalog.set_config('role', $3, false)
           FROM unnest($1::text[], $2::text[]) AS s(n, v)) AS restored
 """
 
+
+def _timeouts(lock: str, statement: str, check_client: bool) -> str:
+    check = ", pg_catalog.set_config('client_connection_check_interval', '1s', false)" if check_client else ""
+    return (
+        f"pg_catalog.set_config('lock_timeout', {lock}, false), "
+        f"pg_catalog.set_config('statement_timeout', {statement}, false){check}"
+    )
+
+
+def restore_session(*, check_client: bool) -> str:
+    """:data:`RESTORE_SESSION`, then the session's ``lock_timeout`` ($4) and ``statement_timeout``
+    ($5) (see :func:`set_session_timeouts`), which win over the baseline's: the baseline's settings
+    are set while the aggregate runs, before the outer list is computed."""
+    return f"""
+SELECT pg_catalog.set_config('role', $3, false), {_timeouts("$4", "$5", check_client)}
+  FROM (SELECT count(pg_catalog.set_config(n, v, false))
+          FROM unnest($1::text[], $2::text[]) AS s(n, v)) AS restored
+"""
+
+
+def reset_as(user: str) -> str:
+    """:data:`RESET_SESSION`, then session user ``user`` (an identifier, quoted): inside
+    brainmigrate's transaction before its history row, so that the row is written as the pool's
+    session and, once the transaction commits, the connection needs no other reset. A rollback
+    undoes it. Several statements, so no parameters: it carries no values."""
+    return f"{RESET_SESSION}; SET SESSION AUTHORIZATION {quote_ident(user)}"
+
+
+def xact_and_timeouts(*, check_client: bool) -> str:
+    """The id of the transaction in progress (as :data:`CURRENT_XACT`), then the session's
+    ``lock_timeout`` ($1) and ``statement_timeout`` ($2) set again (see :func:`set_session_timeouts`)."""
+    check = ", pg_catalog.set_config('client_connection_check_interval', '1s', false)" if check_client else ""
+    return (
+        "SELECT pg_catalog.txid_current(), pg_catalog.set_config('lock_timeout', $1, false), "
+        f"pg_catalog.set_config('statement_timeout', $2, false){check}"
+    )
+
+
 #: Until the transaction ends: act as session user $1 with role $2 and search_path $3, whatever the
-#: session was switched to (for brainmigrate's own statements after a migration's).
+#: session was switched to (for brainmigrate's own statements after a migration's). Returns the id
+#: of the transaction in progress (as :data:`CURRENT_XACT`), which none of it changes.
 ACT_AS = """
-SELECT pg_catalog.set_config('session_authorization', $1, true), pg_catalog.set_config('role', $2, true),
-       pg_catalog.set_config('search_path', $3, true)
+SELECT pg_catalog.txid_current(), pg_catalog.set_config('session_authorization', $1, true),
+       pg_catalog.set_config('role', $2, true), pg_catalog.set_config('search_path', $3, true)
 """

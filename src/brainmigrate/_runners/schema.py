@@ -27,7 +27,7 @@ from .._model.metadata import MigrationStatus
 from .._model.migration import DatabaseSchemaMigration, Migration, transaction_control_refusal
 from .._model.results import MigrationResult
 from .._model.states import AttemptStatus, MigrationOperation
-from .._model.types import Connection
+from .._model.types import Connection, is_usable
 from .._runtime import telemetry as telemetry
 from .._runtime.retry import retrying
 from .._runtime.steps import GateRefused, now, run_gate
@@ -92,12 +92,27 @@ def _escaped(migration_id: str, operation: MigrationOperation, then: str | None)
 
 
 async def _check_still_ours(
-    conn: Connection, xact: int, migration_id: str, operation: MigrationOperation, progress: _Progress
+    session: RunnerSession,
+    conn: Connection,
+    xact: int,
+    migration_id: str,
+    operation: MigrationOperation,
+    progress: _Progress,
 ) -> None:
     """Before recording and committing: the authoritative check that the transaction brainmigrate
     opened is still in progress. COMMIT, ROLLBACK or PREPARE TRANSACTION leave none; COMMIT AND
-    CHAIN, or BEGIN after them, another one."""
-    if await left_transaction(conn, xact):
+    CHAIN, or BEGIN after them, another one.
+
+    With it, the rest of the transaction is made to run as the pool's session (not as a role the
+    migration switched to): reset to it when the session can be, which then needs no reset after
+    the commit; a transaction found not to be brainmigrate's is rolled back."""
+    if is_usable(conn) and not conn.is_in_transaction():
+        ours = False
+    elif session.resets_before_commit:
+        ours = await session.reset_before_commit(conn, xact)
+    else:
+        ours = await session.act_as_runner(conn) == xact
+    if not ours:
         progress.escaped = True
         raise _escaped(migration_id, operation, None)
 
@@ -289,7 +304,7 @@ class SchemaRunner:
                 await _execute(migration, statements, operation, conn, progress)
             await _verify_stage(migration, operation, config, conn, progress)
             with telemetry.stage_span(telemetry.STAGE_COMMIT, meta.id):
-                await _check_still_ours(conn, xact, meta.id, operation, progress)
+                await _check_still_ours(session, conn, xact, meta.id, operation, progress)
                 completed = attrs.evolve(
                     attempt,
                     status=AttemptStatus.COMPLETED,
@@ -297,10 +312,10 @@ class SchemaRunner:
                     finished_at=now(),
                 )
                 with progress.writing("its completed row"):
-                    await session.act_as_runner(conn)  # not as a role the migration switched to
                     await self.ledger.insert(conn, completed, session.lock)
                 progress.committing = True
                 await transaction.commit()
+                session.committed(conn)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 if xact is not None and not progress.committing and not progress.escaped:
