@@ -429,3 +429,37 @@ async def test_run_status_changes_follow_the_transition_table(brainmigrate_pool:
         assert [r[0] for r in statuses] == ["rolled_back", "cancelling"]
         progress = await runner.progress(conn, "m_001")
         assert progress is not None and progress.status is RunStatus.CANCELLING
+
+
+#: The transaction that created a table, and the one that gave data_chunks its run id (version 2).
+_CREATED_IN = """
+SELECT (SELECT xmin::text FROM pg_class WHERE oid = 'brainmigrate.migration_history'::regclass),
+       (SELECT xmin::text FROM pg_attribute
+         WHERE attrelid = 'brainmigrate.data_chunks'::regclass AND attname = 'run_id'),
+       (SELECT xmin::text FROM brainmigrate.schema_version)
+"""
+
+
+async def test_a_fresh_database_gets_every_step_in_one_transaction(brainmigrate_pool: Any) -> None:
+    """A reader polling while the first runner bootstraps meets no tables or the current layout,
+    never version 1 waiting for version 2: every step is written by one transaction."""
+    await Migrator(
+        brainmigrate_pool, [schema_migration("notes_001", ["CREATE TABLE notes (id int)"])]
+    ).run_pending()
+
+    history, run_id, version = await brainmigrate_pool.fetchrow(_CREATED_IN)
+
+    assert history == run_id == version
+
+
+async def test_a_0_1_0_database_is_upgraded_in_one_transaction(brainmigrate_pool: Any) -> None:
+    """Upgrading 0.1.0's tables adds the run ids and records the version in one transaction."""
+    await _make_0_1_0(brainmigrate_pool)
+    table = "SELECT 'brainmigrate.migration_history'::regclass::oid"
+    before = await brainmigrate_pool.fetchval(table)
+
+    await Migrator(brainmigrate_pool, _catalog()).resolve("dirty_004", applied=False)
+
+    history, run_id, version = await brainmigrate_pool.fetchrow(_CREATED_IN)
+    assert before == await brainmigrate_pool.fetchval(table)  # 0.1.0's table kept, not made anew
+    assert history == run_id == version  # its CHECK changed with the rest, in the same transaction

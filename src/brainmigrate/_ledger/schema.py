@@ -2,8 +2,9 @@
 
 ``schema_version`` holds one row: the version of the layout, when it was upgraded and by which
 brainmigrate. :data:`STEPS` lists the upgrades as pure data (version, description, SQL with
-``{s}`` for the quoted schema); a database at version N gets steps N+1.. in one transaction each,
-under the runner lock. A step's SQL never changes once released: a later change is a new step.
+``{s}`` for the quoted schema); a database at version N gets steps N+1.. together in one
+transaction, under the runner lock, so readers never meet a layout half upgraded. A step's SQL
+never changes once released: a later change is a new step.
 
 A database brainmigrate 0.1.0 wrote (its tables, no ``schema_version``) is at version 1. 0.1.0
 created the history and the data-run tables separately, on first use, so step 1 (``IF NOT EXISTS``
@@ -242,10 +243,12 @@ async def upgrade(conn: Connection, schema: str, *, create: bool, check_only: bo
         return version
     at = version if recorded and version is not None else 0  # 0.1.0 runs step 1 again (idempotent)
     by = _brainmigrate_version()
-    for number, _, sql in STEPS:
-        if number <= at:
-            continue
-        async with conn.transaction():
+    # Every step due in one transaction: a reader meets the tables as they were or in their
+    # current layout, never half upgraded (brainmigrate's own tables are small).
+    async with conn.transaction():
+        for number, _, sql in STEPS:
+            if number <= at:
+                continue
             if number == 1:
                 await conn.execute(step_sql(_VERSION_TABLE_SQL, schema))
             await conn.execute(step_sql(sql, schema))

@@ -8,7 +8,8 @@ to it through :class:`Runner` alone.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
 
 import attrs
 
@@ -104,4 +105,27 @@ def not_run(meta: MigrationMetadata, status: MigrationStatus, error: str) -> Mig
         operation=MigrationOperation.APPLY,
         status=status,
         error=error,
+    )
+
+
+def ended(
+    meta: MigrationMetadata,
+    operation: MigrationOperation,
+    status: MigrationStatus,
+    started: datetime,
+    finished: datetime,
+    **fields: Any,
+) -> MigrationResult:
+    """The result of a migration's run (or rollback, or dry run) that started and finished at these
+    times; ``fields`` are the rest of :class:`MigrationResult` (statements, counts, error...)."""
+    return MigrationResult(
+        migration_id=meta.id,
+        name=meta.name,
+        migration_type=meta.migration_type,
+        operation=operation,
+        status=status,
+        started_at=started,
+        finished_at=finished,
+        duration_seconds=(finished - started).total_seconds(),
+        **fields,
     )

@@ -46,7 +46,7 @@ from .._runtime import telemetry as telemetry
 from .._runtime.retry import is_recoverable
 from .._runtime.steps import now, run_gate
 from .._runtime.translate import data_error, translate
-from .base import Deferred, Reversal, Sample, not_run
+from .base import Deferred, Reversal, Sample, ended, not_run
 
 logger = logging.getLogger("brainmigrate")
 
@@ -381,16 +381,12 @@ def _result(
     error: str | None = None,
 ) -> MigrationResult:
     """How a data migration's run (or rollback, or retry of failed items) ended, with its counts."""
-    finished = now()
-    return MigrationResult(
-        migration_id=meta.id,
-        name=meta.name,
-        migration_type=meta.migration_type,
-        operation=operation,
-        status=status,
-        started_at=started,
-        finished_at=finished,
-        duration_seconds=(finished - started).total_seconds(),
+    return ended(
+        meta,
+        operation,
+        status,
+        started,
+        now(),
         error=error,
         items_processed=counts.processed,
         items_skipped=counts.skipped,

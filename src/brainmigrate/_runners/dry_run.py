@@ -23,7 +23,7 @@ from .._model.types import Connection, is_usable
 from .._runtime import telemetry as telemetry
 from .._runtime.steps import now, passes, run_gate
 from .._runtime.translate import execution_error, reason
-from .base import Runners, Sample
+from .base import Runners, Sample, ended
 from .transactions import left_transaction, roll_back
 
 APPLY = MigrationOperation.APPLY
@@ -116,17 +116,13 @@ async def _dry_run_one(
             # Releasing the savepoint keeps its work until the outer transaction is rolled back.
             await _end_savepoint(conn, savepoint, xact, meta.id, keep=status is not MigrationStatus.FAILED)
         span.set_attribute(telemetry.ATTR_STATUS, status.value)
-        finished = now()
-        return MigrationResult(
-            migration_id=meta.id,
-            name=meta.name,
-            migration_type=meta.migration_type,
-            operation=operation,
-            status=status,
+        return ended(
+            meta,
+            operation,
+            status,
+            started,
+            now(),
             dry_run=True,
-            started_at=started,
-            finished_at=finished,
-            duration_seconds=(finished - started).total_seconds(),
             statements=statements,
             postconditions_passed=postconditions_passed,
             error=error,

@@ -32,7 +32,7 @@ from .._runtime import telemetry as telemetry
 from .._runtime.retry import retrying
 from .._runtime.steps import GateRefused, now, run_gate
 from .._runtime.translate import execution_error, is_own_failure, reason, translate
-from .base import Reversal, Sample
+from .base import Reversal, Sample, ended
 from .transactions import left_transaction, roll_back
 
 logger = logging.getLogger("brainmigrate")
@@ -267,15 +267,12 @@ class SchemaRunner:
                 meta.id,
                 (finished - started).total_seconds(),
             )
-            return MigrationResult(
-                migration_id=meta.id,
-                name=meta.name,
-                migration_type=meta.migration_type,
-                operation=operation,
-                status=status,
-                started_at=started,
-                finished_at=finished,
-                duration_seconds=(finished - started).total_seconds(),
+            return ended(
+                meta,
+                operation,
+                status,
+                started,
+                finished,
                 statements=statements,
                 postconditions_passed=progress.postconditions_passed,
                 attempts=attempts,
