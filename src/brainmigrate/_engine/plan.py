@@ -1,4 +1,5 @@
-"""How one data migration runs here: its mode, its table, and the SQL derived from them."""
+"""How one data migration runs here: its mode, its table, and the SQL derived from them, as a plan
+made by checking the migration against the database (:func:`make_plan`)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from collections.abc import Iterable, Mapping
 
 import attrs
 
+from .._errors import MigrationValidationError
 from .._model.data import DatabaseDataMigration, DataMigration, MemoryDataMigration
 from .._model.items import MEMORY_FIELDS
 from .._model.sqltext import quote_ident
+from .._model.types import Connection
 from . import sql as sql
 from .table import Column, TableShape
 
@@ -179,3 +182,70 @@ def image_candidates(migration: DataMigration, shape: TableShape) -> list[str]:
     if migration.writes:
         return list(migration.writes)
     return [name for name in shape.columns if name != shape.key.name]
+
+
+async def make_plan(conn: Connection, schema: str, migration: DataMigration, checksum: str) -> RunPlan:
+    """Check the migration against the database and derive how it runs."""
+    meta = migration.metadata
+    statement = (
+        await migration.get_batch_statement() if isinstance(migration, DatabaseDataMigration) else None
+    )
+    if isinstance(migration, MemoryDataMigration) and migration.uses_query:
+        mode = QUERY
+    elif statement is not None:
+        mode = STATEMENT
+    else:
+        mode = STREAM
+    source = migration.source
+    if source is None:
+        raise MigrationValidationError(
+            f"data migration {meta.id!r} has no source: set `source = DataSource(table=..., key=...)`"
+            + (" or override get_batch_statement()" if isinstance(migration, DatabaseDataMigration) else ""),
+            migration_id=meta.id,
+        )
+    shape = await TableShape.read(conn, source, meta.id)
+    if mode == STREAM:
+        memory = isinstance(migration, MemoryDataMigration)
+        base: type = MemoryDataMigration if memory else DatabaseDataMigration
+        one = "transform_memory" if memory else "transform_row"
+        if not (migration._overrides(one, base) or migration._overrides("transform_batch", base)):
+            raise MigrationValidationError(
+                f"data migration {meta.id!r} has nothing to do: override {one}() or transform_batch()"
+                + ("" if memory else " or get_batch_statement()"),
+                migration_id=meta.id,
+            )
+    reverse = None
+    if meta.reversible:
+        reverse = "inverse" if _has_inverse(migration) else "images"
+        if mode == STATEMENT and reverse == "images":
+            assert isinstance(migration, DatabaseDataMigration)
+            if not migration.writes:
+                raise MigrationValidationError(
+                    f"data migration {meta.id!r} is reversible but its batch statement declares no "
+                    "`writes` (the columns it changes, whose before-images are kept) and no "
+                    "get_rollback_batch_statement()",
+                    migration_id=meta.id,
+                )
+            shape.check_columns(migration.writes, meta.id, "writes")
+    image = f"{quote_ident(schema)}.{quote_ident(sql.image_table(meta.id))}" if reverse == "images" else None
+    read = [name for name in source.columns if name != shape.key.name]
+    return RunPlan(
+        migration=migration,
+        checksum=checksum,
+        schema=schema,
+        mode=mode,
+        shape=shape,
+        read_columns=shape.read_columns(read),
+        image=image,
+        reverse=reverse,
+        statement=statement,
+    )
+
+
+def _has_inverse(migration: DataMigration) -> bool:
+    if isinstance(migration, MemoryDataMigration):
+        return migration._overrides("reverse_memory", MemoryDataMigration)
+    assert isinstance(migration, DatabaseDataMigration)
+    return migration._overrides("reverse_row", DatabaseDataMigration) or (
+        type(migration).get_rollback_batch_statement is not DatabaseDataMigration.get_rollback_batch_statement
+    )
