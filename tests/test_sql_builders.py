@@ -84,17 +84,15 @@ def test_quote_ident_takes_names_of_63_bytes() -> None:
 # --- reading a page of the source table ----------------------------------------------------------
 
 
-def expected_page(selects: str, lower: str | None, upper: bool, where: str | None, key_type: str) -> str:
-    conditions = [f"({where})"] if where else []
-    n = 1
-    if lower:
-        n += 1
-        conditions.append(f"I {lower} ${n}::text::{key_type}")
-    if upper:
-        n += 1
-        conditions.append(f"I < ${n}::text::{key_type}")
-    where_sql = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    return f"SELECT {selects} FROM I.I{where_sql} ORDER BY I LIMIT $1"
+#: The bounds of a page, written out: (lower, upper) -> the conditions, ``T`` standing for the key's type.
+PAGE_BOUNDS = {
+    (None, False): [],
+    (">", False): ["I > $2::text::T"],
+    (">=", False): ["I >= $2::text::T"],
+    (None, True): ["I < $2::text::T"],
+    (">", True): ["I > $2::text::T", "I < $3::text::T"],
+    (">=", True): ["I >= $2::text::T", "I < $3::text::T"],
+}
 
 
 @given(
@@ -125,7 +123,12 @@ def test_page_quotes_every_name_and_binds_limit_and_bounds(
 
     text, quoted = skeleton(statement)
     conditions = int(lower is not None) + int(upper)
-    assert text == expected_page(", ".join(["I", *["I::text"] * len(columns)]), lower, upper, where, key_type)
+    conditions_sql = ([f"({where})"] if where else []) + [
+        condition.replace("::T", f"::{key_type}") for condition in PAGE_BOUNDS[(lower, upper)]
+    ]
+    where_sql = f" WHERE {' AND '.join(conditions_sql)}" if conditions_sql else ""
+    selects_sql = ", ".join(["I", *["I::text"] * len(columns)])
+    assert text == f"SELECT {selects_sql} FROM I.I{where_sql} ORDER BY I LIMIT $1"
     assert quoted == [key, *columns, schema, table] + [key] * conditions + [key]
     assert parameters(statement) == 1 + conditions
     assert "'" not in text  # no literal: every value is a parameter

@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 
 from .metadata import MigrationStatus, MigrationType
+from .sqltext import first_line
 from .states import AttemptStatus, MigrationOperation
 
 
@@ -17,11 +18,6 @@ def _operation(value: MigrationOperation | str) -> MigrationOperation:
 
 def _attempt_status(value: AttemptStatus | str) -> AttemptStatus:
     return AttemptStatus(value)
-
-
-def _first_line(text: str) -> str:
-    stripped = text.strip()
-    return stripped.splitlines()[0] if stripped else ""
 
 
 @attrs.frozen(kw_only=True)
@@ -88,7 +84,7 @@ class MigrationResult:
                 f": {self.items_processed} written, {self.items_skipped} skipped, {self.items_failed} failed"
             )
         if self.error:
-            text += f": {_first_line(self.error)}"
+            text += f": {first_line(self.error)}"
         return text
 
 
@@ -125,7 +121,7 @@ class HistoryRecord:
         if self.duration_ms is not None:
             text += f" ({self.duration_ms:.0f} ms)"
         if self.error:
-            text += f": {_first_line(self.error)}"
+            text += f": {first_line(self.error)}"
         return text
 
 

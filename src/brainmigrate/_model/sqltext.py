@@ -134,10 +134,15 @@ def transaction_control(sql: str) -> str | None:
     return None
 
 
+def first_line(text: str) -> str:
+    """The first line of ``text`` without surrounding whitespace, for messages ('' when blank)."""
+    stripped = text.strip()
+    return stripped.splitlines()[0] if stripped else ""
+
+
 def shorten(statement: str, limit: int = 100) -> str:
     """A statement's first line, cut to ``limit`` characters, for messages."""
-    text = statement.strip()
-    line = text.splitlines()[0] if text else ""
+    line = first_line(statement)
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from .._errors import BrainMigrateError, MigrationExecutionError
+from .._model.sqltext import first_line
 from .._model.states import MigrationOperation
 
 
@@ -62,11 +63,6 @@ def is_own_failure(exc: BaseException) -> bool:
     return isinstance(exc, Exception) and not isinstance(exc, BrainMigrateError) and not is_timeout(exc)
 
 
-def _first_line(statement: str) -> str:
-    text = statement.strip()
-    return text.splitlines()[0] if text else ""
-
-
 def translate(
     exc: BaseException,
     *,
@@ -104,7 +100,7 @@ def translate(
         where, statement_index = " when committing it", None
     elif statement_index is not None and statement_index < len(statements):
         statement = statements[statement_index]
-        where = f" at statement {statement_index + 1} of {len(statements)} ({_first_line(statement)!r})"
+        where = f" at statement {statement_index + 1} of {len(statements)} ({first_line(statement)!r})"
     return execution_error(
         f"could not {verb} migration {migration_id!r}{where}: {reason(exc)}; {undone}. "
         "Fix the migration and run it again",
