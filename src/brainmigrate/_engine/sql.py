@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from .._model.sqltext import quote_ident
+from .._model.sqltext import quote_ident, quote_literal
 from .._model.states import ACTIVE_RUN_STATUSES, RunStatus
 
 RUNS = "data_runs"
@@ -433,14 +433,11 @@ def restore_images(
         sets = ", ".join(f"{quoted} = b.{quoted}" for quoted, _ in columns)
     else:
         sets = ", ".join(
-            f"{quoted} = CASE WHEN b.written @> ARRAY[{_literal(name)}] THEN b.{quoted} ELSE m.{quoted} END"
+            f"{quoted} = CASE WHEN b.written @> ARRAY[{quote_literal(name)}] "
+            f"THEN b.{quoted} ELSE m.{quoted} END"
             for quoted, name in columns
         )
     return f"UPDATE {table} AS m SET {sets} FROM {image} AS b WHERE m.{key} = b.{key}"
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 #: Keep batched writes on the key's index: past ~2% of the table, the planner may choose a hash

@@ -166,3 +166,12 @@ def quote_ident(name: str) -> str:
             "identifiers hold at most 63 (longer ones are silently truncated)"
         )
     return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    """``text`` as an SQL string constant, read alike whatever ``standard_conforming_strings`` says
+    (as PostgreSQL's ``quote_literal``: quotes doubled, and an ``E''`` constant when it has backslashes)."""
+    if "\0" in text:
+        raise ValueError("an SQL string constant cannot hold a NUL character")
+    quoted = "'" + text.replace("'", "''").replace("\\", "\\\\") + "'"
+    return "E" + quoted if "\\" in text else quoted
