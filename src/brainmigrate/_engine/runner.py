@@ -19,7 +19,7 @@ from .._errors import ChecksumMismatchError, MigrationExecutionError
 from .._model.config import MigrationConfig
 from .._model.data import DataMigration
 from .._model.items import Progress, ProgressCallback
-from .._model.results import ItemChange, ItemError
+from .._model.results import ItemChange, ItemError, WriteImpact
 from .._model.sqltext import quote_ident
 from .._model.states import ACTIVE_RUN_STATUSES, RunStatus
 from .._model.types import Connection, Pool
@@ -306,6 +306,7 @@ class DataRunner:
 
     async def sample(
         self, conn: Connection, plan: RunPlan, config: MigrationConfig
-    ) -> tuple[Counts, list[ItemChange]]:
-        """Transform a sample and report what would change; writes nothing."""
+    ) -> tuple[Counts, list[ItemChange], WriteImpact | None]:
+        """Transform a sample and report what would change and what writing a row costs (measured
+        in a savepoint that is rolled back); leaves nothing written."""
         return await _sample.sample(conn, plan, config)

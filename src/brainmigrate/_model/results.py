@@ -42,6 +42,91 @@ class ItemError:
 
 
 @attrs.frozen(kw_only=True)
+class Violation:
+    """Memories breaking a condition one operation of a structure migration needs (a dry run's
+    finding, or the reason a run was refused)."""
+
+    #: The operation, as printed (such as ``rename('topic', 'topics')``).
+    operation: str
+    #: What must hold for it, such as "no memory has the key 'topics' already".
+    condition: str
+    #: How many memories break it.
+    count: int
+    #: Keys of a few of them.
+    sample_keys: tuple[Any, ...] = ()
+
+    def __str__(self) -> str:
+        keys = ", ".join(str(key) for key in self.sample_keys)
+        return f"{self.operation}: {self.count} memories break the condition that {self.condition}" + (
+            f" (such as {keys})" if keys else ""
+        )
+
+
+@attrs.frozen(kw_only=True)
+class WriteImpact:
+    """What writing one changed row of a data, memory or structure migration costs (a dry run's
+    estimate): the indexes it touches, whether the update can be HOT, and a measured cost."""
+
+    table: str
+    #: The columns the migration writes.
+    written_columns: tuple[str, ...]
+    #: Indexes every changed row must be inserted into (all of them unless the update is HOT).
+    touched_indexes: tuple[str, ...]
+    #: Whether updates can be heap-only (no written column is indexed).
+    hot_possible: bool
+    #: Vector indexes (HNSW, IVFFlat) among the touched ones: a graph insert per changed row.
+    vector_indexes: tuple[str, ...] = ()
+    #: Seconds per changed row, measured by writing a sample inside the dry run; None when not measured.
+    seconds_per_row: float | None = None
+    #: Warnings for people, such as the cost of per-row vector index maintenance.
+    warnings: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class KeyPathStats:
+    """One key path of a JSONB column: the JSON types found there, and how many memories have it."""
+
+    path: tuple[str, ...]
+    #: JSON type (``object``, ``array``, ``string``, ``number``, ``boolean``, ``null``) to memories.
+    types: dict[str, int]
+    #: Memories carrying this path (with any type).
+    memories: int
+
+    @property
+    def dotted(self) -> str:
+        return ".".join(self.path)
+
+
+@attrs.frozen(kw_only=True)
+class StructureDescription:
+    """What a JSONB column of memories holds: every key path, its types, and how common it is."""
+
+    table: str
+    column: str
+    #: Memories looked at (all, or a sample: see ``sampled``).
+    memories: int
+    #: Whether the figures come from a sample of the table (``TABLESAMPLE``), not every memory.
+    sampled: bool
+    paths: tuple[KeyPathStats, ...] = ()
+
+    def get(self, path: str | tuple[str, ...]) -> KeyPathStats | None:
+        """The figures of ``path`` (dotted, or a tuple), or None when no memory has it."""
+        wanted = tuple(path.split(".")) if isinstance(path, str) else tuple(path)
+        return next((stats for stats in self.paths if stats.path == wanted), None)
+
+    def __str__(self) -> str:
+        """A table for people: one line per key path."""
+        head = f"{self.table}.{self.column}: {self.memories} memories" + (
+            " (sampled)" if self.sampled else ""
+        )
+        lines = [head]
+        for stats in self.paths:
+            types = ", ".join(f"{kind} {count}" for kind, count in sorted(stats.types.items()))
+            lines.append(f"  {stats.dotted:<40} {stats.memories:>10}  {types}")
+        return "\n".join(lines)
+
+
+@attrs.frozen(kw_only=True)
 class MigrationResult:
     """How one migration run (apply or rollback, real or dry) ended."""
 
@@ -68,6 +153,10 @@ class MigrationResult:
     items_failed: int = 0
     #: Data migrations in a dry run: examples of the values that would change.
     changes: tuple[ItemChange, ...] = ()
+    #: Structure migrations in a dry run: memories breaking a condition of an operation.
+    violations: tuple[Violation, ...] = ()
+    #: Data, memory and structure migrations in a dry run: what writing a changed row costs.
+    write_impact: WriteImpact | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -114,6 +203,14 @@ class HistoryRecord:
     hostname: str
     pid: int
     db_user: str
+    #: For a step of a hybrid migration (and the hybrid's own rows): the hybrid's id, and the
+    #: phase it was in (``expanding``, ``backfilling``, ``contracting``, ``compensating``...).
+    #: The step is ``migration_id``.
+    hybrid_id: str | None = None
+    hybrid_phase: str | None = None
+    #: For rows written by hand (``abandon``): who, and why.
+    actor: str | None = None
+    reason: str | None = None
 
     def __str__(self) -> str:
         """One line, such as ``#12 add_users_001 apply completed 2026-12-01 19:04:05+00:00 (12 ms)``."""

@@ -18,7 +18,7 @@ from .._ledger.session import RunnerSession
 from .._model.config import MigrationConfig
 from .._model.metadata import MigrationMetadata, MigrationStatus
 from .._model.migration import Migration, MigrationKind
-from .._model.results import ItemChange, MigrationResult
+from .._model.results import ItemChange, MigrationResult, Violation, WriteImpact
 from .._model.states import MigrationOperation
 from .._model.types import Connection
 
@@ -37,6 +37,10 @@ class Sample:
     skipped: int = 0
     failed: int = 0
     changes: tuple[ItemChange, ...] = ()
+    violations: tuple[Violation, ...] = ()
+    write_impact: WriteImpact | None = None
+    #: Why the real run would be refused, when the dry run found it would be.
+    refusal: str | None = None
 
 
 class Runner(Protocol):

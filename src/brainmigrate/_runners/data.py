@@ -138,7 +138,7 @@ class DataMigrationRunner:
             if operation != APPLY:
                 await self.engine.check_reversible(conn, plan)
                 return Sample()
-            counts, changes = await self.engine.sample(conn, plan, config)
+            counts, changes, impact = await self.engine.sample(conn, plan, config)
         except Exception as exc:
             error = translate(
                 exc,
@@ -150,7 +150,7 @@ class DataMigrationRunner:
             if error is None or error is exc:
                 raise
             raise error from exc
-        return Sample(counts.processed, counts.skipped, counts.failed, tuple(changes))
+        return Sample(counts.processed, counts.skipped, counts.failed, tuple(changes), write_impact=impact)
 
     async def stopped_midway(self, conn: Connection, migration: Migration) -> bool:
         """Whether its run stopped midway (failed, cancelled, or its workers all died)."""
@@ -227,6 +227,11 @@ class DataMigrationRunner:
 
         return gate
 
+    async def _postconditions(self, conn: Connection, plan: RunPlan) -> None:
+        """The postcondition gate of a finished run, inside the transaction that records it."""
+        meta = plan.migration.metadata
+        await run_gate(plan.migration.validate_postconditions, conn, "postconditions", meta.id)
+
     async def _settle(
         self, session: RunnerSession, plan: RunPlan, outcome: Outcome, started: datetime, cfg: MigrationConfig
     ) -> MigrationResult | BrainMigrateError:
@@ -255,9 +260,7 @@ class DataMigrationRunner:
             async with conn.transaction():
                 if cfg.validate_after:
                     try:
-                        await run_gate(
-                            plan.migration.validate_postconditions, conn, "postconditions", meta.id
-                        )
+                        await self._postconditions(conn, plan)
                     except MigrationValidationError as refused:
                         return refused
                 await session.act_as_runner(conn)  # not as a role the postconditions switched to

@@ -106,7 +106,9 @@ async def _dry_run_one(
                 if operation == APPLY and config.validate_before:
                     await run_gate(migration.validate_preconditions, conn, "preconditions", meta.id)
                 sample = await runner.dry_run(conn, migration, operation, config, statements)
-                if operation == APPLY and config.validate_after:
+                if sample.refusal is not None:
+                    status, error = MigrationStatus.FAILED, sample.refusal
+                if operation == APPLY and config.validate_after and error is None:
                     postconditions_passed = await passes(migration, conn)
                     if not postconditions_passed:
                         status = MigrationStatus.FAILED
@@ -130,6 +132,8 @@ async def _dry_run_one(
             items_skipped=sample.skipped,
             items_failed=sample.failed,
             changes=sample.changes,
+            violations=sample.violations,
+            write_impact=sample.write_impact,
         )
 
 
