@@ -12,7 +12,7 @@ import anyio
 import asyncpg
 import pytest
 
-from brainmigrate import MigrationConfig, MigrationStatus, MigrationType, Migrator
+from brainmigrate import MigrationConfig, MigrationStatus, MigrationType, MigrationValidationError, Migrator
 from brainmigrate.testing import assert_reversible, fingerprint
 
 pytestmark = pytest.mark.anyio
@@ -28,8 +28,10 @@ ORDER = [
     "index_importance_by_type_001",
     "touch_memories_updated_at_001",
     "enrich_memories_with_sentiment_001",
+    "nest_memory_metadata_001",
 ]
 SENTIMENT = "enrich_memories_with_sentiment_001"
+STRUCTURE = "nest_memory_metadata_001"
 
 # What the example schema leaves behind in the public schema, read from the catalogs.
 USER_OBJECTS = """
@@ -216,7 +218,8 @@ async def test_examples_pass_the_stairway_check(brainmigrate_pool):
 
 
 async def test_demo_runs_end_to_end_on_a_given_database(brainmigrate_database):
-    """examples/demo.py --dsn migrates that database, enriches its memories, rolls that back, exits 0."""
+    """examples/demo.py --dsn migrates that database, enriches its memories, reshapes their metadata,
+    rolls both back (newest first), exits 0."""
     env = {**os.environ, "COLUMNS": "120"}
     env.pop("BRAINMIGRATE_DEMO_DSN", None)
 
@@ -236,16 +239,37 @@ async def test_demo_runs_end_to_end_on_a_given_database(brainmigrate_database):
     assert "It returned 0 results" in text
     assert f"Roll back {SENTIMENT}" in text
     assert "Every memory's metadata is identical to before the migration" in text
+    # The structure migration: the shape before, the dry run's diff and write impact, the run, the
+    # shape after, then its rollback, before the sentiment migration's.
+    assert "describe_structure(table='memories', column='metadata')" in text
+    assert "Before: 3,000 memories" in text
+    assert f"Dry run: {STRUCTURE}" in text
+    assert "of 3,000 memories, 3,000 would change and 0 stay as they are" in text
+    assert "Violations: none" in text
+    assert '- {"tags": ' in text and '"analysis": {"sentiment": {' in text
+    assert "Write impact: metadata of 3,000 memories; no HOT updates" in text
+    assert f"applied {STRUCTURE}: 3,000 memories written, 0 skipped, 0 failed" in text
+    assert "After: 3,000 memories" in text
+    assert "analysis.sentiment (new)" in text and "schema_version (new)" in text
+    assert "gone: language, sentiment" in text
+    assert f"Roll back {STRUCTURE}" in text
+    assert "applied the inverse operations (remove('schema_version', default=2), unwrap('languages')" in text
+    assert "After the rollback: 3,000 memories" in text
+    assert "The structure is back: the same key paths, with the same types and counts" in text
+    assert f"{STRUCTURE} is left rolled_back, not applied again" in text
+    assert text.index(f"Roll back {STRUCTURE}") < text.index(f"Roll back {SENTIMENT}")
     pool = await asyncpg.create_pool(brainmigrate_database, min_size=2, max_size=2)
     try:
         migrator = Migrator(pool, MIGRATIONS)
-        assert [meta.id for meta in await migrator.pending()] == [SENTIMENT]
+        assert [meta.id for meta in await migrator.pending()] == [SENTIMENT, STRUCTURE]
         assert [(r.migration_id, r.operation) for r in await migrator.history()] == [
             *((mid, "apply") for mid in ORDER),
+            (STRUCTURE, "rollback"),
             (SENTIMENT, "rollback"),
         ]
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM memories WHERE metadata ? 'sentiment'") == 0
+            assert await conn.fetchval("SELECT count(*) FROM memories WHERE metadata ? 'analysis'") == 0
             assert await conn.fetchval("SELECT count(*) FROM memories") == 3000
     finally:
         await pool.close()
@@ -315,3 +339,77 @@ async def test_sentiment_migration_enriches_memories_and_rolls_back_to_the_byte(
     assert restored == (MigrationStatus.ROLLED_BACK, len(SEEDED) + 500)
     assert before.diff(after) == []
     assert [meta.id for meta in await migrator.pending(MigrationType.MEMORY_DATA)] == [SENTIMENT]
+
+
+async def test_structure_migration_nests_the_sentiment_and_rolls_back_to_the_byte(brainmigrate_pool):
+    """After the sentiment migration, the structure migration gives every memory's metadata its new
+    shape on the server, and its rollback (by the inverse operations) restores every row exactly."""
+    migrator = Migrator(brainmigrate_pool, MIGRATIONS)
+    # As above: without the updated_at trigger of 007, rows compare equal after the rollback.
+    for migration_id in ("enable_pgvector_001", "create_memories_001"):
+        await migrator.execute(migration_id)
+    async with brainmigrate_pool.acquire() as conn:
+        await conn.executemany(
+            "INSERT INTO memories (content, metadata) VALUES ($1, $2::jsonb)",
+            [
+                ("The team offsite was a great success", '{"source": "journal", "language": "en"}'),
+                ("Sprint planning is on Tuesday", '{"source": "chat"}'),
+                ("I hate mondays", '{"sentiment": {"label": "custom"}}'),
+            ],
+        )
+    await migrator.execute(SENTIMENT)  # leaves out the memory with a sentiment (its source's filter)
+    async with brainmigrate_pool.acquire() as conn:
+        before = await fingerprint(conn)
+
+    [result] = await migrator.run_pending(MigrationType.MEMORY_STRUCTURE)
+    async with brainmigrate_pool.acquire() as conn:
+        rows = {
+            row["content"]: json.loads(row["metadata"])
+            for row in await conn.fetch("SELECT content, metadata::text FROM memories")
+        }
+    [rolled_back] = await migrator.rollback(STRUCTURE)
+    async with brainmigrate_pool.acquire() as conn:
+        after = await fingerprint(conn)
+
+    assert (result.status, result.items_processed) == (MigrationStatus.COMPLETED, 3)
+    offsite = rows["The team offsite was a great success"]
+    assert offsite["analysis"]["sentiment"]["label"] == "positive"
+    assert {key: offsite[key] for key in ("source", "languages", "schema_version")} == {
+        "source": "journal",
+        "languages": ["en"],
+        "schema_version": 2,
+    }
+    assert "sentiment" not in offsite and "language" not in offsite
+    # A memory without a language gets none (``languages`` may be absent); a sentiment the
+    # application wrote is nested all the same.
+    assert "languages" not in rows["Sprint planning is on Tuesday"]
+    assert rows["I hate mondays"] == {"analysis": {"sentiment": {"label": "custom"}}, "schema_version": 2}
+    assert rolled_back.status is MigrationStatus.ROLLED_BACK
+    assert before.diff(after) == []
+
+
+async def test_structure_migration_refuses_memories_its_rollback_could_not_restore(brainmigrate_pool):
+    """A memory that has ``languages`` already would lose it to the rename's inverse: the run is
+    refused before its first batch, naming the condition, and nothing is written."""
+    migrator = Migrator(brainmigrate_pool, MIGRATIONS)
+    for migration_id in ("enable_pgvector_001", "create_memories_001"):
+        await migrator.execute(migration_id)
+    async with brainmigrate_pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO memories (content, metadata) VALUES "
+            """('Bonjour', '{"language": "fr", "languages": ["fr", "en"]}'),"""
+            """ ('Hello', '{"language": "en"}')"""
+        )
+    await migrator.execute(SENTIMENT)
+    async with brainmigrate_pool.acquire() as conn:
+        before = await fingerprint(conn)
+
+    with pytest.raises(MigrationValidationError) as caught:
+        await migrator.execute(STRUCTURE)
+
+    message = str(caught.value)
+    assert f"structure migration {STRUCTURE!r} was not run, nothing was changed" in message
+    assert "rename('language', 'languages'): 1 memories break the condition" in message
+    async with brainmigrate_pool.acquire() as conn:
+        assert before.diff(await fingerprint(conn)) == []
+    assert await migrator.status(STRUCTURE) is MigrationStatus.PENDING

@@ -342,6 +342,12 @@ async def test_ddl_behind_an_open_transaction_succeeds_once_it_commits_during_re
     async with _application_reading_memories(brainmigrate_database) as blocker:
 
         async def commit_soon() -> None:
+            # 150 ms after the first attempt started, whenever that is: its 100 ms lock wait
+            # times out before the commit.
+            async def attempted() -> bool:
+                return bool(calls)
+
+            await wait_until(attempted, interval=0.005, what="the first attempt")
             await anyio.sleep(0.15)
             await blocker.commit()
 

@@ -22,7 +22,7 @@ from brainmigrate._engine import sql as run_sql
 from brainmigrate._engine.runner import DataRunner
 from brainmigrate._ledger import schema as own
 from brainmigrate._model.sqltext import quote_ident
-from brainmigrate._model.states import AttemptStatus, MigrationOperation, RunStatus
+from brainmigrate._model.states import AttemptStatus, HybridPhase, MigrationOperation, RunStatus
 from data_support import create_memories, key_at, memory_migration
 from helpers import schema_migration
 
@@ -56,8 +56,20 @@ def test_version_two_allows_every_attempt_status_and_operation_and_stamp() -> No
     assert operations is not None and statuses is not None
     listed_operations = {word.strip(" '\n") for word in operations.group(1).split(",")}
     listed_statuses = {word.strip(" '\n") for word in statuses.group(1).split(",")}
-    assert listed_operations == {op.value for op in MigrationOperation} | {"stamp"}
+    # 'abandon' came with version 3.
+    assert listed_operations == {op.value for op in MigrationOperation} - {"abandon"} | {"stamp"}
     assert listed_statuses == {status.value for status in AttemptStatus}
+
+
+def test_version_three_allows_every_operation_and_every_hybrid_phase() -> None:
+    v3 = dict((version, sql) for version, _, sql in own.STEPS)[3]
+    operations = re.search(r"CHECK \(operation IN \(([^)]*)\)\)", v3)
+    phases = re.search(r"CHECK \(phase IN \(([^)]*)\)\)", v3)
+    assert operations is not None and phases is not None
+    listed_operations = {word.strip(" '\n") for word in operations.group(1).split(",")}
+    listed_phases = {word.strip(" '\n") for word in phases.group(1).split(",")}
+    assert listed_operations == {op.value for op in MigrationOperation} | {"stamp"}
+    assert listed_phases == {phase.value for phase in HybridPhase}
 
 
 def test_version_one_is_the_0_1_0_layout() -> None:
@@ -274,10 +286,13 @@ async def test_a_0_1_0_database_is_upgraded_keeping_its_history_and_its_data_run
     await migrator.resolve("dirty_004", applied=False)
 
     version = await _version_row(brainmigrate_pool)
-    assert version is not None and version["version"] == own.CURRENT_VERSION == 2
+    assert version is not None and version["version"] == own.CURRENT_VERSION == 3
     assert version["upgraded_by"]
     kept = await brainmigrate_pool.fetch(f"SELECT * FROM {S}.migration_history ORDER BY attempt_id")
-    assert [dict(r) for r in kept][: len(before["history"])] == before["history"]
+    columns = before["history"][0].keys()  # version 3 added columns for hybrid migrations
+    assert [{k: v for k, v in dict(r).items() if k in columns} for r in kept][: len(before["history"])] == (
+        before["history"]
+    )
     assert (kept[-1]["migration_id"], kept[-1]["operation"]) == ("dirty_004", "resolve")
 
     done = await migrator.progress("tag_memories_001")
@@ -463,3 +478,31 @@ async def test_a_0_1_0_database_is_upgraded_in_one_transaction(brainmigrate_pool
     history, run_id, version = await brainmigrate_pool.fetchrow(_CREATED_IN)
     assert before == await brainmigrate_pool.fetchval(table)  # 0.1.0's table kept, not made anew
     assert history == run_id == version  # its CHECK changed with the rest, in the same transaction
+
+
+async def test_a_version_2_database_is_upgraded_to_3_for_hybrid_migrations(brainmigrate_pool: Any) -> None:
+    """Tables at version 2 are read as they are (history without the hybrid columns), and the first
+    write adds hybrid_runs and the history's hybrid columns, keeping every row."""
+    migrator = Migrator(brainmigrate_pool, [schema_migration("notes_001", ["CREATE TABLE notes (id int)"])])
+    async with brainmigrate_pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute(own.step_sql(own._VERSION_TABLE_SQL, S))
+            for _, _, sql in own.STEPS[:2]:
+                await conn.execute(own.step_sql(sql, S))
+            await conn.execute(own.step_sql(own._RECORD_VERSION, S), 2, "0.1.0")
+        await _history_row(conn, "old_001", "c", "apply", "completed", applied_after=True)
+        before = [dict(r) for r in await conn.fetch(f"SELECT * FROM {S}.migration_history")]
+        assert await own.read_version(conn, S) == 2
+
+    [old] = await migrator.history()  # read on version 2: no hybrid columns yet
+    assert (old.migration_id, old.hybrid_id, old.hybrid_phase, old.actor) == ("old_001", None, None, None)
+
+    await migrator.run_pending()
+
+    async with brainmigrate_pool.acquire() as conn:
+        assert await own.read_version(conn, S) == own.CURRENT_VERSION == 3
+        assert await conn.fetchval(f"SELECT to_regclass('{S}.hybrid_runs') IS NOT NULL")
+        kept = [dict(r) for r in await conn.fetch(f"SELECT * FROM {S}.migration_history ORDER BY attempt_id")]
+    assert [{k: v for k, v in row.items() if k in before[0]} for row in kept[:1]] == before
+    assert all(row["hybrid_id"] is None for row in kept)
+    assert [r.migration_id for r in await migrator.history()] == ["old_001", "notes_001"]

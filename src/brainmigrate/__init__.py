@@ -2,6 +2,7 @@
 
 import importlib.metadata as _importlib_metadata
 
+from . import structure as structure
 from ._catalog.loader import MigrationSource
 from ._errors import (
     BrainMigrateError,
@@ -12,6 +13,7 @@ from ._errors import (
     DependencyError,
     DirtyMigrationError,
     DuplicateMigrationError,
+    HybridPhaseError,
     IrreversibleMigrationError,
     MigrationExecutionError,
     MigrationLoadError,
@@ -27,11 +29,23 @@ from ._errors import (
 from ._migrator import Migrator
 from ._model.config import MigrationConfig, RetryPolicy
 from ._model.data import DatabaseDataMigration, MemoryDataMigration
+from ._model.hybrid import HybridMigration, HybridStatus
 from ._model.items import BulkMemoryItem, DataSource, Progress, ProgressCallback
+from ._model.memory_structure import MemoryStructureMigration
 from ._model.metadata import MigrationMetadata, MigrationStatus, MigrationType
 from ._model.migration import DatabaseSchemaMigration, Migration
-from ._model.results import HistoryRecord, ItemChange, ItemError, MigrationResult, ValidationReport
-from ._model.states import AttemptStatus, MigrationOperation, RunStatus
+from ._model.results import (
+    HistoryRecord,
+    ItemChange,
+    ItemError,
+    KeyPathStats,
+    MigrationResult,
+    StructureDescription,
+    ValidationReport,
+    Violation,
+    WriteImpact,
+)
+from ._model.states import AttemptStatus, HybridPhase, MigrationOperation, RunStatus
 from ._model.types import Connection
 
 try:
@@ -55,10 +69,16 @@ __all__ = [
     "DirtyMigrationError",
     "DuplicateMigrationError",
     "HistoryRecord",
+    "HybridMigration",
+    "HybridPhase",
+    "HybridPhaseError",
+    "HybridStatus",
     "IrreversibleMigrationError",
     "ItemChange",
     "ItemError",
+    "KeyPathStats",
     "MemoryDataMigration",
+    "MemoryStructureMigration",
     "Migration",
     "MigrationConfig",
     "MigrationExecutionError",
@@ -82,6 +102,9 @@ __all__ = [
     "RetryPolicy",
     "RunStatus",
     "SchemaVersionError",
+    "StructureDescription",
     "ValidationReport",
+    "Violation",
+    "WriteImpact",
     "__version__",
 ]

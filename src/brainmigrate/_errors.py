@@ -14,7 +14,8 @@ Every error is a :class:`BrainMigrateError`; the tree is shallow::
     ├── IrreversibleMigrationError
     ├── MigrationNotFoundError
     ├── MigrationStateError
-    │   └── DirtyMigrationError
+    │   ├── DirtyMigrationError
+    │   └── HybridPhaseError
     ├── MigrationLockTimeout
     ├── MigrationLockLost
     ├── PoolExhaustedError (also a TimeoutError)
@@ -50,6 +51,9 @@ class BrainMigrateError(Exception):
 
     #: When the failure could not be written to the history table either: why (the driver error).
     recording_error: BaseException | None = None
+    #: When a hybrid migration's compensation (rolling back its completed steps) failed after
+    #: this error: why. The error itself stays the original failure.
+    compensation_error: BaseException | None = None
 
 
 class ConfigError(BrainMigrateError, ValueError):
@@ -198,6 +202,16 @@ class DirtyMigrationError(MigrationStateError):
             "to run it again",
             migration_id=migration_id,
         )
+
+
+class HybridPhaseError(MigrationStateError):
+    """A hybrid migration is not in a phase that allows the operation (such as ``contract()``
+    before its backfill was validated); nothing was changed."""
+
+    def __init__(self, message: str, *, migration_id: str, phase: str | None) -> None:
+        super().__init__(message, migration_id=migration_id)
+        #: The phase the hybrid was found in (None: it never ran).
+        self.phase = phase
 
 
 class MigrationLockTimeout(BrainMigrateError, TimeoutError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -11,12 +12,14 @@ import attrs
 
 from ._catalog.graph import MigrationGraph
 from ._catalog.loader import MigrationSource, configured_source, load_migrations
+from ._engine.reshape import DESCRIBE_SAMPLE_ROWS, describe_structure
 from ._engine.runner import DataRunner
 from ._errors import (
     ChecksumMismatchError,
     ConfigError,
     DependencyError,
     DirtyMigrationError,
+    DuplicateMigrationError,
     MigrationExecutionError,
     MigrationNotFoundError,
     MigrationStateError,
@@ -25,19 +28,35 @@ from ._errors import (
 from ._ledger import sql as _sql
 from ._ledger.connect import connection
 from ._ledger.history import Attempt, HistoryLedger, MigrationState
+from ._ledger.hybrid import HybridLedger
 from ._ledger.lock import key_parts, lock_key
 from ._ledger.session import RunnerSession, runner_session
 from ._model.config import MigrationConfig, check_schema_name
 from ._model.data import DataMigration
+from ._model.hybrid import HybridMigration, HybridStatus
 from ._model.items import Progress, ProgressCallback
 from ._model.metadata import MigrationMetadata, MigrationStatus, MigrationType
 from ._model.migration import Migration, MigrationKind, check_definition
-from ._model.results import HistoryRecord, ItemError, MigrationResult, ValidationReport
-from ._model.states import ACTIVE_RUN_STATUSES, AttemptStatus, MigrationOperation, RunStatus
+from ._model.results import (
+    HistoryRecord,
+    ItemError,
+    MigrationResult,
+    StructureDescription,
+    ValidationReport,
+)
+from ._model.states import (
+    ACTIVE_RUN_STATUSES,
+    AttemptStatus,
+    HybridPhase,
+    MigrationOperation,
+    RunStatus,
+)
 from ._runners.base import Deferred, Runners, not_run
 from ._runners.data import DataMigrationRunner
 from ._runners.dry_run import dry_run
+from ._runners.hybrid import HybridRunner, steps_done
 from ._runners.schema import SchemaRunner
+from ._runners.structure import StructureMigrationRunner
 from ._runtime import telemetry as telemetry
 from ._runtime.steps import now
 
@@ -52,11 +71,14 @@ ROLLBACK = MigrationOperation.ROLLBACK
 
 @attrs.frozen
 class _Catalog:
-    """The loaded migrations, their graph and their checksums."""
+    """The loaded migrations, their graph and their checksums (the hybrids' steps' too)."""
 
     migrations: Mapping[str, Migration]
     graph: MigrationGraph
     checksums: Mapping[str, str]
+    #: The steps of hybrid migrations, by id, and the hybrid owning each.
+    steps: Mapping[str, Migration] = attrs.field(factory=dict)
+    owners: Mapping[str, str] = attrs.field(factory=dict)
 
     def pending(
         self, states: Mapping[str, MigrationState], migration_type: MigrationType | str | None
@@ -71,10 +93,32 @@ class _Catalog:
         ]
 
     def get(self, migration_id: str) -> Migration:
+        """A migration, or a hybrid's step, by id."""
         try:
-            return self.migrations[migration_id]
+            return self.migrations.get(migration_id) or self.steps[migration_id]
         except KeyError:
-            raise MigrationNotFoundError(migration_id, known=self.migrations) from None
+            raise MigrationNotFoundError(migration_id, known=[*self.migrations, *self.steps]) from None
+
+    def top_level(self, migration_id: str, operation: str) -> Migration:
+        """A migration by id; a hybrid's step is refused: it runs only as part of its hybrid."""
+        owner = self.owners.get(migration_id)
+        if owner is not None:
+            raise MigrationStateError(
+                f"cannot {operation} {migration_id!r} on its own: it is a step of hybrid migration "
+                f"{owner!r}, which runs (and rolls back) its steps in order; {operation} {owner!r} instead",
+                migration_id=migration_id,
+            )
+        return self.get(migration_id)
+
+    def hybrid(self, migration_id: str, operation: str) -> HybridMigration:
+        migration = self.top_level(migration_id, operation)
+        if not isinstance(migration, HybridMigration):
+            raise MigrationStateError(
+                f"cannot {operation} migration {migration_id!r}: it is not a hybrid migration; only "
+                "those have phases",
+                migration_id=migration_id,
+            )
+        return migration
 
 
 class Migrator:
@@ -121,8 +165,14 @@ class Migrator:
                 MigrationKind.PYTHON: schema_runner,
                 MigrationKind.SQL: schema_runner,
                 MigrationKind.DATA: self._data_runner,
+                MigrationKind.STRUCTURE: StructureMigrationRunner(
+                    pool, self._ledger, self._data, on_progress
+                ),
             }
         )
+        # A hybrid runs each of its steps through the runner of the step's kind (any of the above).
+        self._hybrid_runner = HybridRunner(pool, self._ledger, self._runners, self._data.progress)
+        self._runners = Runners({**self._runners.by_kind, MigrationKind.HYBRID: self._hybrid_runner})
         self._catalog: _Catalog | None = None
 
     # -- reading -------------------------------------------------------------------------------
@@ -155,6 +205,20 @@ class Migrator:
         (await self._load()).get(migration_id)
         async with connection(self.pool) as conn:
             return await self._data.errors(conn, migration_id)
+
+    async def describe_structure(
+        self,
+        *,
+        table: str = "memories",
+        column: str = "metadata",
+        schema: str | None = None,
+        sample_rows: int = DESCRIBE_SAMPLE_ROWS,
+    ) -> StructureDescription:
+        """What a JSONB column holds today: every key path, its JSON types, and how many memories
+        carry it; counted on the server, over a sample of about ``sample_rows`` memories when the
+        table holds more. Look at it before writing a structure migration; it reads, never writes."""
+        async with connection(self.pool) as conn:
+            return await describe_structure(conn, table, column, schema, sample_rows)
 
     async def retry_failed(
         self, migration_id: str, *, config: MigrationConfig | None = None
@@ -212,9 +276,14 @@ class Migrator:
         """Where one migration stands: pending, completed, failed, rolled back, running or dirty.
 
         A data migration can also be cancelling or cancelled (paused); one whose workers all died
-        midway is failed (and resumable).
+        midway is failed (and resumable). A hybrid migration is running from its first step until
+        it completes (:meth:`hybrid_status` tells its phase), failed when a step failed (and it was
+        compensated, or its compensation failed), rolled back after ``rollback(id)``, and pending
+        again once abandoned.
         """
         migration = (await self._load()).get(migration_id)
+        if isinstance(migration, HybridMigration):
+            return await self._hybrid_migration_status(migration)
         async with connection(self.pool) as conn:
             state = (await self._ledger.states(conn)).get(migration_id)
             if isinstance(migration, DataMigration) and not (state is not None and state.applied):
@@ -322,7 +391,7 @@ class Migrator:
         """Apply one migration by id; its dependencies must already be applied."""
         cfg = self._config(config)
         catalog = await self._load()
-        migration = catalog.get(migration_id)
+        migration = catalog.top_level(migration_id, "execute")
         async with runner_session(self.pool, self.schema, cfg) as session:
             states = await self._checked_states(catalog, cfg, session)
             if _applied(states, migration_id):
@@ -358,7 +427,7 @@ class Migrator:
         """
         cfg = self._config(config)
         catalog = await self._load()
-        target = catalog.get(migration_id)
+        target = catalog.top_level(migration_id, "roll back")
         async with runner_session(self.pool, self.schema, cfg) as session:
             states = await self._checked_states(catalog, cfg, session)
             if not _applied(states, migration_id) and not await self._runners.of(target).stopped_midway(
@@ -430,6 +499,82 @@ class Migrator:
         logger.warning("dirty migration %s resolved by hand as applied=%s", migration_id, applied)
         return record
 
+    # -- hybrid migrations ---------------------------------------------------------------------
+
+    async def contract(self, migration_id: str, *, config: MigrationConfig | None = None) -> MigrationResult:
+        """Run a hybrid migration's contract steps, once its backfill is finished and validated.
+
+        For ``contract_mode = "manual"``: the hybrid waits at READY_TO_CONTRACT until this call, so
+        the application's new code can be deployed first. Refused (HybridPhaseError, nothing
+        changed) while the expand or backfill is unfinished or not validated yet. A contract that
+        stopped midway (its runner died) is carried on from its next step.
+        """
+        cfg = self._config(config)
+        catalog = await self._load()
+        hybrid = catalog.hybrid(migration_id, "contract")
+        async with runner_session(self.pool, self.schema, cfg) as session:
+            await self._checked_states(catalog, cfg, session)
+            work = await self._hybrid_runner.contract(hybrid, catalog.checksums[migration_id], cfg, session)
+        return await work()
+
+    async def abandon(self, migration_id: str, *, reason: str, actor: str | None = None) -> HistoryRecord:
+        """Give up a stuck hybrid migration's run, recording who and why in history.
+
+        The run ends where it stands (phase ABANDONED): nothing is undone or applied. Its steps
+        applied stay applied, as their history says; the next ``run_pending()`` starts a new run,
+        which carries on with the steps not applied. ``actor`` defaults to the operating-system user.
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise ConfigError(
+                "abandon() needs a reason: say why the hybrid is given up, for the history record"
+            )
+        if actor is not None and (not isinstance(actor, str) or not actor.strip()):
+            raise ConfigError(f"actor must be a non-empty string or None, got {actor!r}")
+        catalog = await self._load()
+        hybrid = catalog.hybrid(migration_id, "abandon")
+        who = actor if actor is not None else _operator()
+        async with runner_session(self.pool, self.schema, self.config) as session:
+            attempt_id = await self._hybrid_runner.abandon(hybrid, session, reason_text=reason, actor=who)
+            return await self._ledger.record(await session.work_connection(), attempt_id)
+
+    async def hybrid_status(self, migration_id: str) -> HybridStatus:
+        """Where a hybrid migration stands, from any process: its phase, the step it is at, the steps
+        done. Reads only: it takes no lock and writes nothing."""
+        hybrid = (await self._load()).hybrid(migration_id, "report the phase of")
+        async with connection(self.pool) as conn:
+            states = await self._ledger.states(conn)
+            run = await HybridLedger(self.schema).latest(conn, migration_id)
+        applied = _applied(states, migration_id)
+        return HybridStatus(
+            migration_id=migration_id,
+            phase=HybridPhase.COMPLETED if run is None and applied else (run.phase if run else None),
+            contract_mode=type(hybrid).contract_mode,
+            steps=tuple(step.id for step in hybrid.steps),
+            steps_done=tuple(steps_done(hybrid, states)),
+            current_step=run.current_step if run is not None else None,
+            error=run.error if run is not None else None,
+            started_at=run.started_at if run is not None else None,
+            updated_at=run.updated_at if run is not None else None,
+        )
+
+    async def hybrid_phase(self, migration_id: str) -> HybridPhase | None:
+        """A hybrid migration's phase (None: it never ran), from any process."""
+        return (await self.hybrid_status(migration_id)).phase
+
+    async def _hybrid_migration_status(self, hybrid: HybridMigration) -> MigrationStatus:
+        status = await self.hybrid_status(hybrid.metadata.id)
+        phase = status.phase
+        if phase is None or phase is HybridPhase.ABANDONED:
+            return MigrationStatus.PENDING
+        if phase is HybridPhase.COMPLETED:
+            return MigrationStatus.COMPLETED
+        if phase is HybridPhase.ROLLED_BACK:
+            # Compensated after a failure (the failure is kept), or rolled back on request.
+            return MigrationStatus.FAILED if status.error else MigrationStatus.ROLLED_BACK
+        if phase is HybridPhase.FAILED or status.error:
+            return MigrationStatus.FAILED
+        return MigrationStatus.RUNNING
+
     # -- machinery -----------------------------------------------------------------------------
 
     def _config(self, config: MigrationConfig | None) -> MigrationConfig:
@@ -443,12 +588,18 @@ class Migrator:
         """Load, validate and checksum the migrations once; nothing touches the database."""
         if self._catalog is None:
             loaded = load_migrations(self._source, self.pool)
+            _refuse_dependencies_on_steps(loaded)
             graph = MigrationGraph.build((migration.metadata, label) for migration, label in loaded)
             for migration, _ in loaded:
                 await check_definition(migration)
+                if isinstance(migration, HybridMigration):
+                    await migration.check_steps()
             migrations = {migration.metadata.id: migration for migration, _ in loaded}
-            checksums = {mid: await migration.checksum() for mid, migration in migrations.items()}
-            self._catalog = _Catalog(migrations, graph, checksums)
+            steps, owners = _hybrid_steps(loaded)
+            checksums = {
+                mid: await migration.checksum() for mid, migration in (*migrations.items(), *steps.items())
+            }
+            self._catalog = _Catalog(migrations, graph, checksums, steps, owners)
         return self._catalog
 
     async def _prepare_writes(self, session: RunnerSession, states: Mapping[str, MigrationState]) -> None:
@@ -468,7 +619,9 @@ class Migrator:
         """Under the lock: read each migration's state, refusing dirt and drift."""
         states = await self._ledger.states(session.lock.conn)
         for state in states.values():
-            if state.dirty and state.migration_id in catalog.migrations:
+            if state.dirty and (
+                state.migration_id in catalog.migrations or state.migration_id in catalog.steps
+            ):
                 raise await self._dirty_error(catalog, state)
         if not cfg.allow_checksum_drift:
             for state in states.values():
@@ -476,14 +629,16 @@ class Migrator:
                 if state.applied and actual is not None and actual != state.checksum:
                     raise ChecksumMismatchError(state.migration_id, expected=state.checksum, actual=actual)
         unknown = sorted(
-            mid for mid, state in states.items() if state.applied and mid not in catalog.migrations
+            mid
+            for mid, state in states.items()
+            if state.applied and mid not in catalog.migrations and mid not in catalog.steps
         )
         if unknown:
             logger.warning("applied migrations not found in the migration source: %s", ", ".join(unknown))
         return states
 
     async def _dirty_error(self, catalog: _Catalog, state: MigrationState) -> DirtyMigrationError:
-        migration = catalog.migrations[state.migration_id]
+        migration = catalog.get(state.migration_id)
         index = state.statement_index or 0
         statements = await self._runners.of(migration).describe(migration, APPLY)
         return DirtyMigrationError(
@@ -533,6 +688,52 @@ class Migrator:
             if outcome.status is MigrationStatus.COMPLETED:
                 applied.add(meta.id)
         return None
+
+
+def _operator() -> str:
+    """Who runs this process, for the history row of an action taken by hand."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment or the password database
+        return "unknown"
+
+
+def _hybrid_steps(loaded: Iterable[tuple[Migration, str]]) -> tuple[dict[str, Migration], dict[str, str]]:
+    """The hybrids' steps by id, and the hybrid owning each; refuses an id used twice."""
+    sources = {migration.metadata.id: label for migration, label in loaded}
+    steps: dict[str, Migration] = {}
+    owners: dict[str, str] = {}
+    for migration, label in loaded:
+        if not isinstance(migration, HybridMigration):
+            continue
+        for step in migration.steps:
+            where = f"{label}.{step.attribute} (a step of hybrid {migration.metadata.id!r})"
+            if step.id in sources:
+                raise DuplicateMigrationError(step.id, [sources[step.id], where])
+            sources[step.id] = where
+            steps[step.id] = step.migration
+            owners[step.id] = migration.metadata.id
+    return steps, owners
+
+
+def _refuse_dependencies_on_steps(loaded: Iterable[tuple[Migration, str]]) -> None:
+    """A migration may depend on a hybrid, never on one of its steps."""
+    owners = {
+        step.id: migration.metadata.id
+        for migration, _ in loaded
+        if isinstance(migration, HybridMigration)
+        for step in migration.steps
+    }
+    for migration, _ in loaded:
+        for dependency in migration.metadata.dependencies:
+            if dependency in owners:
+                owner = owners[dependency]
+                raise DependencyError(
+                    f"migration {migration.metadata.id!r} depends on {dependency!r}, a step of hybrid "
+                    f"migration {owner!r}; steps are not migrations of their own: depend on {owner!r}, "
+                    "which is applied once all its steps are",
+                    migration_id=migration.metadata.id,
+                )
 
 
 def _applied(states: Mapping[str, MigrationState], migration_id: str) -> bool:

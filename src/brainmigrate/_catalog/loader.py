@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from .._errors import ConfigError, MigrationLoadError, MigrationValidationError
+from .._model.hybrid import HybridMigration
 from .._model.migration import Migration
 
 #: What ``Migrator(pool, migrations=...)`` accepts.
@@ -52,8 +53,18 @@ def configured_source(cwd: Path | None = None) -> str:
 
 
 def load_migrations(source: Any, pool: Any) -> list[tuple[Migration, str]]:
-    """Instantiate every migration in ``source``; each comes with a label naming where it was found."""
-    return list(_instances(source, pool))
+    """Instantiate every migration in ``source``; each comes with a label naming where it was found.
+
+    The steps of hybrid migrations are left out: they run as part of their hybrid, never on their own.
+    """
+    loaded = list(_instances(source, pool))
+    owned = {
+        cls
+        for migration, _ in loaded
+        if isinstance(migration, HybridMigration)
+        for cls in migration.step_classes()
+    }
+    return [(migration, label) for migration, label in loaded if type(migration) not in owned]
 
 
 def _instances(source: Any, pool: Any) -> Iterator[tuple[Migration, str]]:

@@ -10,14 +10,16 @@ import attrs
 from .._errors import MigrationValidationError
 from .._model.data import DatabaseDataMigration, DataMigration, MemoryDataMigration
 from .._model.items import MEMORY_FIELDS
+from .._model.memory_structure import MemoryStructureMigration
 from .._model.sqltext import quote_ident
 from .._model.types import Connection
 from . import sql as sql
+from .reshape import reshape
 from .table import Column, TableShape
 
 STREAM = "stream"  # pages of a source table, transformed in Python
 QUERY = "query"  # slices returned by get_memories_to_migrate(), until it returns none
-STATEMENT = "statement"  # an SQL statement per key range, on the server
+STATEMENT = "statement"  # an SQL statement per key range, on the server (also a structure migration's)
 
 #: A keyset query for each combination of bounds (:data:`sql.BOUNDS`).
 Keyset = Mapping[tuple[str | None, bool], str]
@@ -76,6 +78,8 @@ class RunPlan:
     image: str | None
     reverse: str | None  # "images", "inverse", or None when not reversible
     statement: str | None = None
+    #: The statement reversing a server-side run per key range, when it is reversed by one.
+    rollback_statement: str | None = None
 
     #: Pages of the source (its filter applied) in key order, by bounds.
     pages: Keyset = attrs.field(init=False)
@@ -119,6 +123,8 @@ class RunPlan:
         migration = self.migration
         if self.mode != STATEMENT or self.reverse != "images" or self.shape is None:
             return None
+        if isinstance(migration, MemoryStructureMigration):
+            return None  # its batch statement saves the images of exactly the rows it changes
         assert self.image is not None and isinstance(migration, DatabaseDataMigration)
         return sql.save_images_in_range(
             self.image,
@@ -176,6 +182,8 @@ class RunPlan:
 
 def image_candidates(migration: DataMigration, shape: TableShape) -> list[str]:
     """Columns whose before-images a reversible migration keeps: those it may write."""
+    if isinstance(migration, MemoryStructureMigration):
+        return [migration.column]
     if isinstance(migration, MemoryDataMigration):
         return [name for name in MEMORY_FIELDS if name in shape.columns]
     assert isinstance(migration, DatabaseDataMigration)
@@ -186,6 +194,8 @@ def image_candidates(migration: DataMigration, shape: TableShape) -> list[str]:
 
 async def make_plan(conn: Connection, schema: str, migration: DataMigration, checksum: str) -> RunPlan:
     """Check the migration against the database and derive how it runs."""
+    if isinstance(migration, MemoryStructureMigration):
+        return await _structure_plan(conn, schema, migration, checksum)
     meta = migration.metadata
     statement = (
         await migration.get_batch_statement() if isinstance(migration, DatabaseDataMigration) else None
@@ -229,6 +239,9 @@ async def make_plan(conn: Connection, schema: str, migration: DataMigration, che
             shape.check_columns(migration.writes, meta.id, "writes")
     image = f"{quote_ident(schema)}.{quote_ident(sql.image_table(meta.id))}" if reverse == "images" else None
     read = [name for name in source.columns if name != shape.key.name]
+    rollback_statement = None
+    if reverse == "inverse" and isinstance(migration, DatabaseDataMigration):
+        rollback_statement = await migration.get_rollback_batch_statement()
     return RunPlan(
         migration=migration,
         checksum=checksum,
@@ -239,6 +252,39 @@ async def make_plan(conn: Connection, schema: str, migration: DataMigration, che
         image=image,
         reverse=reverse,
         statement=statement,
+        rollback_statement=rollback_statement,
+    )
+
+
+async def _structure_plan(
+    conn: Connection, schema: str, migration: MemoryStructureMigration, checksum: str
+) -> RunPlan:
+    """A structure migration runs its compiled UPDATE per key range; it is reversed by the inverted
+    operations, or by before-images when an operation drops data (or the migration keeps them)."""
+    meta = migration.metadata
+    source = migration.source
+    if source is None:
+        raise MigrationValidationError(
+            f"structure migration {meta.id!r} has no source: set `source = DataSource(table=..., key=...)`",
+            migration_id=meta.id,
+        )
+    shape = await TableShape.read(conn, source, meta.id)
+    sql_of = reshape(migration, shape)
+    reverse = None
+    if meta.reversible:
+        reverse = "images" if migration.keeps_images else "inverse"
+    image = f"{quote_ident(schema)}.{quote_ident(sql.image_table(meta.id))}" if reverse == "images" else None
+    return RunPlan(
+        migration=migration,
+        checksum=checksum,
+        schema=schema,
+        mode=STATEMENT,
+        shape=shape,
+        read_columns=(),
+        image=image,
+        reverse=reverse,
+        statement=sql_of.batch_statement(image),
+        rollback_statement=sql_of.batch_statement(None, inverse=True) if reverse == "inverse" else None,
     )
 
 

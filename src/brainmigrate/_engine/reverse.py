@@ -60,11 +60,8 @@ async def reverse(conn: Connection, plan: RunPlan, config: MigrationConfig) -> i
             restored = int(status.split()[-1])
         await conn.execute(sql.drop_images(plan.image))
         return restored
-    migration = plan.migration
-    if isinstance(migration, DatabaseDataMigration) and (
-        statement := await migration.get_rollback_batch_statement()
-    ):
-        return await _reverse_by_statement(conn, plan, statement, config)
+    if plan.rollback_statement is not None:
+        return await _reverse_by_statement(conn, plan, plan.rollback_statement, config)
     return await _reverse_by_transform(conn, plan, config)
 
 

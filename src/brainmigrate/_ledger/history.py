@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import NamedTuple
 
@@ -54,6 +57,12 @@ class Attempt:
     statement_count: int | None = None
     error: str | None = None
     sqlstate: str | None = None
+    #: The hybrid migration this row belongs to (a step's, or the hybrid's own), and its phase.
+    hybrid_id: str | None = None
+    hybrid_phase: str | None = None
+    #: Who did it and why, for rows written by hand (``abandon``).
+    actor: str | None = None
+    reason: str | None = None
 
     @property
     def duration_ms(self) -> float | None:
@@ -63,6 +72,31 @@ class Attempt:
 
 
 _HOSTNAME = socket.gethostname()
+
+#: The hybrid step being run in this context: (step id, hybrid id, phase). The runner of the step's
+#: kind writes its history rows as it always does; the ledger tags them with the hybrid and phase.
+_HYBRID_STEP: contextvars.ContextVar[tuple[str, str, str] | None] = contextvars.ContextVar(
+    "brainmigrate_hybrid_step", default=None
+)
+
+
+@contextmanager
+def hybrid_step(step_id: str, hybrid_id: str, phase: str) -> Iterator[None]:
+    """While the block runs (in this task and those it starts), history rows of ``step_id`` carry
+    ``hybrid_id`` and ``phase``."""
+    token = _HYBRID_STEP.set((step_id, hybrid_id, phase))
+    try:
+        yield
+    finally:
+        _HYBRID_STEP.reset(token)
+
+
+def _tagged(attempt: Attempt) -> Attempt:
+    """``attempt`` with the hybrid and phase of the step being run, when it is that step's row."""
+    scope = _HYBRID_STEP.get()
+    if scope is None or attempt.hybrid_id is not None or scope[0] != attempt.migration_id:
+        return attempt
+    return attrs.evolve(attempt, hybrid_id=scope[1], hybrid_phase=scope[2])
 
 
 @attrs.frozen
@@ -95,8 +129,11 @@ class HistoryLedger:
         With ``lock``, the row is written only while that runner lock is held (checked in the same
         statement); otherwise MigrationLockLost is raised.
         """
+        attempt = _tagged(attempt)
+        hybrid = (attempt.hybrid_id, attempt.hybrid_phase, attempt.actor, attempt.reason)
+        tagged = any(value is not None for value in hybrid)
         attempt_id: int | None = await conn.fetchval(
-            _sql.insert_attempt(self.schema, guarded=lock is not None),
+            _sql.insert_attempt(self.schema, guarded=lock is not None, hybrid=tagged),
             attempt.migration_id,
             attempt.name,
             attempt.migration_type.value,
@@ -114,6 +151,7 @@ class HistoryLedger:
             attempt.sqlstate,
             _HOSTNAME,
             os.getpid(),
+            *(hybrid if tagged else ()),
             *(lock.guard if lock else ()),
         )
         if attempt_id is None:
@@ -162,14 +200,20 @@ class HistoryLedger:
 
     async def records(self, conn: Connection) -> list[HistoryRecord]:
         try:
-            rows = await conn.fetch(_sql.select_history(self.schema))
+            try:
+                rows = await conn.fetch(_sql.select_history(self.schema))
+            except asyncpg.UndefinedColumnError:  # tables older than version 3, not upgraded yet
+                rows = await conn.fetch(_sql.select_history(self.schema, hybrid=False))
         except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
             return []
         return [_record(row) for row in rows]
 
     async def record(self, conn: Connection, attempt_id: int) -> HistoryRecord:
         """One attempt by its id (which must exist)."""
-        row = await conn.fetchrow(_sql.select_history(self.schema, one=True), attempt_id)
+        try:
+            row = await conn.fetchrow(_sql.select_history(self.schema, one=True), attempt_id)
+        except asyncpg.UndefinedColumnError:  # tables older than version 3, not upgraded yet
+            row = await conn.fetchrow(_sql.select_history(self.schema, one=True, hybrid=False), attempt_id)
         if row is None:
             raise LookupError(f"no history attempt {attempt_id}")
         return _record(row)

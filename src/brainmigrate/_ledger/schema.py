@@ -126,6 +126,37 @@ ALTER TABLE {s}.data_errors
     ADD FOREIGN KEY (run_id) REFERENCES {s}.data_runs ON DELETE CASCADE;
 """
 
+#: Version 3: hybrid migrations. Each run of a hybrid is a row of its own in ``hybrid_runs`` (the
+#: current one is the latest), holding its phase; history rows of a hybrid's steps (and of the
+#: hybrid itself) carry its id and the phase they ran in; ``abandon`` rows say who gave a hybrid up
+#: and why (``actor``, ``reason``).
+_V3 = """
+ALTER TABLE {s}.migration_history
+    ADD COLUMN hybrid_id text,
+    ADD COLUMN hybrid_phase text,
+    ADD COLUMN actor text,
+    ADD COLUMN reason text,
+    DROP CONSTRAINT migration_history_operation_check,
+    ADD CONSTRAINT migration_history_operation_check
+        CHECK (operation IN ('apply', 'rollback', 'resolve', 'stamp', 'abandon'));
+CREATE INDEX migration_history_hybrid_idx
+    ON {s}.migration_history (hybrid_id, attempt_id) WHERE hybrid_id IS NOT NULL;
+CREATE TABLE {s}.hybrid_runs (
+    run_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    hybrid_id    text NOT NULL,
+    checksum     text NOT NULL,
+    phase        text NOT NULL CHECK (phase IN ('expanding', 'backfilling', 'validating',
+                                               'ready_to_contract', 'contracting', 'completed',
+                                               'compensating', 'rolled_back', 'failed', 'abandoned')),
+    current_step text,
+    error        text,
+    started_at   timestamptz NOT NULL,
+    updated_at   timestamptz NOT NULL,
+    finished_at  timestamptz
+);
+CREATE INDEX hybrid_runs_hybrid_idx ON {s}.hybrid_runs (hybrid_id, run_id DESC);
+"""
+
 #: The upgrade steps, in order: (version, description, SQL with ``{s}`` for the quoted schema).
 STEPS: tuple[tuple[int, str, str], ...] = (
     (1, "the 0.1.0 layout: migration_history, data_runs, data_chunks, data_errors", _V1),
@@ -133,6 +164,12 @@ STEPS: tuple[tuple[int, str, str], ...] = (
         2,
         "history operations include 'stamp'; every data run kept (run_id), chunks and errors per run",
         _V2,
+    ),
+    (
+        3,
+        "hybrid migrations: hybrid_runs (a phase per run); history rows carry the hybrid, its phase, "
+        "and who abandoned one and why ('abandon')",
+        _V3,
     ),
 )
 

@@ -37,6 +37,10 @@ _COLUMNS = (
 )
 
 
+#: The history columns version 3 added, for hybrid migrations.
+_HYBRID_COLUMNS = "hybrid_id, hybrid_phase, actor, reason"
+
+
 def _lock_held(first: int) -> str:
     """True while session ``$first`` holds the advisory lock whose key splits into the next two params."""
     return f"""EXISTS (
@@ -46,14 +50,18 @@ def _lock_held(first: int) -> str:
 )"""
 
 
-def insert_attempt(schema: str, *, guarded: bool) -> str:
-    """Write an attempt row; ``guarded`` writes it only while the runner lock ($18-$20) is held."""
-    guard = f"WHERE {_lock_held(18)}" if guarded else ""
+def insert_attempt(schema: str, *, guarded: bool, hybrid: bool = False) -> str:
+    """Write an attempt row; ``guarded`` writes it only while the runner lock is held (its three
+    parameters follow the row's). With ``hybrid``, $18-$21 are the row's hybrid id, hybrid phase,
+    actor and reason (version 3 of the tables) and the lock's parameters start at $22."""
+    columns = f"{_COLUMNS}, {_HYBRID_COLUMNS}" if hybrid else _COLUMNS
+    values = ", $18::text, $19::text, $20::text, $21::text" if hybrid else ""
+    guard = f"WHERE {_lock_held(22 if hybrid else 18)}" if guarded else ""
     return f"""
-INSERT INTO {quote_ident(schema)}.{HISTORY_TABLE} ({_COLUMNS})
+INSERT INTO {quote_ident(schema)}.{HISTORY_TABLE} ({columns})
 SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::text, $8::boolean,
        $9::timestamptz, $10::timestamptz, $11::float8, $12::int, $13::int, $14::text, $15::text,
-       $16::text, $17::int
+       $16::text, $17::int{values}
 {guard}
 RETURNING attempt_id
 """
@@ -87,14 +95,73 @@ UPDATE {quote_ident(schema)}.{HISTORY_TABLE}
 """
 
 
-def select_history(schema: str, *, one: bool = False) -> str:
-    """Every attempt in order, or with ``one`` the attempt whose id is ``$1``."""
+def select_history(schema: str, *, one: bool = False, hybrid: bool = True) -> str:
+    """Every attempt in order, or with ``one`` the attempt whose id is ``$1``; with ``hybrid``, the
+    columns version 3 added too (tables older than that do not have them)."""
     where = "WHERE attempt_id = $1" if one else ""
+    more = f", {_HYBRID_COLUMNS}" if hybrid else ""
     return f"""
-SELECT attempt_id, {_COLUMNS}, db_user
+SELECT attempt_id, {_COLUMNS}, db_user{more}
   FROM {quote_ident(schema)}.{HISTORY_TABLE}
  {where}
  ORDER BY attempt_id
+"""
+
+
+# -- hybrid migrations ----------------------------------------------------------------------------
+
+HYBRID_RUNS_TABLE = "hybrid_runs"
+
+_RUN_COLUMNS = "run_id, hybrid_id, checksum, phase, current_step, error, started_at, updated_at, finished_at"
+
+
+def latest_hybrid_run(schema: str) -> str:
+    """The current (latest) run of hybrid ``$1``."""
+    return f"""
+SELECT {_RUN_COLUMNS}
+  FROM {quote_ident(schema)}.{HYBRID_RUNS_TABLE}
+ WHERE hybrid_id = $1
+ ORDER BY run_id DESC
+ LIMIT 1
+"""
+
+
+def start_hybrid_run(schema: str) -> str:
+    """A new run of hybrid ``$1`` (checksum ``$2``) in phase ``$3``."""
+    return f"""
+INSERT INTO {quote_ident(schema)}.{HYBRID_RUNS_TABLE} (hybrid_id, checksum, phase, started_at, updated_at)
+VALUES ($1, $2, $3, clock_timestamp(), clock_timestamp())
+RETURNING {_RUN_COLUMNS}
+"""
+
+
+def set_hybrid_phase(schema: str) -> str:
+    """Move run ``$1`` to phase ``$2`` from one of the phases ``$3`` (the transition table's), with
+    step ``$4`` and error ``$5``; ``$6`` ends the run. Returns nothing when the run is in none of them."""
+    return f"""
+UPDATE {quote_ident(schema)}.{HYBRID_RUNS_TABLE}
+   SET phase = $2, current_step = $4, error = $5, updated_at = clock_timestamp(),
+       finished_at = CASE WHEN $6::boolean THEN clock_timestamp() ELSE finished_at END
+ WHERE run_id = $1 AND phase = ANY($3::text[])
+RETURNING {_RUN_COLUMNS}
+"""
+
+
+def set_hybrid_step(schema: str) -> str:
+    """Record that run ``$1`` is at step ``$2`` (None: between steps)."""
+    return f"""
+UPDATE {quote_ident(schema)}.{HYBRID_RUNS_TABLE}
+   SET current_step = $2, updated_at = clock_timestamp()
+ WHERE run_id = $1
+"""
+
+
+def set_hybrid_error(schema: str) -> str:
+    """Record why run ``$1`` stopped (``$2``), without changing its phase."""
+    return f"""
+UPDATE {quote_ident(schema)}.{HYBRID_RUNS_TABLE}
+   SET error = $2, updated_at = clock_timestamp()
+ WHERE run_id = $1
 """
 
 

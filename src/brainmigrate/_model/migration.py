@@ -25,6 +25,12 @@ class MigrationKind(enum.StrEnum):
     SQL = "sql"
     #: Batches over the rows of a table, checkpointed and resumable (the data migrations).
     DATA = "data"
+    #: A declared reshaping of a JSONB column, compiled to SQL and run in batches on the server
+    #: (:class:`~brainmigrate.MemoryStructureMigration`).
+    STRUCTURE = "structure"
+    #: Steps of other kinds in phases: expand, backfill, validate, contract
+    #: (:class:`~brainmigrate.HybridMigration`).
+    HYBRID = "hybrid"
 
 
 class Migration(abc.ABC):
@@ -87,6 +93,9 @@ class Migration(abc.ABC):
     async def down(self, conn: Connection) -> None:
         """Reverse the change (Python migrations override this when reversible)."""
         raise NotImplementedError(f"{type(self).__qualname__} does not implement down()")
+
+    def _check_definition(self) -> None:  # noqa: B027 - a hook most kinds leave empty
+        """Raise MigrationValidationError for what only this kind checks when loaded (no database)."""
 
     async def checksum_material(self) -> str:
         """The content whose change counts as drift. By default, the source code of :meth:`up`."""
@@ -226,6 +235,7 @@ async def check_definition(migration: Migration) -> None:
             migration_id=migration.metadata.id,
         )
     _check_kind(migration)
+    migration._check_definition()
     for name in _async_hooks(type(migration)):
         if not _is_async(getattr(migration, name)):
             raise _not_async(migration, name)

@@ -22,6 +22,8 @@ class MigrationOperation(enum.StrEnum):
     ROLLBACK = "rollback"
     #: A dirty mark cleared by hand (``Migrator.resolve``).
     RESOLVE = "resolve"
+    #: A stuck hybrid migration given up by hand, with who and why (``Migrator.abandon``).
+    ABANDON = "abandon"
 
 
 class AttemptStatus(enum.StrEnum):
@@ -73,6 +75,79 @@ RUN_TRANSITIONS: Mapping[RunStatus, frozenset[RunStatus]] = {
     RunStatus.FAILED: frozenset({RunStatus.RUNNING, RunStatus.ROLLED_BACK}),
     RunStatus.COMPLETED: frozenset({RunStatus.ROLLED_BACK}),
     RunStatus.ROLLED_BACK: frozenset(),
+}
+
+
+class HybridPhase(enum.StrEnum):
+    """Where a hybrid migration's run stands (persisted, read by every process).
+
+    expand, backfill, validate and contract run in that order; a failure before contract
+    compensates (rolls the completed steps back, in reverse order).
+    """
+
+    #: Running its expand steps (additive schema changes).
+    EXPANDING = "expanding"
+    #: Running its backfill steps (data or structure migrations).
+    BACKFILLING = "backfilling"
+    #: Running the gate before contract (``validate_backfill``).
+    VALIDATING = "validating"
+    #: Validated; with ``contract_mode = "manual"`` it waits here for ``Migrator.contract(id)``.
+    READY_TO_CONTRACT = "ready_to_contract"
+    #: Running its contract steps (destructive changes); never compensated, resumed after a crash.
+    CONTRACTING = "contracting"
+    COMPLETED = "completed"
+    #: Rolling its completed steps back, in reverse order (after a failure, or ``rollback(id)``).
+    COMPENSATING = "compensating"
+    ROLLED_BACK = "rolled_back"
+    #: Compensating failed too: the database needs a look by hand (see ``Migrator.abandon``).
+    FAILED = "failed"
+    #: Given up by hand (``Migrator.abandon``); the next run starts a new one.
+    ABANDONED = "abandoned"
+
+
+#: Phases in which a hybrid's run is over: the next run of it starts a new one (or none, completed).
+HYBRID_ENDED: tuple[HybridPhase, ...] = (HybridPhase.ROLLED_BACK, HybridPhase.ABANDONED)
+
+#: Phases before contract: a failure in them compensates.
+HYBRID_BEFORE_CONTRACT: tuple[HybridPhase, ...] = (
+    HybridPhase.EXPANDING,
+    HybridPhase.BACKFILLING,
+    HybridPhase.VALIDATING,
+    HybridPhase.READY_TO_CONTRACT,
+)
+
+#: For each phase, the phases a hybrid's run may move to.
+HYBRID_TRANSITIONS: Mapping[HybridPhase, frozenset[HybridPhase]] = {
+    HybridPhase.EXPANDING: frozenset(
+        {HybridPhase.BACKFILLING, HybridPhase.COMPENSATING, HybridPhase.ABANDONED}
+    ),
+    HybridPhase.BACKFILLING: frozenset(
+        {HybridPhase.VALIDATING, HybridPhase.COMPENSATING, HybridPhase.ABANDONED}
+    ),
+    HybridPhase.VALIDATING: frozenset(
+        {
+            HybridPhase.READY_TO_CONTRACT,
+            HybridPhase.CONTRACTING,
+            HybridPhase.COMPENSATING,
+            HybridPhase.ABANDONED,
+        }
+    ),
+    HybridPhase.READY_TO_CONTRACT: frozenset(
+        {HybridPhase.CONTRACTING, HybridPhase.COMPENSATING, HybridPhase.ABANDONED}
+    ),
+    # A failure never compensates contract: it goes on (resumed step by step) or is abandoned by
+    # hand. COMPENSATING only by rollback(id), when every contract step is reversible.
+    HybridPhase.CONTRACTING: frozenset(
+        {HybridPhase.COMPLETED, HybridPhase.COMPENSATING, HybridPhase.ABANDONED}
+    ),
+    # rollback(id) of a completed hybrid, when every contract step is reversible.
+    HybridPhase.COMPLETED: frozenset({HybridPhase.COMPENSATING}),
+    # An interrupted compensation stays COMPENSATING and is resumed by the next runner.
+    HybridPhase.COMPENSATING: frozenset({HybridPhase.ROLLED_BACK, HybridPhase.FAILED, HybridPhase.ABANDONED}),
+    # rollback(id) tries the compensation again; abandon(id) gives the run up.
+    HybridPhase.FAILED: frozenset({HybridPhase.COMPENSATING, HybridPhase.ABANDONED}),
+    HybridPhase.ROLLED_BACK: frozenset(),
+    HybridPhase.ABANDONED: frozenset(),
 }
 
 
