@@ -7,15 +7,19 @@ server of your own instead, name an empty database on it (the demo leaves its ta
     python examples/demo.py --dsn postgresql://me@localhost/brain_demo
     BRAINMIGRATE_DEMO_DSN=postgresql://me@localhost/brain_demo python examples/demo.py
 
-It applies the schema migrations, fills the memories table (``--memories N``, 200,000 by default),
-runs the data migration that adds a sentiment to every memory with a live progress bar, then rolls
-that data migration back and checks that every memory is as it was. The migrations are the package
-``second_brain.migrations`` next to this file.
+It applies the schema migrations, fills the memories table (``--memories N``, 50,000 by default),
+runs the data migration that adds a sentiment to every memory with a live progress bar, then the
+structure migration that reshapes every memory's metadata on the server (nesting that sentiment
+under ``analysis``), with ``describe_structure()`` before and after and a dry run's diff. At the end
+it rolls both back, newest first, and checks that every memory is as it was before each. The
+migrations are the package ``second_brain.migrations`` next to this file.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import os
 import sys
 import time
@@ -46,14 +50,17 @@ from brainmigrate import (
     MigrationType,
     Migrator,
     Progress,
+    StructureDescription,
 )
+from brainmigrate import structure as s
 from brainmigrate.embedded import EmbeddedPostgres
 
 #: Importable because Python puts this script's directory on sys.path.
 MIGRATIONS = "second_brain.migrations"
 SENTIMENT = "enrich_memories_with_sentiment_001"
+STRUCTURE = "nest_memory_metadata_001"
 DSN_VARIABLE = "BRAINMIGRATE_DEMO_DSN"
-DEFAULT_MEMORIES = 200_000
+DEFAULT_MEMORIES = 50_000
 
 #: The data migration's settings: two workers, each with its own connection, splitting the key
 #: space; a checkpoint (and a progress report) every 2,000 memories.
@@ -205,9 +212,14 @@ async def demo(dsn: str, memories: int, console: Console) -> None:
                 console.print(f"An earlier run of {SENTIMENT} stopped midway; it resumes from there.")
                 digest = None
             await show_sample(migrator, pool, console)
-            result = await run_data_migration(pool, console)
+            result = await run_with_progress(pool, console, MigrationType.MEMORY_DATA, SENTIMENT)
             await summarize(migrator, pool, console)
             enriched = result.status is MigrationStatus.COMPLETED
+
+        reshaped, shape = False, None
+        if await migrator.pending(MigrationType.MEMORY_STRUCTURE):
+            shape = await reshape(migrator, pool, console)
+            reshaped = shape is not None
 
         console.print(history_table(await migrator.history()))
 
@@ -219,6 +231,10 @@ async def demo(dsn: str, memories: int, console: Console) -> None:
             "and no history was written."
         )
 
+        # Newest first: the sentiment migration cannot be rolled back while the structure
+        # migration, which depends on it, is applied.
+        if reshaped and shape is not None:
+            await roll_back_structure_migration(migrator, pool, shape, console)
         if enriched:
             await roll_back_data_migration(migrator, pool, digest, console)
     finally:
@@ -256,15 +272,19 @@ def pending_table(pending: list[Any], rehearsal: list[MigrationResult]) -> Table
         show_edge=False,
         pad_edge=False,
     )
+    # A dependency in the plan is shown by its number; one applied already, by its id.
+    number = {meta.id: str(position) for position, meta in enumerate(pending, 1)}
+    table.add_column("#", justify="right")
     table.add_column("id", no_wrap=True)
     table.add_column("version", no_wrap=True)
-    table.add_column("after", no_wrap=True)
+    table.add_column("after #", overflow="fold")
     table.add_column("dry run", overflow="fold")
     for meta in pending:
         table.add_row(
+            number[meta.id],
             meta.id,
             meta.version,
-            "\n".join(meta.dependencies) or "-",
+            ", ".join(number.get(dependency, dependency) for dependency in meta.dependencies) or "-",
             rehearsal_note(rehearsed.get(meta.id)),
         )
     return table
@@ -284,6 +304,8 @@ def describe(result: MigrationResult) -> str:
     """What a migration ran: its SQL statements, Python code, or a transform over memories."""
     if result.migration_type is MigrationType.MEMORY_DATA:
         return "data"
+    if result.migration_type is MigrationType.MEMORY_STRUCTURE:
+        return "structure"
     count = len(result.statements)
     return f"{count} statement{'' if count == 1 else 's'}" if count else "Python up()"
 
@@ -365,10 +387,13 @@ async def show_sample(migrator: Migrator, pool: asyncpg.Pool[Any], console: Cons
     console.print(table)
 
 
-async def run_data_migration(pool: asyncpg.Pool[Any], console: Console) -> MigrationResult:
-    """Run the pending memory data migrations, with a progress bar fed by ``on_progress``."""
+async def run_with_progress(
+    pool: asyncpg.Pool[Any], console: Console, kind: MigrationType, migration_id: str
+) -> MigrationResult:
+    """Run the pending migrations of ``kind`` (data or structure), with a progress bar fed by
+    ``on_progress``; ``migration_id`` is the one to report on."""
     console.print()
-    console.rule(f"[bold]run_pending(MigrationType.MEMORY_DATA): {SENTIMENT}")
+    console.rule(f"[bold]run_pending(MigrationType.{kind.name}): {migration_id}")
     bar = ProgressBar(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -395,19 +420,22 @@ async def run_data_migration(pool: asyncpg.Pool[Any], console: Console) -> Migra
             eta=f"ETA {eta:.0f} s" if eta is not None else "",
         )
 
+    doing, done = (
+        ("Reshaping", "Reshaped") if kind is MigrationType.MEMORY_STRUCTURE else ("Enriching", "Enriched")
+    )
     migrator = Migrator(pool, MIGRATIONS, on_progress=show)
     with bar:
-        task = bar.add_task("Enriching memories", total=None, count="", rate="", eta="")
+        task = bar.add_task(f"{doing} memories", total=None, count="", rate="", eta="")
         started = time.perf_counter()
-        results = await migrator.run_pending(MigrationType.MEMORY_DATA, config=DATA_CONFIG)
-        bar.update(task, description="Enriched memories", eta="")
+        results = await migrator.run_pending(kind, config=DATA_CONFIG)
+        bar.update(task, description=f"{done} memories", eta="")
         seconds = time.perf_counter() - started
-    [result] = [r for r in results if r.migration_id == SENTIMENT]
+    [result] = [r for r in results if r.migration_id == migration_id]
     if result.status is not MigrationStatus.COMPLETED:
-        raise DemoError(f"{SENTIMENT} ended {result.status}: {result.error}")
+        raise DemoError(f"{migration_id} ended {result.status}: {result.error}")
     rate = result.items_processed / seconds if seconds else 0.0
     console.print(
-        f"[green]applied[/] {SENTIMENT}: {result.items_processed:,} memories written, "
+        f"[green]applied[/] {migration_id}: {result.items_processed:,} memories written, "
         f"{result.items_skipped:,} skipped, {result.items_failed:,} failed, in {seconds:.1f} s "
         f"([bold]{rate:,.0f} memories/s[/], {DATA_CONFIG.max_workers} workers, "
         f"batches of {DATA_CONFIG.batch_size:,}, a checkpoint every {DATA_CONFIG.checkpoint_frequency:,})"
@@ -449,6 +477,129 @@ async def summarize(migrator: Migrator, pool: asyncpg.Pool[Any], console: Consol
     console.print()
     console.print(table)
     console.print()
+
+
+async def reshape(
+    migrator: Migrator, pool: asyncpg.Pool[Any], console: Console
+) -> tuple[StructureDescription, str | None] | None:
+    """The structure migration: the column's shape, a dry run's diff, the run, the new shape.
+
+    Returns the shape and the digest of the metadata from before the run (for the rollback to be
+    compared with), or None when it cannot run yet."""
+    if await migrator.status(SENTIMENT) is not MigrationStatus.COMPLETED:
+        console.print(f"{STRUCTURE} waits for {SENTIMENT}, which it depends on: it does not run.")
+        return None
+    console.print()
+    console.rule(f"[bold]A memory structure migration: {STRUCTURE}")
+    operations = ", ".join(str(op) for op in structure_operations())
+    console.print(f"It reshapes every memory's metadata on the server: {escape(operations)}.")
+    before = await migrator.describe_structure(table="memories", column="metadata")
+    console.print("\nmigrator.describe_structure(table='memories', column='metadata') lists its key paths:")
+    console.print(structure_table(before, "Before"))
+    async with pool.acquire() as conn:
+        digest: str | None = await conn.fetchval(METADATA_DIGEST)
+
+    dry = await migrator.execute(STRUCTURE, config=MigrationConfig(dry_run=True))
+    show_structure_dry_run(dry, console)
+    if dry.status is not MigrationStatus.COMPLETED:
+        raise DemoError(f"the dry run of {STRUCTURE} ended {dry.status}: {dry.error}")
+
+    await run_with_progress(pool, console, MigrationType.MEMORY_STRUCTURE, STRUCTURE)
+    after = await migrator.describe_structure(table="memories", column="metadata")
+    console.print()
+    console.print(structure_table(after, "After", compared_with=before))
+    console.print()
+    return before, digest
+
+
+def structure_operations() -> list[s.Operation]:
+    """The operations of the structure migration, from its module (whose name starts with a digit)."""
+    module = importlib.import_module(f"{MIGRATIONS}.009_nest_memory_metadata")
+    operations: list[s.Operation] = module.NestMemoryMetadata().operations()
+    return operations
+
+
+def structure_table(
+    description: StructureDescription, title: str, compared_with: StructureDescription | None = None
+) -> Table:
+    """A column's key paths, as describe_structure() found them; new ones marked, gone ones listed."""
+    sampled = " (a sample of them)" if description.sampled else ""
+    earlier = {stats.path for stats in compared_with.paths} if compared_with is not None else None
+    now = {stats.path for stats in description.paths}
+    gone = sorted(".".join(path) for path in (earlier or set()) - now)
+    table = Table(
+        title=f"[bold]{escape(title)}[/]: {description.memories:,} memories{sampled}",
+        caption=f"[red]gone[/]: {', '.join(gone)}" if gone else None,
+        title_justify="left",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
+    table.add_column("key path", no_wrap=True)
+    table.add_column("memories", justify="right")
+    table.add_column("JSON types")
+    for stats in description.paths:
+        new = earlier is not None and stats.path not in earlier
+        types = ", ".join(f"{kind} {count:,}" for kind, count in sorted(stats.types.items()))
+        table.add_row(
+            f"[green]{escape(stats.dotted)}[/] [dim](new)[/]" if new else escape(stats.dotted),
+            f"{stats.memories:,}",
+            types,
+        )
+    return table
+
+
+def show_structure_dry_run(dry: MigrationResult, console: Console) -> None:
+    """What a dry run of the structure migration found: counts, violations, a diff, the write impact."""
+    console.print()
+    console.rule(f"[bold]Dry run: {STRUCTURE}")
+    total = dry.items_processed + dry.items_skipped
+    console.print(
+        f"Computed on the server in {dry.duration_seconds:.1f} s and rolled back, nothing written: "
+        f"of {total:,} memories, "
+        f"[bold]{dry.items_processed:,}[/] would change and {dry.items_skipped:,} stay as they are."
+    )
+    if dry.violations:
+        console.print("[red]Memories breaking a condition[/] (the run would be refused):")
+        for violation in dry.violations:
+            console.print(f"  {escape(str(violation))}")
+    else:
+        console.print(
+            "Violations: none. Every memory meets the conditions the inverse operations need, so a "
+            "rollback restores it exactly; and each would have the expected shape."
+        )
+    diff = Table.grid(padding=(0, 1))
+    diff.add_column(no_wrap=True)
+    diff.add_column(no_wrap=True)
+    diff.add_column(overflow="fold")
+    for change in dry.changes[:2]:
+        diff.add_row(str(change.key)[:8], "[red]-[/]", f"[red]{escape(json.dumps(change.before))}[/]")
+        diff.add_row("", "[green]+[/]", f"[green]{escape(json.dumps(change.after))}[/]")
+    if dry.changes:
+        console.print("\nBefore and after, for two of them:")
+        console.print(diff)
+    impact = dry.write_impact
+    if impact is None:
+        return
+    hot = (
+        "HOT updates possible"
+        if impact.hot_possible
+        else f"no HOT updates (an index reads {', '.join(impact.written_columns)})"
+    )
+    cost = ""
+    if impact.seconds_per_row is not None:
+        cost = (
+            f"; measured {impact.seconds_per_row * 1000:.2f} ms per memory, "
+            f"about {impact.seconds_per_row * dry.items_processed:.0f} s for all"
+        )
+    console.print(
+        f"\nWrite impact: {', '.join(impact.written_columns)} of {dry.items_processed:,} memories; {hot}, "
+        f"so each write touches {len(impact.touched_indexes)} indexes, {len(impact.vector_indexes)} of them "
+        f"vector{cost}."
+    )
+    for warning in impact.warnings:
+        console.print(f"[dim]warning: {escape(warning.split(': ')[0])}[/]")
 
 
 def history_table(history: list[Any]) -> Table:
@@ -515,6 +666,52 @@ async def roll_back_data_migration(
         f"{SENTIMENT} is now [bold]{await migrator.status(SENTIMENT)}[/] and pending again: "
         "run_pending(MigrationType.MEMORY_DATA) would apply it anew."
     )
+
+
+async def roll_back_structure_migration(
+    migrator: Migrator,
+    pool: asyncpg.Pool[Any],
+    shape: tuple[StructureDescription, str | None],
+    console: Console,
+) -> None:
+    """Roll the structure migration back by its inverse operations, and show the shape is back."""
+    before, digest = shape
+    console.print()
+    console.rule(f"[bold]Roll back {STRUCTURE}")
+    inverse = ", ".join(str(op) for op in s.inverse_of(structure_operations()))
+    [result] = await migrator.rollback(STRUCTURE)
+    console.print(
+        f"Rollback: applied the inverse operations ({escape(inverse)}) to {result.items_processed:,} "
+        f"memories in {result.duration_seconds:.1f} s. They are exact here, so no before-images were kept."
+    )
+    after = await migrator.describe_structure(table="memories", column="metadata")
+    console.print()
+    console.print(structure_table(after, "After the rollback", compared_with=before))
+    if key_paths(after, exact=not before.sampled) != key_paths(before, exact=not before.sampled):
+        raise DemoError(
+            "after the rollback, the metadata's key paths differ from before the structure migration"
+        )
+    console.print(
+        "The structure is back: the same key paths, with the same types"
+        + (" and counts" if not before.sampled else "")
+        + ", as before the structure migration."
+    )
+    if digest is not None:
+        async with pool.acquire() as conn:
+            restored: str | None = await conn.fetchval(METADATA_DIGEST)
+        if restored != digest:
+            raise DemoError(f"after the rollback, the memories' metadata differs from before {STRUCTURE}")
+        console.print(f"Every memory's metadata is identical to before it (digest {digest[:12]}).")
+    console.print(
+        f"{STRUCTURE} is left [bold]{await migrator.status(STRUCTURE)}[/], not applied again, so that "
+        f"{SENTIMENT}, which it depends on, can be rolled back next; run_pending() would apply both anew."
+    )
+
+
+def key_paths(description: StructureDescription, *, exact: bool) -> dict[tuple[str, ...], Any]:
+    """The key paths of a description with their types: with their counts if ``exact`` (a sample's
+    counts vary from one read to the next once rows have moved)."""
+    return {stats.path: dict(stats.types) if exact else sorted(stats.types) for stats in description.paths}
 
 
 if __name__ == "__main__":
