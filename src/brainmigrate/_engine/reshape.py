@@ -21,6 +21,7 @@ from .._model.structure.operation import inverse_of
 from .._model.types import Connection
 from . import sql as sql
 from .structure_sql import Staged, describe_query, new_value, sampled, shape_violations, staged
+from .structure_sql import conditions as conditions_of
 from .table import TableShape
 
 #: The alias of the memories table in every statement here.
@@ -98,11 +99,11 @@ class Reshape:
         """The operations' stages over the row (or, without ``operations``, the column as it is)."""
         return staged(self.migration.checked_operations() if operations else (), self._column)
 
-    def _from(self, chain: Staged, condition: str | None = None) -> str:
-        """FROM the source's rows joined with ``chain``, filtered by the source and ``condition``."""
+    def _from(self, joins: str, condition: str | None = None) -> str:
+        """FROM the source's rows with ``joins``, filtered by the source and ``condition``."""
         conditions = [f"({c})" for c in (self._where, condition) if c]
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-        return f" FROM {self.table} AS {_ROW} {chain.joins}{where}"
+        return f" FROM {self.table} AS {_ROW} {joins}{where}"
 
     def changes_query(self) -> str:
         """Some memories that would change, with their old and new values ($1: how many)."""
@@ -110,7 +111,7 @@ class Reshape:
         changed = f"{self._column} IS DISTINCT FROM {chain.final}"
         return (
             f"SELECT {_ROW}.{self.key}, {self._column}::text, ({chain.final})::text"
-            f"{self._from(chain, changed)} LIMIT $1"
+            f"{self._from(chain.joins, changed)} LIMIT $1"
         )
 
     async def sample(self, conn: Connection, limit: int) -> list[ItemChange]:
@@ -121,48 +122,61 @@ class Reshape:
         ]
         return changes
 
-    async def check(self, conn: Connection, *, conditions: bool = True, shape: str | None = None) -> Checked:
-        """One pass over the source: how many memories it holds and how many would change, and,
-        with ``conditions``, those breaking an operation's condition; with ``shape`` (``"now"`` or
-        ``"after"`` the operations), those not of the expected shape."""
-        chain = self._staged(operations=shape != "now")
+    async def check(
+        self, conn: Connection, *, conditions: bool = True, shape: str | None = None, changes: bool = True
+    ) -> Checked:
+        """One pass over the source: how many memories it holds, and, with ``changes``, how many
+        would change; with ``conditions``, those breaking an operation's condition; with ``shape``
+        (``"now"`` or ``"after"`` the operations), those not of the expected shape."""
+        operations = self.migration.checked_operations()
+        joins: list[str] = []
+        counts = ["count(*)"]
+        final = self._column
+        if changes or shape == "after":
+            chain = staged(operations, self._column)
+            joins.append(chain.joins)
+            final = chain.final
+            if changes:
+                counts.append(f"count(*) FILTER (WHERE {self._column} IS DISTINCT FROM {final})")
         checks: list[tuple[str, str, str]] = []
         if conditions:
-            checks += [(str(op), condition, predicate) for op, condition, predicate in chain.violations()]
+            found = conditions_of(operations, self._column)
+            joins.append(found.joins)
+            checks += [(str(op), condition, predicate) for op, condition, predicate in found.checks]
         shapes = 0
         if shape is not None and self.migration.expected:
-            value = chain.final if shape == "after" else self._column
-            found_shapes = shape_violations(self.migration.expected, value)
+            value = final if shape == "after" else self._column
+            expected = shape_violations(self.migration.expected, value)
             checks += [
                 (f"expected[{path}]", f"every memory has {path} of type {kind}", predicate)
-                for path, kind, predicate in found_shapes
+                for path, kind, predicate in expected
             ]
-            shapes = len(found_shapes)
-        counts = [
-            "count(*)",
-            f"count(*) FILTER (WHERE {self._column} IS DISTINCT FROM {chain.final})",
-            *(f"count(*) FILTER (WHERE {predicate})" for _, _, predicate in checks),
-        ]
-        row = await conn.fetchrow(f"SELECT {', '.join(counts)}{self._from(chain)}")
+            shapes = len(expected)
+        first = len(counts)
+        counts += [f"count(*) FILTER (WHERE {predicate})" for _, _, predicate in checks]
+        source = " ".join(join for join in joins if join)
+        row = await conn.fetchrow(f"SELECT {', '.join(counts)}{self._from(source)}")
         assert row is not None
-        found: list[tuple[bool, Violation]] = []
-        for index, (operation, condition, predicate) in enumerate(checks, 2):
-            if row[index]:
+        found_conditions: list[Violation] = []
+        found_shapes: list[Violation] = []
+        for index, (operation, condition, predicate) in enumerate(checks):
+            count = int(row[first + index])
+            if count:
                 keys = await conn.fetch(
-                    f"SELECT {_ROW}.{self.key}{self._from(chain, predicate)} LIMIT {SAMPLE_KEYS}"
+                    f"SELECT {_ROW}.{self.key}{self._from(source, predicate)} LIMIT {SAMPLE_KEYS}"
                 )
                 violation = Violation(
                     operation=operation,
                     condition=condition,
-                    count=int(row[index]),
+                    count=count,
                     sample_keys=tuple(key[0] for key in keys),
                 )
-                found.append((index - 2 >= len(checks) - shapes, violation))
+                (found_shapes if index >= len(checks) - shapes else found_conditions).append(violation)
         return Checked(
             memories=int(row[0]),
-            changing=int(row[1]),
-            conditions=tuple(v for of_shape, v in found if not of_shape),
-            shape=tuple(v for of_shape, v in found if of_shape),
+            changing=int(row[1]) if changes else 0,
+            conditions=tuple(found_conditions),
+            shape=tuple(found_shapes),
         )
 
 

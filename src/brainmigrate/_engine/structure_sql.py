@@ -229,53 +229,98 @@ def new_value(operations: Sequence[Operation], column: str) -> str:
 @attrs.frozen
 class Staged:
     """The operations applied one after another to a row's column, as fenced ``LATERAL`` stages to
-    join after the row in one query: what each operation receives, and the value after the last.
-
-    A query reading several stages (the conditions of the operations, the shape of the result, the
-    rows that change) computes each stage once per row this way.
-    """
+    join after the row in one query, and the SQL of the value after the last of them."""
 
     #: ``CROSS JOIN LATERAL ...`` clauses, to follow the row's FROM item.
     joins: str
-    #: For each operation (flattened through ``within``): its root, itself, and the SQL of the
-    #: value it receives.
-    received: tuple[tuple[Path, Operation, str], ...]
     #: The SQL of the value after every operation.
     final: str
 
-    def violations(self) -> list[tuple[Operation, str, str]]:
-        """For each CONDITIONAL operation (those inside a ``within`` as ``within(path, [op])``):
-        the operation, its condition and an SQL predicate over the stages, true for a memory
-        breaking it, evaluated on the value that operation receives."""
-        found: list[tuple[Operation, str, str]] = []
-        for root, op, value in self.received:
-            if op.invertibility is Invertibility.CONDITIONAL:
-                condition = op.condition_at(root)
-                assert condition is not None
-                shown: Operation = Within(root, (op,)) if root else op
-                found.append((shown, condition, f"COALESCE({_violation(root, op, value)}, false)"))
-        return found
+
+def _stage_joins(column: str, stages: Sequence[Stage], alias: str) -> tuple[list[str], str]:
+    """The fenced ``LATERAL`` joins of ``stages`` over ``column``, aliased ``alias0``, ``alias1``...,
+    and the SQL of the value after the last."""
+    joins = [f"CROSS JOIN LATERAL (SELECT ({column})::jsonb AS v OFFSET 0) AS {alias}0"]
+    for n, stage in enumerate(stages, 1):
+        joins.append(f"CROSS JOIN LATERAL (SELECT {stage(f'{alias}{n - 1}.v')} AS v OFFSET 0) AS {alias}{n}")
+    return joins, f"{alias}{len(stages)}.v"
 
 
 def staged(operations: Sequence[Operation], column: str) -> Staged:
     """The stages of ``operations`` over ``column`` (SQL, such as ``m."metadata"``), to join after
     the row the column belongs to."""
-    joins = [f"CROSS JOIN LATERAL (SELECT ({column})::jsonb AS v OFFSET 0) AS _bm0"]
-    received: list[tuple[Path, Operation, str]] = []
-    for root, op, stages in _all_stages(operations):
-        received.append((root, op, f"_bm{len(joins) - 1}.v"))
-        for stage in stages:
-            n = len(joins)
-            joins.append(f"CROSS JOIN LATERAL (SELECT {stage(f'_bm{n - 1}.v')} AS v OFFSET 0) AS _bm{n}")
-    return Staged(" ".join(joins), tuple(received), f"_bm{len(joins) - 1}.v")
+    stages = [stage for _, _, each in _all_stages(operations) for stage in each]
+    joins, final = _stage_joins(column, stages, "_bm")
+    return Staged(" ".join(joins), final)
+
+
+def _top_keys(root: Path, op: Operation) -> frozenset[str]:
+    """The keys of the column's object that ``op`` (applied at ``root``) reads or writes under."""
+    return frozenset((root + path)[0] for path in op.paths)
+
+
+def _reaching(leaves: Sequence[tuple[Path, Operation, list[Stage]]], index: int) -> tuple[int, ...]:
+    """The operations before ``index`` whose effects can reach what the one at ``index`` reads.
+
+    An operation changes nothing outside the top-level keys it names, so the value one receives
+    agrees, under its keys, with the value after only those earlier operations that name one of
+    them, followed back through the keys those name in turn.
+    """
+    keys = set(_top_keys(*leaves[index][:2]))
+    reaching: list[int] = []
+    for earlier in range(index - 1, -1, -1):
+        named = _top_keys(*leaves[earlier][:2])
+        if named & keys:
+            reaching.append(earlier)
+            keys |= named
+    return tuple(sorted(reaching))
+
+
+@attrs.frozen
+class Conditions:
+    """The conditions of a list's CONDITIONAL operations, as predicates over the stages each needs."""
+
+    #: ``CROSS JOIN LATERAL ...`` clauses the predicates read, to follow the row's FROM item
+    #: (none when every condition reads the column as it is).
+    joins: str
+    #: For each CONDITIONAL operation (those inside a ``within`` as ``within(path, [op])``): the
+    #: operation, its condition, and an SQL predicate true for a memory breaking it.
+    checks: tuple[tuple[Operation, str, str], ...]
+
+
+def conditions(operations: Sequence[Operation], column: str) -> Conditions:
+    """The conditions of ``operations`` over ``column``, each evaluated on the value its operation
+    receives, computed from only the earlier operations that can reach it: most conditions read
+    the column as it is, so checking them costs about one scan of the table."""
+    leaves = _all_stages(operations)
+    values: dict[tuple[int, ...], str] = {}
+    joins: list[str] = []
+    checks: list[tuple[Operation, str, str]] = []
+    for index, (root, op, _) in enumerate(leaves):
+        if op.invertibility is not Invertibility.CONDITIONAL:
+            continue
+        reaching = _reaching(leaves, index)
+        if reaching not in values:
+            stages = [stage for earlier in reaching for stage in leaves[earlier][2]]
+            if stages:
+                more, values[reaching] = _stage_joins(column, stages, f"_bmc{len(values)}_")
+                joins.extend(more)
+            else:
+                values[reaching] = f"({column})::jsonb"
+        condition = op.condition_at(root)
+        assert condition is not None
+        shown: Operation = Within(root, (op,)) if root else op
+        predicate = f"COALESCE({_violation(root, op, values[reaching])}, false)"
+        checks.append((shown, condition, predicate))
+    return Conditions(" ".join(joins), tuple(checks))
 
 
 def violations(operations: Sequence[Operation], column: str) -> list[tuple[Operation, str, str]]:
-    """:meth:`Staged.violations` as standalone predicates over ``column``, each one scalar subquery."""
-    chain = staged(operations, column)
+    """:func:`conditions` as standalone predicates over ``column``, each one scalar subquery."""
+    found = conditions(operations, column)
     return [
-        (op, condition, f"(SELECT {predicate} FROM (SELECT 1) AS _bmrow {chain.joins})")
-        for op, condition, predicate in chain.violations()
+        (op, condition, f"(SELECT {predicate} FROM (SELECT 1) AS _bmrow {found.joins})")
+        for op, condition, predicate in found.checks
     ]
 
 

@@ -120,7 +120,7 @@ class StructureMigrationRunner(DataMigrationRunner):
         if not _refuses(migration):
             return
         plan = await self.engine.plan(conn, migration, "")
-        found = list((await _sql(plan).check(conn)).conditions)
+        found = list((await _sql(plan).check(conn, changes=False)).conditions)
         if found:
             raise MigrationValidationError(
                 _conditions_refusal(migration.metadata.id, found), migration_id=migration.metadata.id
@@ -128,7 +128,7 @@ class StructureMigrationRunner(DataMigrationRunner):
 
     async def _postconditions(self, conn: Connection, plan: RunPlan) -> None:
         """The expected shape, then the migration's own postconditions."""
-        found = list((await _sql(plan).check(conn, conditions=False, shape="now")).shape)
+        found = list((await _sql(plan).check(conn, conditions=False, shape="now", changes=False)).shape)
         if found:
             raise MigrationValidationError(
                 _shape_refusal(plan.migration_id, found), migration_id=plan.migration_id
