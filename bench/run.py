@@ -6,6 +6,8 @@
     python bench/run.py --only data --rows 100000 --rounds 1   # a quick look at benchmark 3 alone
     python bench/run.py --profile               # where brainmigrate's time goes, instead
     python bench/run.py --profile --only data --rows 100000   # the same for benchmark 3
+    python bench/run.py --only structure --structure-rows 100000 --structure-rounds 1
+    python bench/run.py --only impact --impact-rows 20000 --impact-rounds 3
 
 The DSN must name a maintenance database (such as ``postgres``) of a role allowed to create
 databases; the benchmarks create and drop databases whose names start with ``brainmigrate_bench``.
@@ -34,6 +36,8 @@ from apply_bench import bench_apply
 from common import Section, markdown_table, raw_samples, text_table, transport
 from data_bench import bench_data
 from noop_bench import bench_noop
+from structure_bench import bench_structure
+from write_impact_bench import bench_write_impact
 
 ENV_DSN = "BRAINMIGRATE_BENCH_DSN"
 
@@ -68,6 +72,15 @@ async def _server_version(dsn: str) -> str:
     conn = await asyncpg.connect(dsn)
     try:
         return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+async def _has_pgvector(dsn: str) -> bool:
+    """Whether the server can create the ``vector`` extension the write-impact benchmark needs."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(await conn.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'"))
     finally:
         await conn.close()
 
@@ -107,6 +120,16 @@ async def run_benchmarks(dsn: str, args: argparse.Namespace, workdir: Path) -> l
     if args.only in (None, "data"):
         sections.append(await bench_data(dsn, args.rows, args.rounds, rss=args.rss))
         print(text_table(sections[-1]), end="\n\n", flush=True)
+    if args.only in (None, "structure"):
+        for section in await bench_structure(dsn, args.structure_rows, args.structure_rounds):
+            sections.append(section)
+            print(text_table(section), end="\n\n", flush=True)
+    if args.only in (None, "impact"):
+        if await _has_pgvector(dsn):
+            sections.append(await bench_write_impact(dsn, args.impact_rows, args.impact_rounds))
+            print(text_table(sections[-1]), end="\n\n", flush=True)
+        else:
+            print("write impact: skipped, the server has no pgvector (extension `vector`)", end="\n\n")
     if args.raw:
         for section in sections:
             print(raw_samples(section), end="\n\n")
@@ -130,12 +153,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rss", action="store_true", help="benchmark 3: also the peak memory of each client tool"
     )
-    parser.add_argument("--only", choices=("noop", "apply", "data"), help="run one benchmark only")
+    parser.add_argument(
+        "--structure-rows",
+        type=int,
+        default=1_000_000,
+        help="memories of the structure benchmark (default 1000000; also run at 100000 when larger)",
+    )
+    parser.add_argument("--structure-rounds", type=int, default=3, help="rounds of the structure benchmark")
+    parser.add_argument(
+        "--impact-rows", type=int, default=20_000, help="memories of the write-impact benchmark (20000)"
+    )
+    parser.add_argument("--impact-rounds", type=int, default=3, help="rounds of the write-impact benchmark")
+    parser.add_argument(
+        "--only", choices=("noop", "apply", "data", "structure", "impact"), help="run one benchmark only"
+    )
     parser.add_argument("--markdown", type=Path, help="also write the results to this markdown file")
     parser.add_argument("--raw", action="store_true", help="also print every sample")
     parser.add_argument("--profile", action="store_true", help="profile brainmigrate instead of benchmarking")
     args = parser.parse_args(argv)
-    if min(args.migrations, args.latency_samples, args.apply_samples, args.rows, args.rounds) < 1:
+    counts = (
+        args.migrations,
+        args.latency_samples,
+        args.apply_samples,
+        args.rows,
+        args.rounds,
+        args.structure_rows,
+        args.structure_rounds,
+        args.impact_rows,
+        args.impact_rounds,
+    )
+    if min(counts) < 1:
         parser.error("counts must be at least 1")
     return args
 
