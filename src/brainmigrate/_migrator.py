@@ -8,10 +8,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import asyncpg
-import attrs
 
 from ._catalog.graph import MigrationGraph
 from ._catalog.loader import MigrationSource, configured_source, load_migrations
+from ._catalog_view import _applied, _Catalog, _hybrid_steps, _refuse_dependencies_on_steps
 from ._engine.reshape import DESCRIBE_SAMPLE_ROWS, describe_structure
 from ._engine.runner import DataRunner
 from ._errors import (
@@ -19,9 +19,7 @@ from ._errors import (
     ConfigError,
     DependencyError,
     DirtyMigrationError,
-    DuplicateMigrationError,
     MigrationExecutionError,
-    MigrationNotFoundError,
     MigrationStateError,
     MigrationValidationError,
 )
@@ -54,7 +52,8 @@ from ._model.states import (
 from ._runners.base import Deferred, Runners, not_run
 from ._runners.data import DataMigrationRunner
 from ._runners.dry_run import dry_run
-from ._runners.hybrid import HybridRunner, steps_done
+from ._runners.hybrid import HybridRunner
+from ._runners.hybrid_records import steps_done
 from ._runners.schema import SchemaRunner
 from ._runners.structure import StructureMigrationRunner
 from ._runtime import telemetry as telemetry
@@ -67,58 +66,6 @@ _STOPPABLE = (RunStatus.RUNNING, RunStatus.CANCELLING, RunStatus.CANCELLED, RunS
 
 APPLY = MigrationOperation.APPLY
 ROLLBACK = MigrationOperation.ROLLBACK
-
-
-@attrs.frozen
-class _Catalog:
-    """The loaded migrations, their graph and their checksums (the hybrids' steps' too)."""
-
-    migrations: Mapping[str, Migration]
-    graph: MigrationGraph
-    checksums: Mapping[str, str]
-    #: The steps of hybrid migrations, by id, and the hybrid owning each.
-    steps: Mapping[str, Migration] = attrs.field(factory=dict)
-    owners: Mapping[str, str] = attrs.field(factory=dict)
-
-    def pending(
-        self, states: Mapping[str, MigrationState], migration_type: MigrationType | str | None
-    ) -> list[Migration]:
-        """Migrations not applied (of ``migration_type``, if given), in run order."""
-        wanted = None if migration_type is None else MigrationType.parse(migration_type)
-        return [
-            self.migrations[mid]
-            for mid in self.graph.order
-            if not _applied(states, mid)
-            and (wanted is None or self.migrations[mid].metadata.migration_type is wanted)
-        ]
-
-    def get(self, migration_id: str) -> Migration:
-        """A migration, or a hybrid's step, by id."""
-        try:
-            return self.migrations.get(migration_id) or self.steps[migration_id]
-        except KeyError:
-            raise MigrationNotFoundError(migration_id, known=[*self.migrations, *self.steps]) from None
-
-    def top_level(self, migration_id: str, operation: str) -> Migration:
-        """A migration by id; a hybrid's step is refused: it runs only as part of its hybrid."""
-        owner = self.owners.get(migration_id)
-        if owner is not None:
-            raise MigrationStateError(
-                f"cannot {operation} {migration_id!r} on its own: it is a step of hybrid migration "
-                f"{owner!r}, which runs (and rolls back) its steps in order; {operation} {owner!r} instead",
-                migration_id=migration_id,
-            )
-        return self.get(migration_id)
-
-    def hybrid(self, migration_id: str, operation: str) -> HybridMigration:
-        migration = self.top_level(migration_id, operation)
-        if not isinstance(migration, HybridMigration):
-            raise MigrationStateError(
-                f"cannot {operation} migration {migration_id!r}: it is not a hybrid migration; only "
-                "those have phases",
-                migration_id=migration_id,
-            )
-        return migration
 
 
 class Migrator:
@@ -696,46 +643,3 @@ def _operator() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no user name in the environment or the password database
         return "unknown"
-
-
-def _hybrid_steps(loaded: Iterable[tuple[Migration, str]]) -> tuple[dict[str, Migration], dict[str, str]]:
-    """The hybrids' steps by id, and the hybrid owning each; refuses an id used twice."""
-    sources = {migration.metadata.id: label for migration, label in loaded}
-    steps: dict[str, Migration] = {}
-    owners: dict[str, str] = {}
-    for migration, label in loaded:
-        if not isinstance(migration, HybridMigration):
-            continue
-        for step in migration.steps:
-            where = f"{label}.{step.attribute} (a step of hybrid {migration.metadata.id!r})"
-            if step.id in sources:
-                raise DuplicateMigrationError(step.id, [sources[step.id], where])
-            sources[step.id] = where
-            steps[step.id] = step.migration
-            owners[step.id] = migration.metadata.id
-    return steps, owners
-
-
-def _refuse_dependencies_on_steps(loaded: Iterable[tuple[Migration, str]]) -> None:
-    """A migration may depend on a hybrid, never on one of its steps."""
-    owners = {
-        step.id: migration.metadata.id
-        for migration, _ in loaded
-        if isinstance(migration, HybridMigration)
-        for step in migration.steps
-    }
-    for migration, _ in loaded:
-        for dependency in migration.metadata.dependencies:
-            if dependency in owners:
-                owner = owners[dependency]
-                raise DependencyError(
-                    f"migration {migration.metadata.id!r} depends on {dependency!r}, a step of hybrid "
-                    f"migration {owner!r}; steps are not migrations of their own: depend on {owner!r}, "
-                    "which is applied once all its steps are",
-                    migration_id=migration.metadata.id,
-                )
-
-
-def _applied(states: Mapping[str, MigrationState], migration_id: str) -> bool:
-    state = states.get(migration_id)
-    return state is not None and state.applied
