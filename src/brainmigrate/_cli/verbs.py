@@ -1,0 +1,292 @@
+"""The verbs: each is a thin call of one public :class:`Migrator` method, then rendering.
+
+A verb returns its exit code (see :mod:`brainmigrate._cli.main`); errors are raised as the library
+raises them, and ``main`` turns them into a message and an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import output
+
+OK = 0
+FAILED = 1
+NOT_READY = 4
+
+_INIT_PACKAGE = '''"""Migrations, found by brainmigrate: each module defines Migration subclasses."""
+'''
+
+
+def init(args: argparse.Namespace) -> int:
+    """Create a migrations package and point ``[tool.brainmigrate] migrations`` at it."""
+    from brainmigrate import ConfigError
+
+    directory = Path(args.directory)
+    pyproject = Path("pyproject.toml")
+    if directory.exists():
+        raise ConfigError(f"{directory} exists already; init creates it, so it leaves it alone")
+    if "migrations" in _settings():
+        raise ConfigError("pyproject.toml has a [tool.brainmigrate] migrations setting already")
+    text = pyproject.read_text() if pyproject.is_file() else ""
+    setting = f'migrations = "{directory.as_posix()}"\n'
+    if "[tool.brainmigrate]" in text:
+        text = text.replace("[tool.brainmigrate]\n", "[tool.brainmigrate]\n" + setting, 1)
+    else:
+        text += ("\n" if text and not text.endswith("\n\n") else "") + "[tool.brainmigrate]\n" + setting
+    directory.mkdir(parents=True)
+    (directory / "__init__.py").write_text(_INIT_PACKAGE)
+    pyproject.write_text(text)
+    if args.json:
+        output.print_json({"package": directory.as_posix(), "pyproject": str(pyproject)})
+    else:
+        output.say(f"created {directory.as_posix()}/ and set [tool.brainmigrate] migrations in {pyproject}")
+    return OK
+
+
+def _settings() -> dict[str, Any]:
+    from .settings import pyproject_settings
+
+    return pyproject_settings()
+
+
+async def status(args: argparse.Namespace) -> int:
+    """Every migration known (pending or in history) with its status, and the runs in flight."""
+    from brainmigrate import MigrationNotFoundError, MigrationStatus
+
+    from .settings import migrator
+
+    async with migrator(args) as m:
+        pending = [meta.id for meta in await m.pending()]
+        ids = list(dict.fromkeys([*(record.migration_id for record in await m.history()), *pending]))
+        statuses: dict[str, str] = {}
+        for migration_id in ids:
+            try:
+                statuses[migration_id] = (await m.status(migration_id)).value
+            except MigrationNotFoundError:
+                statuses[migration_id] = "unknown"  # in history, no longer among the migrations
+        running = await m.running()
+    dirty = [mid for mid, value in statuses.items() if value == MigrationStatus.DIRTY.value]
+    if args.json:
+        output.print_json(
+            {
+                "migrations": [{"id": mid, "status": value} for mid, value in statuses.items()],
+                "pending": pending,
+                "dirty": dirty,
+                "running": running,
+            }
+        )
+    else:
+        output.table("Migrations", ["id", "status"], list(statuses.items()))
+        output.say(f"{len(pending)} pending, {len(dirty)} dirty, {len(running)} running")
+        for progress in running:
+            output.say(output.progress_line(progress))
+    if args.check and (pending or dirty):
+        return NOT_READY
+    return OK
+
+
+async def upgrade(args: argparse.Namespace) -> int:
+    """Apply the pending migrations (up to and including ID); ``--dry-run`` prints what would happen."""
+    from brainmigrate import MigrationConfig, MigrationStateError, MigrationStatus
+
+    from .settings import migrator
+
+    config = MigrationConfig(dry_run=args.dry_run)
+    with output.Bars(enabled=not args.json and not args.dry_run and sys.stderr.isatty()) as bars:
+        async with migrator(args, on_progress=bars.update) as m:
+            if args.id is None or args.dry_run:
+                results = await m.run_pending(args.type, config)
+                if args.id is not None:
+                    ids = [result.migration_id for result in results]
+                    if args.id not in ids:
+                        await m.status(args.id)  # unknown: MigrationNotFoundError
+                        results = []
+                    else:
+                        results = results[: ids.index(args.id) + 1]
+            else:
+                plan = [meta.id for meta in await m.pending(args.type)]
+                if args.id not in plan:
+                    if await m.status(args.id) is MigrationStatus.PENDING:  # left out by --type
+                        raise MigrationStateError(
+                            f"migration {args.id!r} is pending but not of type {args.type}",
+                            migration_id=args.id,
+                        )
+                    plan = []  # applied already (or running): nothing to do
+                results = []
+                for migration_id in plan[: plan.index(args.id) + 1] if plan else []:
+                    results.append(await m.execute(migration_id))
+                    if results[-1].status is not MigrationStatus.COMPLETED:
+                        break  # the next ones may depend on it
+    _results(args, results)
+    stopped = (
+        MigrationStatus.FAILED,
+        MigrationStatus.DIRTY,
+        MigrationStatus.CANCELLING,
+        MigrationStatus.CANCELLED,
+    )
+    return FAILED if any(result.status in stopped for result in results) else OK
+
+
+def _results(args: argparse.Namespace, results: list[Any]) -> None:
+    if args.json:
+        output.print_json(results)
+        return
+    if not results:
+        output.say("nothing to do")
+    for result in results:
+        for line in output.result_lines(result):
+            output.say(line)
+
+
+async def downgrade(args: argparse.Namespace) -> int:
+    """Roll back ID (with ``--cascade``, first the applied migrations depending on it)."""
+    from .settings import migrator
+
+    async with migrator(args) as m:
+        results = await m.rollback(args.id, cascade=args.cascade)
+    _results(args, results)
+    return OK if all(result.succeeded for result in results) else FAILED
+
+
+async def history(args: argparse.Namespace) -> int:
+    """Every recorded attempt, oldest first."""
+    from .settings import migrator
+
+    async with migrator(args) as m:
+        records = await m.history()
+    if args.json:
+        output.print_json(records)
+    else:
+        output.table(
+            "History",
+            ["attempt", "migration", "operation", "status", "started", "ms", "error"],
+            [
+                (r.attempt_id, r.migration_id, r.operation, r.status, r.started_at, r.duration_ms, r.error)
+                for r in records
+            ],
+        )
+    return OK
+
+
+async def show(args: argparse.Namespace) -> int:
+    """One migration: its status, its attempts, and its progress or phase when it has one."""
+    from brainmigrate import MigrationStateError
+
+    from .settings import migrator
+
+    async with migrator(args) as m:
+        state = await m.status(args.id)
+        attempts = [record for record in await m.history() if record.migration_id == args.id]
+        try:
+            progress = await m.progress(args.id)
+        except MigrationStateError:  # not a data migration
+            progress = None
+        try:
+            hybrid = await m.hybrid_status(args.id)
+        except MigrationStateError:  # not a hybrid migration
+            hybrid = None
+    if args.json:
+        output.print_json(
+            {"id": args.id, "status": state, "attempts": attempts, "progress": progress, "hybrid": hybrid}
+        )
+        return OK
+    output.say(f"{args.id}: {state.value}")
+    if progress is not None:
+        output.say(output.progress_line(progress))
+    if hybrid is not None:
+        output.say(str(hybrid))
+    output.table(
+        "Attempts",
+        ["attempt", "operation", "status", "started", "ms", "error"],
+        [(r.attempt_id, r.operation, r.status, r.started_at, r.duration_ms, r.error) for r in attempts],
+    )
+    return OK
+
+
+async def progress(args: argparse.Namespace) -> int:
+    """How far a data migration's latest run got, from any process; ``--watch`` follows it live."""
+    import anyio
+
+    from brainmigrate import RunStatus
+
+    from .settings import migrator
+
+    active = (RunStatus.RUNNING, RunStatus.CANCELLING)
+    async with migrator(args) as m:
+        current = await m.progress(args.id)
+        if args.watch and current is not None and current.status in active:
+            with output.Bars(enabled=not args.json) as bars:
+                while current is not None and current.status in active:
+                    bars.update(current)
+                    await anyio.sleep(args.interval)
+                    current = await m.progress(args.id)
+                if current is not None:
+                    bars.update(current)
+    if args.json:
+        output.print_json(current)
+    elif current is None:
+        output.say(f"{args.id} never ran")
+    else:
+        output.say(output.progress_line(current))
+    return OK
+
+
+async def cancel(args: argparse.Namespace) -> int:
+    """Ask a running data migration to stop at its next batch boundary."""
+    from .settings import migrator
+
+    async with migrator(args) as m:
+        state = await m.cancel(args.id)
+    if args.json:
+        output.print_json({"id": args.id, "status": state})
+    else:
+        output.say(f"{args.id}: {state.value}")
+    return OK
+
+
+async def resume(args: argparse.Namespace) -> int:
+    """Carry on a stopped (cancelled or failed) migration from its checkpoint."""
+    from .settings import migrator
+
+    with output.Bars(enabled=not args.json and sys.stderr.isatty()) as bars:
+        async with migrator(args, on_progress=bars.update) as m:
+            result = await m.execute(args.id)
+    _results(args, [result])
+    return OK if result.succeeded else FAILED
+
+
+async def retry_failed(args: argparse.Namespace) -> int:
+    """Run a data migration's transform again over the items in its error ledger."""
+    from .settings import migrator
+
+    async with migrator(args) as m:
+        result = await m.retry_failed(args.id)
+    _results(args, [result])
+    return OK if result.succeeded else FAILED
+
+
+async def contract(args: argparse.Namespace) -> int:
+    """Run a hybrid migration's contract steps."""
+    from .settings import migrator
+
+    async with migrator(args) as m:
+        result = await m.contract(args.id)
+    _results(args, [result])
+    return OK if result.succeeded else FAILED
+
+
+async def abandon(args: argparse.Namespace) -> int:
+    """Give up a stuck hybrid migration's run, recording the reason in history."""
+    from .settings import migrator
+
+    async with migrator(args) as m:
+        record = await m.abandon(args.id, reason=args.reason)
+    if args.json:
+        output.print_json(record)
+    else:
+        output.say(f"{args.id}: abandoned (attempt {record.attempt_id})")
+    return OK
