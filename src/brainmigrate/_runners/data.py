@@ -131,14 +131,10 @@ class DataMigrationRunner:
         config: MigrationConfig,
         statements: tuple[str, ...],
     ) -> Sample:
-        """Transform a sample (or check the run can be reversed); write nothing."""
-        migration = _data(migration)
+        """Sample what the run would do (or check it can be reversed), writing nothing; a failure
+        is raised as the public error."""
         try:
-            plan = await self.engine.plan(conn, migration, "")
-            if operation != APPLY:
-                await self.engine.check_reversible(conn, plan)
-                return Sample()
-            counts, changes, impact = await self.engine.sample(conn, plan, config)
+            return await self._dry_run(conn, _data(migration), operation, config)
         except Exception as exc:
             error = translate(
                 exc,
@@ -150,6 +146,20 @@ class DataMigrationRunner:
             if error is None or error is exc:
                 raise
             raise error from exc
+
+    async def _dry_run(
+        self,
+        conn: Connection,
+        migration: DataMigration,
+        operation: MigrationOperation,
+        config: MigrationConfig,
+    ) -> Sample:
+        """Transform a sample (or check the run can be reversed)."""
+        plan = await self.engine.plan(conn, migration, "")
+        if operation != APPLY:
+            await self.engine.check_reversible(conn, plan)
+            return Sample()
+        counts, changes, impact = await self.engine.sample(conn, plan, config)
         return Sample(counts.processed, counts.skipped, counts.failed, tuple(changes), write_impact=impact)
 
     async def stopped_midway(self, conn: Connection, migration: Migration) -> bool:

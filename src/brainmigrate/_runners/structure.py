@@ -15,12 +15,12 @@ from .._engine.plan import RunPlan
 from .._engine.reshape import Reshape, declared, reshape
 from .._errors import MigrationValidationError
 from .._model.config import MigrationConfig
+from .._model.data import DataMigration
 from .._model.memory_structure import MemoryStructureMigration
 from .._model.migration import Migration
 from .._model.results import Violation
 from .._model.states import MigrationOperation
 from .._model.types import Connection
-from .._runtime.translate import translate
 from .base import Sample
 from .data import DataMigrationRunner
 
@@ -51,41 +51,28 @@ class StructureMigrationRunner(DataMigrationRunner):
             return ()  # the before-images are put back
         return (sql.batch_statement(None, inverse=True),)
 
-    async def dry_run(
+    async def _dry_run(
         self,
         conn: Connection,
-        migration: Migration,
+        migration: DataMigration,
         operation: MigrationOperation,
         config: MigrationConfig,
-        statements: tuple[str, ...],
     ) -> Sample:
         """Count and sample the memories that would change, and those breaking a condition."""
         migration = _structure(migration)
         if operation != APPLY:
-            return await super().dry_run(conn, migration, operation, config, statements)
-        try:
-            plan = await self.engine.plan(conn, migration, "")
-            sql = _sql(plan)
-            checked = await sql.check(conn, shape="after")
-            changes = await sql.sample(conn, config.dry_run_sample)
+            return await super()._dry_run(conn, migration, operation, config)
+        plan = await self.engine.plan(conn, migration, "")
+        sql = _sql(plan)
+        checked = await sql.check(conn, shape="after")
+        changes = await sql.sample(conn, config.dry_run_sample)
 
-            async def measure() -> int:
-                return await sql.measure(conn, MEASURE_ROWS)
+        async def measure() -> int:
+            return await sql.measure(conn, MEASURE_ROWS)
 
-            impact = await write_impact(
-                conn, plan.table, [migration.column], measure=measure, rows_to_change=checked.changing
-            )
-        except Exception as exc:
-            error = translate(
-                exc,
-                migration_id=migration.metadata.id,
-                operation=operation,
-                undone="the database is as it was before it",
-                timeout_seconds=config.timeout_seconds,
-            )
-            if error is None or error is exc:
-                raise
-            raise error from exc
+        impact = await write_impact(
+            conn, plan.table, [migration.column], measure=measure, rows_to_change=checked.changing
+        )
         conditions, shape = list(checked.conditions), list(checked.shape)
         refusal = None
         if conditions and _refuses(migration):
