@@ -317,3 +317,24 @@ async def test_a_server_rejecting_the_connection_gives_a_typed_error(
         assert "DSN" in message
     finally:
         await pool.close()
+
+
+async def test_a_connection_taken_in_the_last_moment_of_a_wait_is_given_back_whole(
+    brainmigrate_database: str,
+) -> None:
+    """asyncpg bounds giving a connection back by the timeout it was taken with, so a lock poll
+    that took its connection in the last millisecond of its wait used to fail with a bare
+    TimeoutError while resetting it; brainmigrate gives connections back on a bound of its own."""
+    from brainmigrate._ledger.connect import acquire, release
+
+    pool = await asyncpg.create_pool(brainmigrate_database, min_size=2, max_size=2)
+    try:
+        bare = await pool.acquire(timeout=1e-6)
+        with pytest.raises(TimeoutError):
+            await pool.release(bare)  # what the driver does on its own
+        for _ in range(20):
+            conn = await acquire(pool, 1e-6)
+            await release(pool, conn)
+        assert await pool.fetchval("SELECT 1") == 1
+    finally:
+        await pool.close()

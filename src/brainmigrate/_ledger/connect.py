@@ -41,6 +41,17 @@ async def acquire(pool: Pool, wait_seconds: float | None = None) -> PoolConnecti
     return conn
 
 
+#: How long giving a connection back (its reset) may take. asyncpg bounds a release by the timeout
+#: of the acquire that took the connection, which may have been the last millisecond of a wait.
+RELEASE_SECONDS = 60.0
+
+
+async def release(pool: Pool, conn: PoolConnectionProxy[Any]) -> None:
+    """Give ``conn`` back to ``pool``, its reset bounded by :data:`RELEASE_SECONDS`, not by the wait
+    it was taken with."""
+    await pool.release(conn, timeout=RELEASE_SECONDS)
+
+
 @asynccontextmanager
 async def connection(
     pool: Pool, wait_seconds: float | None = None
@@ -50,7 +61,7 @@ async def connection(
     try:
         yield conn
     finally:
-        await pool.release(conn)
+        await release(pool, conn)
 
 
 def unavailable(pool: Pool, exc: BaseException) -> DatabaseUnavailableError:

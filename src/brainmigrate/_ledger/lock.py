@@ -29,7 +29,7 @@ from .._errors import MigrationLockTimeout, PoolExhaustedError
 from .._model.types import Connection
 from .._runtime.retry import is_recoverable
 from . import sql as _sql
-from .connect import acquire, unavailable
+from .connect import acquire, release, unavailable
 
 logger = logging.getLogger("brainmigrate")
 
@@ -90,7 +90,7 @@ async def migration_lock(
                     logger.warning("the migration lock session ended before unlocking: %s", exc)
     finally:
         with anyio.CancelScope(shield=True):
-            await pool.release(conn)
+            await release(pool, conn)
 
 
 async def _take(pool: asyncpg.Pool[Any], key: int, wait_seconds: float) -> PoolConnectionProxy[Any]:
@@ -127,7 +127,7 @@ async def _take(pool: asyncpg.Pool[Any], key: int, wait_seconds: float) -> PoolC
         finally:
             if not taken:
                 with anyio.CancelScope(shield=True):
-                    await pool.release(conn)
+                    await release(pool, conn)
         if taken:
             return conn
         remaining = deadline - time.monotonic()
