@@ -1,9 +1,16 @@
-"""Shared helpers: timing statistics, result tables and throwaway databases."""
+"""Shared helpers: timing statistics, result tables, throwaway databases, and running one
+benchmark on its own."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import os
 import statistics
-from collections.abc import Sequence
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -13,6 +20,8 @@ from brainmigrate.testing import DatabaseFactory
 
 #: Prefix of every database the benchmarks create, so they are easy to spot.
 DB_PREFIX = "brainmigrate_bench"
+#: The server the benchmarks use unless --dsn names one (else an embedded one).
+ENV_DSN = "BRAINMIGRATE_BENCH_DSN"
 
 
 @dataclass(frozen=True)
@@ -180,3 +189,45 @@ def rotated(items: Sequence[str], turn: int) -> list[str]:
     """``items`` starting at ``turn``: interleaves tools so slow drift on the machine hits each alike."""
     k = turn % len(items)
     return [*items[k:], *items[:k]]
+
+
+async def server_version(dsn: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+#: One benchmark: (admin DSN, rows, rounds) to its result sections.
+Bench = Callable[[str, int, int], Awaitable[list[Section]]]
+
+
+def run_alone(description: str | None, default_rows: int, bench: Bench, argv: list[str] | None = None) -> int:
+    """Run one benchmark from its own script: ``--dsn`` (else $BRAINMIGRATE_BENCH_DSN, else an
+    embedded server), ``--rows`` and ``--rounds``; print its tables."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dsn", default=os.environ.get(ENV_DSN), help=f"server to use (default: ${ENV_DSN}, else embedded)"
+    )
+    parser.add_argument("--rows", type=int, default=default_rows, help=f"memories (default {default_rows})")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    args = parser.parse_args(argv)
+    if min(args.rows, args.rounds) < 1:
+        parser.error("counts must be at least 1")
+    started = time.perf_counter()
+    with ExitStack() as stack:
+        dsn = args.dsn
+        if not dsn:
+            from brainmigrate.embedded import EmbeddedPostgres
+
+            # The embedded server's packaging warns when XDG_RUNTIME_DIR is unset; harmless here.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+            dsn = stack.enter_context(EmbeddedPostgres()).dsn()
+        print(f"PostgreSQL {asyncio.run(server_version(dsn))}", flush=True)
+        sections = asyncio.run(bench(dsn, args.rows, args.rounds))
+    print("\n\n".join(text_table(section) for section in sections))
+    print(f"total {time.perf_counter() - started:.0f} s")
+    return 0

@@ -33,13 +33,11 @@ from pathlib import Path
 
 import asyncpg
 from apply_bench import bench_apply
-from common import Section, markdown_table, raw_samples, text_table, transport
+from common import ENV_DSN, Section, markdown_table, raw_samples, server_version, text_table, transport
 from data_bench import bench_data
 from noop_bench import bench_noop
 from structure_bench import bench_structure
 from write_impact_bench import bench_write_impact
-
-ENV_DSN = "BRAINMIGRATE_BENCH_DSN"
 
 
 def _cpu_model() -> str:
@@ -66,14 +64,6 @@ def _source_revision() -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
     return f"{commit}{'+changes' if changed else ''}" if commit else ""
-
-
-async def _server_version(dsn: str) -> str:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return str(await conn.fetchval("SHOW server_version"))
-    finally:
-        await conn.close()
 
 
 async def _has_pgvector(dsn: str) -> bool:
@@ -205,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
             dsn = stack.enter_context(EmbeddedPostgres()).dsn()
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="brainmigrate-bench-")))
-        env = environment(dsn, asyncio.run(_server_version(dsn)), embedded=not args.dsn)
+        env = environment(dsn, asyncio.run(server_version(dsn)), embedded=not args.dsn)
         print("\n".join(env), end="\n\n", flush=True)
         if args.profile:
             from profiling import profile, profile_data

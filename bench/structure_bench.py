@@ -32,17 +32,12 @@ untimed). Autovacuum is off for the table, as in benchmark 3.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
 import statistics
 import sys
 import time
-import warnings
-from contextlib import ExitStack
 
 import asyncpg
-from common import Row, Section, Stats, databases, rotated, text_table
+from common import Row, Section, Stats, databases, rotated, run_alone
 from data_bench import Copies, fingerprint
 
 from brainmigrate import (
@@ -56,8 +51,6 @@ from brainmigrate import (
 from brainmigrate import structure as s
 from brainmigrate._engine.reshape import declared
 from brainmigrate.testing import DatabaseFactory
-
-ENV_DSN = "BRAINMIGRATE_BENCH_DSN"
 
 MIGRATION_ID = "bench_reshape_001"
 
@@ -256,46 +249,8 @@ async def bench_structure(admin_dsn: str, rows: int, rounds: int) -> list[Sectio
         return [await _bench(factory, size, rounds) for size in sizes]
 
 
-async def _server_version(dsn: str) -> str:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return str(await conn.fetchval("SHOW server_version"))
-    finally:
-        await conn.close()
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--dsn", default=os.environ.get(ENV_DSN), help=f"server to use (default: ${ENV_DSN}, else embedded)"
-    )
-    parser.add_argument("--rows", type=int, default=1_000_000, help="memories (default 1000000)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
-    args = parser.parse_args(argv)
-    if min(args.rows, args.rounds) < 1:
-        parser.error("counts must be at least 1")
-    return args
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = time.perf_counter()
-    with ExitStack() as stack:
-        dsn = args.dsn
-        if not dsn:
-            from brainmigrate.embedded import EmbeddedPostgres
-
-            # The embedded server's packaging warns when XDG_RUNTIME_DIR is unset; harmless here.
-            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-            dsn = stack.enter_context(EmbeddedPostgres()).dsn()
-        print(f"PostgreSQL {asyncio.run(_server_version(dsn))}", flush=True)
-        sections = asyncio.run(bench_structure(dsn, args.rows, args.rounds))
-    for section in sections:
-        print(text_table(section), end="\n\n")
-    print(f"total {time.perf_counter() - started:.0f} s")
-    return 0
+    return run_alone(__doc__, 1_000_000, bench_structure, argv)
 
 
 if __name__ == "__main__":

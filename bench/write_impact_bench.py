@@ -25,23 +25,16 @@ Autovacuum is off for the table, as in benchmark 3.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
 import statistics
 import sys
 import time
-import warnings
-from contextlib import ExitStack
 
 import asyncpg
-from common import Row, Section, Stats, databases, rotated, text_table
+from common import Row, Section, Stats, databases, rotated, run_alone
 from data_bench import AddBenchKey, Copies, check_transformed
 
 from brainmigrate import MigrationConfig, MigrationResult, MigrationStatus, Migrator, WriteImpact
 from brainmigrate.testing import DatabaseFactory
-
-ENV_DSN = "BRAINMIGRATE_BENCH_DSN"
 
 #: Dimensions of the embeddings (all-MiniLM-L6-v2's).
 DIMENSIONS = 384
@@ -124,14 +117,6 @@ async def dry_run_impact(dsn: str) -> WriteImpact:
     return impact
 
 
-async def _server_version(dsn: str) -> str:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return str(await conn.fetchval("SHOW server_version"))
-    finally:
-        await conn.close()
-
-
 def _progress(turn: int, rounds: int, what: str) -> None:
     print(f"  write impact, round {turn + 1}/{rounds}: {what}", file=sys.stderr, flush=True)
 
@@ -191,37 +176,12 @@ async def bench_write_impact(admin_dsn: str, rows: int, rounds: int) -> Section:
     return section
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--dsn", default=os.environ.get(ENV_DSN), help=f"server to use (default: ${ENV_DSN}, else embedded)"
-    )
-    parser.add_argument("--rows", type=int, default=20_000, help="memories (default 20000)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
-    args = parser.parse_args(argv)
-    if min(args.rows, args.rounds) < 1:
-        parser.error("counts must be at least 1")
-    return args
+async def _sections(dsn: str, rows: int, rounds: int) -> list[Section]:
+    return [await bench_write_impact(dsn, rows, rounds)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    started = time.perf_counter()
-    with ExitStack() as stack:
-        dsn = args.dsn
-        if not dsn:
-            from brainmigrate.embedded import EmbeddedPostgres
-
-            # The embedded server's packaging warns when XDG_RUNTIME_DIR is unset; harmless here.
-            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
-            dsn = stack.enter_context(EmbeddedPostgres()).dsn()
-        print(f"PostgreSQL {asyncio.run(_server_version(dsn))}", flush=True)
-        section = asyncio.run(bench_write_impact(dsn, args.rows, args.rounds))
-    print(text_table(section))
-    print(f"total {time.perf_counter() - started:.0f} s")
-    return 0
+    return run_alone(__doc__, 20_000, _sections, argv)
 
 
 if __name__ == "__main__":
