@@ -1,10 +1,9 @@
-"""Items of a batch: decoded from rows, transformed, and written back set-based."""
+"""Items of a batch: decoded from rows, and written back set-based."""
 
 from __future__ import annotations
 
 import functools
 import json
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -18,13 +17,11 @@ from .._errors import (
     MigrationExecutionError,
     MigrationValidationError,
 )
-from .._model.data import DatabaseDataMigration, MemoryDataMigration
-from .._model.items import BulkMemoryItem
 from .._model.types import Connection
 from .._runtime.retry import is_recoverable
+from .entries import Entry, as_uuid
 from .plan import RunPlan
 from .table import Column
-from .transform import TransformCaller
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -44,15 +41,6 @@ class Counts:
         self.failed += other.failed
         self.skipped += other.skipped
         self.batches += other.batches
-
-
-@attrs.frozen
-class Entry:
-    """One item's outcome after its transform: changes to write, a skip, or a failure."""
-
-    key: Any
-    changes: dict[str, Any] | None = None
-    error: str | None = None
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -101,157 +89,6 @@ def decode_mapping(plan: RunPlan, memory: Any) -> dict[str, Any]:
     return item
 
 
-class ForeignItemError(MigrationValidationError):
-    """A transform returned an item for another memory than the one it was given."""
-
-    def __init__(self, plan: RunPlan, given: Any, returned: Any) -> None:
-        super().__init__(
-            f"data migration {plan.migration_id!r}: the transform returned an item for memory {returned} "
-            f"when given memory {given}; an item must name the memory it was returned for "
-            f"(memory_id=memory[{plan.table.key.name!r}])",
-            migration_id=plan.migration_id,
-        )
-        self.given = given
-        self.returned = returned
-
-
-def _as_uuid(value: Any) -> uuid.UUID:
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)  # TypeError unless str
-
-
-def key_matcher(plan: RunPlan) -> Callable[[Any, Any], bool]:
-    """Whether an item's key names the item ``given``: an equal value, or for a uuid key, the
-    same uuid (a ``UUID`` or its text, in any case) as the database would read it."""
-    if plan.table.key.type_name != "uuid":
-        return lambda given, returned: bool(returned is given or returned == given)
-
-    def matches(given: Any, returned: Any) -> bool:
-        if returned is given or returned == given:
-            return True
-        try:
-            return _as_uuid(given) == _as_uuid(returned)
-        except (TypeError, ValueError, AttributeError):
-            return False
-
-    return matches
-
-
-def entry_maker(plan: RunPlan) -> Callable[[dict[str, Any], Any], Entry]:
-    """:func:`entry_of` bound to ``plan``; for memories, with its checks of the plan made once."""
-    if not isinstance(plan.migration, MemoryDataMigration):
-        return functools.partial(entry_of, plan)
-    key_name = plan.table.key.name
-    matches = key_matcher(plan)
-
-    def memory_entry(item: dict[str, Any], result: Any) -> Entry:
-        key = item.get(key_name)
-        if result is None:
-            return Entry(key)
-        if not isinstance(result, BulkMemoryItem):
-            return entry_of(plan, item, result)  # raises MigrationValidationError
-        returned = result.memory_id
-        # Most transforms pass the memory's own id object: one identity test per item.
-        if returned is not key and not matches(key, returned):
-            raise ForeignItemError(plan, key, returned)
-        return Entry(key, result.changes())
-
-    return memory_entry
-
-
-def entry_of(plan: RunPlan, item: dict[str, Any], result: Any) -> Entry:
-    """Check a transform's return value and turn it into the changes to write."""
-    meta = plan.migration.metadata
-    key = item.get(plan.table.key.name)
-    if result is None:
-        return Entry(key)
-    if isinstance(plan.migration, MemoryDataMigration):
-        if not isinstance(result, BulkMemoryItem):
-            raise MigrationValidationError(
-                f"data migration {meta.id!r}: the transform must return a BulkMemoryItem or None, "
-                f"got {type(result).__name__} for memory {key}",
-                migration_id=meta.id,
-            )
-        if not key_matcher(plan)(key, result.memory_id):
-            raise ForeignItemError(plan, key, result.memory_id)
-        return Entry(key, result.changes())
-    if not isinstance(result, dict):
-        raise MigrationValidationError(
-            f"data migration {meta.id!r}: the transform must return a dict of column values or None, "
-            f"got {type(result).__name__} for row {key}",
-            migration_id=meta.id,
-        )
-    changes = dict(result)
-    new_key = changes.pop(plan.table.key.name, key)
-    if new_key != key and not key_matcher(plan)(key, new_key):  # the text of a uuid key is that key
-        raise MigrationValidationError(
-            f"data migration {meta.id!r}: the transform changed the key of row {key}; data migrations "
-            "update rows in place",
-            migration_id=meta.id,
-        )
-    return Entry(key, changes)
-
-
-async def transform_items(plan: RunPlan, caller: TransformCaller, items: list[dict[str, Any]]) -> list[Entry]:
-    """Run the migration's transform over ``items``; a failing item becomes an entry with its error."""
-    migration = plan.migration
-    base: type = MemoryDataMigration if isinstance(migration, MemoryDataMigration) else DatabaseDataMigration
-    entries: list[Entry] = []
-    entry_of = entry_maker(plan)
-    if migration._overrides("transform_batch", base):
-        size = migration.transform_batch_size
-        slices = [items[i : i + size] for i in range(0, len(items), size)]
-        batch_transform: Callable[[list[dict[str, Any]]], Awaitable[Any]] = migration.transform_batch  # type: ignore[attr-defined]
-        results = await caller.map(batch_transform, slices)
-        for part, result in zip(slices, results, strict=True):
-            if isinstance(result, BaseException):
-                entries.extend(failed_entry(plan, item, result) for item in part)
-                continue
-            outputs = list(result)
-            if len(outputs) != len(part):
-                raise MigrationValidationError(
-                    f"data migration {migration.metadata.id!r}: transform_batch returned {len(outputs)} "
-                    f"results for {len(part)} items; return one per item, in order (None to skip)",
-                    migration_id=migration.metadata.id,
-                )
-            try:
-                entries.extend(entry_of(item, output) for item, output in zip(part, outputs, strict=True))
-            except ForeignItemError as exc:
-                raise _duplicate_or(plan, outputs, exc) from None
-        return entries
-    one: Callable[[dict[str, Any]], Awaitable[Any]] = (
-        migration.transform_memory if isinstance(migration, MemoryDataMigration) else migration.transform_row  # type: ignore[attr-defined]
-    )
-    for item, result in zip(items, await caller.map(one, items), strict=True):
-        entries.append(
-            failed_entry(plan, item, result) if isinstance(result, BaseException) else entry_of(item, result)
-        )
-    return entries
-
-
-def _duplicate_or(plan: RunPlan, outputs: Sequence[Any], exc: ForeignItemError) -> MigrationValidationError:
-    """A transform_batch result naming the wrong memory: a duplicate if it names one memory twice."""
-    matches = key_matcher(plan)
-    named = sum(
-        1
-        for output in outputs
-        if isinstance(output, BulkMemoryItem) and matches(exc.returned, output.memory_id)
-    )
-    if named < 2:
-        return exc
-    return MigrationValidationError(
-        f"data migration {plan.migration_id!r}: transform_batch returned two items for memory "
-        f"{exc.returned} (a duplicate, the second in place of memory {exc.given}); return one item per "
-        "memory, in order (None to skip)",
-        migration_id=plan.migration_id,
-    )
-
-
-def failed_entry(plan: RunPlan, item: dict[str, Any], exc: BaseException) -> Entry:
-    if isinstance(exc, MigrationValidationError):
-        raise exc
-    return Entry(item.get(plan.table.key.name), error=f"{type(exc).__name__}: {exc}")
-
-
 def query_items(plan: RunPlan, memories: Sequence[Any]) -> list[dict[str, Any]]:
     """Memories from get_memories_to_migrate(), decoded; each must carry its key, and only once.
 
@@ -284,7 +121,7 @@ def _key_identity(plan: RunPlan, key: Any) -> str:
     """The text a key is known by; for uuid keys, in the canonical spelling of the uuid."""
     if plan.table.key.type_name == "uuid":
         try:
-            return str(_as_uuid(key))
+            return str(as_uuid(key))
         except (TypeError, ValueError, AttributeError):
             pass
     return key_text(key)

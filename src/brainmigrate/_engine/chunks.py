@@ -1,20 +1,20 @@
 """A data migration's workers: each leases a chunk of the key space, then reads, transforms and
 writes its batches, advancing the chunk's checkpoint in the transaction of each group's writes.
+
+A source stream flows through a :class:`~.pipeline.Pipeline` (pages read, transformed and written
+at once); a query's slices and server-side key ranges go one group at a time.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 import uuid
 from contextlib import aclosing, suppress
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import anyio.lowlevel
-import asyncpg
 import attrs
 import tenacity
 
@@ -24,26 +24,17 @@ from .._errors import (
 )
 from .._ledger.sql import set_session_timeouts
 from .._model.config import MigrationConfig
-from .._model.data import DatabaseDataMigration, DataMigration, MemoryDataMigration
-from .._model.items import Progress, ProgressCallback
+from .._model.data import DatabaseDataMigration, MemoryDataMigration
 from .._model.types import Connection, Pool, is_usable
 from .._runtime import telemetry as telemetry
 from .._runtime.retry import is_recoverable, retrying
 from . import sql as sql
-from .batches import (
-    Counts,
-    Entry,
-    InFlight,
-    decode_rows,
-    in_background,
-    key_text,
-    piped,
-    query_items,
-    transform_items,
-    write_entries,
-)
-from .pager import Page, pages, range_count, range_end
-from .plan import QUERY, STATEMENT, STREAM, RunPlan
+from .batches import Counts, key_text, piped, query_items, write_entries
+from .entries import Entry, transform_items
+from .pager import pages, range_count, range_end
+from .pipeline import Pipeline
+from .plan import QUERY, STATEMENT, RunPlan
+from .progress import Tracker
 from .transform import TransformCaller
 
 logger = logging.getLogger("brainmigrate")
@@ -59,43 +50,6 @@ class Stop(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class Tracker:
-    """This process's view of a run's progress, pushed to ``on_progress`` after each checkpoint."""
-
-    def __init__(
-        self, migration_id: str, baseline: Progress | None, callback: ProgressCallback | None
-    ) -> None:
-        self.migration_id = migration_id
-        self.baseline = baseline
-        self.callback = callback
-        self.counts = Counts()
-        self.started = time.monotonic()
-        self.started_at = baseline.started_at if baseline is not None else datetime.now(UTC)
-
-    async def committed(self, counts: Counts) -> None:
-        self.counts.add(counts)
-        if self.callback is None:
-            return
-        base = self.baseline
-        elapsed = time.monotonic() - self.started
-        done = self.counts.processed + self.counts.failed + self.counts.skipped
-        progress = Progress(
-            migration_id=self.migration_id,
-            status="running",
-            processed=(base.processed if base else 0) + self.counts.processed,
-            failed=(base.failed if base else 0) + self.counts.failed,
-            skipped=(base.skipped if base else 0) + self.counts.skipped,
-            total=base.total if base else None,
-            batch_number=(base.batch_number if base else 0) + self.counts.batches,
-            rate=done / elapsed if elapsed > 0 else None,
-            started_at=self.started_at,
-            updated_at=datetime.now(UTC),
-        )
-        result = self.callback(progress)
-        if result is not None:
-            await result
 
 
 @attrs.define
@@ -132,13 +86,11 @@ class ChunkWorker:
         self._conn: Any = None
         self._chunk: int | None = None
         self._number = 0
-        #: The first page of the next group (chunk, cursor it follows, rows), read ahead by the last.
-        self._next_page: tuple[int, str, list[asyncpg.Record]] | None = None
+        #: Groups this worker has committed (a retry after some starts its attempts afresh).
+        self._commits = 0
         self._seen_failed: set[str] = set()
         self._seen_skipped: set[str] = set()
         self._last_written: set[str] = set()
-        #: Whether to read the next page while one is transformed: in a stream without a throttle.
-        self._read_ahead = plan.mode == STREAM and not plan.migration._overrides("throttle", DataMigration)
 
     async def connection(self) -> Any:
         if self._conn is not None and not is_usable(self._conn):
@@ -193,7 +145,6 @@ class ChunkWorker:
             if chunk is None:
                 return
             self._chunk = chunk["chunk"]
-            self._next_page = None
             try:
                 await self._work_chunk(chunk["chunk"], chunk["lower_key"], chunk["upper_key"])
             except LeaseLost:
@@ -214,83 +165,32 @@ class ChunkWorker:
                     if row is None or row[1] != self.owner:
                         raise LeaseLost()
                     cursor = row[0]
-                    done = await self._group(conn, chunk, lower, upper, cursor)
+                    commits = self._commits
+                    try:
+                        done = await self._group(conn, chunk, lower, upper, cursor)
+                    except Exception as exc:
+                        if self._commits == commits or not is_recoverable(exc):
+                            raise
+                        # Groups were committed since the last attempt: resume from the new
+                        # checkpoint with the retries afresh, as after any committed group.
+                        logger.warning(
+                            "data migration %s: transient failure, resuming from the checkpoint: %s",
+                            self.plan.migration_id,
+                            exc,
+                        )
+                        await anyio.sleep(self.config.retry.initial_delay)
 
     async def _group(
         self, conn: Connection, chunk: int, lower: str | None, upper: str | None, cursor: str | None
     ) -> bool:
-        """Read, transform and write batches up to a checkpoint; return True when the chunk is done."""
+        """Read, transform and write batches up to a checkpoint (a source stream: to the chunk's
+        end, group after group); return True when the chunk is done."""
         self._number = self.tracker.counts.batches  # the run's batches before this group's
         if self.plan.mode == STATEMENT:
             return await self._statement_group(conn, chunk, lower, upper, cursor)
         if self.plan.mode == QUERY:
             return await self._query_group(conn, chunk, cursor)
-        return await self._stream_group(conn, chunk, lower, upper, cursor)
-
-    # -- the stream mode: pages of the source table ------------------------------------------
-
-    async def _stream_group(
-        self, conn: Connection, chunk: int, lower: str | None, upper: str | None, cursor: str | None
-    ) -> bool:
-        """Pages of the chunk up to a checkpoint, transformed, then written with the checkpoint.
-
-        Without a throttle, the next page is read while this one is transformed; for the last page
-        of a group, the next group's first page, used if the group commits.
-        """
-        plan, config = self.plan, self.config
-        batches: list[_Batch] = []
-        end = False
-        stop: str | None = None
-        carried, self._next_page = self._next_page, None
-        first = carried[2] if carried is not None and carried[:2] == (chunk, cursor) else None
-        next_page: tuple[str, InFlight[list[asyncpg.Record]]] | None = None
-        async with anyio.create_task_group() as reads:
-            read_ahead = functools.partial(in_background, reads) if self._read_ahead else None
-            source = pages(
-                conn,
-                plan.page_sql,
-                lower,
-                upper,
-                config.batch_size,
-                cursor=cursor,
-                first=first,
-                read_ahead=read_ahead,
-            )
-            async with aclosing(source) as source:
-                page: Page | None = None
-                items_in_group = 0
-                while items_in_group < config.checkpoint_frequency:
-                    if (stop := self._timed_out()) is not None:
-                        break
-                    if page is None or page.ahead is None:
-                        await self._pause()
-                    started, started_ns = time.monotonic(), time.time_ns()
-                    page = await anext(source, None)
-                    if page is None:
-                        end = True
-                        break
-                    cursor, end = page.cursor, page.last
-                    if (
-                        page.ahead is not None
-                        and items_in_group + len(page.rows) >= config.checkpoint_frequency
-                    ):
-                        next_page = (cursor, page.ahead)
-                    items = decode_rows(plan, page.rows)
-                    batches += await self._transform(items, started, started_ns, len(batches))
-                    items_in_group += len(items)
-                    if end:
-                        break
-        counts = Counts(batches=len(batches))
-        async with conn.transaction():
-            await self._write(conn, batches, counts)
-            status = await self._checkpoint(conn, chunk, cursor, counts, end)
-        if next_page is not None:
-            try:
-                self._next_page = (chunk, next_page[0], await next_page[1].result())
-            except Exception:  # read it again in the next group, and fail there if it must
-                self._next_page = None
-        await self._committed(batches, counts)
-        return self._went_on(status, stop, end)
+        return await Pipeline(self, conn, chunk, lower, upper).run(cursor)
 
     # -- the query mode: slices from get_memories_to_migrate() ----------------------------------
 
@@ -298,8 +198,8 @@ class ChunkWorker:
         """One slice per checkpoint: the next call must see this slice's writes committed."""
         batches: list[_Batch] = []
         end = False
-        if (stop := self._timed_out()) is None:
-            await self._pause()
+        if (stop := self.timed_out()) is None:
+            await self.pause()
             started, started_ns = time.monotonic(), time.time_ns()
             items = await self._query_slice()
             if items is None:
@@ -308,11 +208,11 @@ class ChunkWorker:
                 batches = await self._transform(items, started, started_ns, 0)
         counts = Counts(batches=len(batches))
         async with conn.transaction():
-            await self._write(conn, batches, counts)
-            status = await self._checkpoint(conn, chunk, cursor, counts, end)
-        await self._committed(batches, counts)
+            await self.write(conn, batches, counts)
+            status = await self.checkpoint(conn, chunk, cursor, counts, end)
+        await self.committed(batches, counts)
         self._remember(batches)
-        return self._went_on(status, stop, end)
+        return self.went_on(status, stop, end)
 
     # -- the statement mode: the batch statement per key range, on the server -----------------
 
@@ -322,17 +222,17 @@ class ChunkWorker:
         """Key ranges up to a checkpoint, each run by the batch statement in the checkpoint's
         transaction."""
         batches: list[_Batch] = []
-        if (stop := self._timed_out()) is None:
-            await self._pause()
+        if (stop := self.timed_out()) is None:
+            await self.pause()
             started, started_ns = time.monotonic(), time.time_ns()
             span = telemetry.start_batch_span(self.plan.migration_id, self._numbered(0), started_ns)
             batches.append(_Batch(self._numbered(0), [], span, started))
         async with conn.transaction():
             done, ranges, cursor, end = await self._statement_batches(conn, cursor, lower, upper)
             counts = Counts(processed=done, batches=ranges)
-            status = await self._checkpoint(conn, chunk, cursor, counts, end)
-        await self._committed(batches, counts)
-        return self._went_on(status, stop, end)
+            status = await self.checkpoint(conn, chunk, cursor, counts, end)
+        await self.committed(batches, counts)
+        return self.went_on(status, stop, end)
 
     async def _statement_batches(
         self, conn: Connection, cursor: str | None, lower: str | None, upper: str | None
@@ -369,10 +269,10 @@ class ChunkWorker:
 
     # -- the steps every group takes -----------------------------------------------------------
 
-    def _timed_out(self) -> str | None:
+    def timed_out(self) -> str | None:
         return "timeout" if time.monotonic() > self.deadline else None
 
-    async def _pause(self) -> None:
+    async def pause(self) -> None:
         pause = await self.plan.migration.throttle()
         if pause and pause > 0:
             await anyio.sleep(pause)
@@ -411,7 +311,7 @@ class ChunkWorker:
             )
         return batches
 
-    async def _write(self, conn: Connection, batches: list[_Batch], counts: Counts) -> None:
+    async def write(self, conn: Connection, batches: list[_Batch], counts: Counts) -> None:
         """Write the batches (set-based, piped) in the group's transaction, counting what they did."""
         plan, config = self.plan, self.config
         async with piped(conn) as pipe:
@@ -444,7 +344,7 @@ class ChunkWorker:
                 counts.skipped += skipped
                 counts.processed += len(batch.entries) - len(failed) - skipped
 
-    async def _checkpoint(
+    async def checkpoint(
         self, conn: Connection, chunk: int, cursor: str | None, counts: Counts, end: bool
     ) -> str:
         """Advance the chunk in the transaction of its writes; the run's status."""
@@ -465,12 +365,26 @@ class ChunkWorker:
             raise LeaseLost()
         return status
 
-    async def _committed(self, batches: list[_Batch], counts: Counts) -> None:
+    def batches(self, pages: list[tuple[list[Entry], float, int]]) -> list[_Batch]:
+        """The batches of a group's pages (entries, read at, in ns), numbered on from the run's
+        committed batches, each with its span from the moment its page was read."""
+        first = self.tracker.counts.batches + 1
+        migration_id = self.plan.migration_id
+        return [
+            _Batch(
+                first + i, entries, telemetry.start_batch_span(migration_id, first + i, started_ns), started
+            )
+            for i, (entries, started, started_ns) in enumerate(pages)
+        ]
+
+    async def committed(self, batches: list[_Batch], counts: Counts) -> None:
+        """After a group's commit: its spans and metrics, and the progress it made."""
+        self._commits += 1
         self._after_commit(batches)
         await self.tracker.committed(counts)
 
     @staticmethod
-    def _went_on(status: str, stop: str | None, end: bool) -> bool:
+    def went_on(status: str, stop: str | None, end: bool) -> bool:
         """Whether the chunk is done, once a group has committed; Stop if the run must stop."""
         if status != "running":
             raise Stop("failed" if status == "failed" else "cancelled")

@@ -16,7 +16,8 @@ from .._model.sqltext import quote_ident
 from .._model.states import RunStatus
 from .._model.types import Connection
 from . import sql as sql
-from .batches import Entry, decode_rows, entry_of, write_entries
+from .batches import decode_rows, write_entries
+from .entries import Entry, entry_of
 from .pager import pages, range_count, range_end
 from .plan import RunPlan
 from .state import RunState

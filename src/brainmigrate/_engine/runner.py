@@ -27,9 +27,11 @@ from .._runtime import telemetry as telemetry
 from . import reverse as _reverse
 from . import sample as _sample
 from . import sql as sql
-from .batches import Counts, decode_rows, key_text, transform_items, unwrap, write_entries
-from .chunks import ChunkWorker, Stop, Tracker
+from .batches import Counts, decode_rows, key_text, unwrap, write_entries
+from .chunks import ChunkWorker, Stop
+from .entries import transform_items
 from .plan import QUERY, RunPlan, image_candidates, make_plan
+from .progress import Tracker
 from .state import RunState
 from .transform import TransformCaller, cancelled
 

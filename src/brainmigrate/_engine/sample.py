@@ -15,15 +15,14 @@ from .._model.results import ItemChange, WriteImpact
 from .._model.types import Connection
 from .batches import (
     Counts,
-    Entry,
     ItemValueError,
     decode_rows,
     encode_changes,
     key_text,
     query_items,
-    transform_items,
     write_entries,
 )
+from .entries import Entry, transform_items
 from .impact import MEASURE_ROWS, estimated_rows, write_impact
 from .pager import pages
 from .plan import QUERY, STATEMENT, RunPlan

@@ -356,15 +356,16 @@ SELECT (SELECT {key} FROM batch ORDER BY {key} LIMIT 1),
 
 
 def boundaries(table: str, key: str, where: str | None) -> str:
-    """Keys splitting the rows into $1 parts of about equal size, as text."""
+    """Keys splitting the rows into $1 parts of about equal size, as text, in key order (ordered by
+    the key's own type: as text, 1000 would come before 500)."""
     where_sql = f"WHERE {where}" if where else ""
     return f"""
-SELECT DISTINCT b::text FROM (
-    SELECT unnest(percentile_disc(
+SELECT q.b::text FROM (
+    SELECT DISTINCT unnest(percentile_disc(
                (SELECT array_agg(i::float8 / $1) FROM generate_series(1, $1 - 1) AS i)
            ) WITHIN GROUP (ORDER BY {key})) AS b
       FROM {table} {where_sql}) AS q
- WHERE b IS NOT NULL ORDER BY 1
+ WHERE q.b IS NOT NULL ORDER BY q.b
 """
 
 

@@ -49,6 +49,16 @@ def _array_literal(value: Any) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+def _vector_literal(value: Iterable[Any]) -> str:
+    """``[1.5,-2.0]``: each element as ``repr(float(x))``; for floats without the call per element."""
+    if type(value) is list or type(value) is tuple:
+        try:
+            return "[" + ",".join(map(float.__repr__, value)) + "]"
+        except TypeError:  # an element that is not a float (an int, a Decimal): converted one by one
+            pass
+    return "[" + ",".join(repr(float(x)) for x in value) + "]"
+
+
 @attrs.frozen
 class Column:
     """One column: its name, its SQL type, and whether it travels as text."""
@@ -115,7 +125,7 @@ class Column:
         if self.is_json:
             return _dumps(value)
         if self.type_name in ("vector", "halfvec") and not isinstance(value, str):
-            return "[" + ",".join(repr(float(x)) for x in value) + "]"
+            return _vector_literal(value)
         return str(value)
 
     def encode_all(self, values: Iterable[Any]) -> list[Any]:

@@ -103,6 +103,11 @@ class TransformCaller:
         self._policy = config.retry
         self._retry_on = retry_on
 
+    @property
+    def direct(self) -> bool:
+        """Whether :meth:`call` is the plain call: no retries, no rate limit."""
+        return not self._retry_on and not self._limited
+
     async def call(self, fn: Callable[[T], Awaitable[R]], arg: T) -> R:
         """``fn(arg)``, retrying the exceptions the migration marked as retryable."""
         if not self._retry_on:
@@ -131,7 +136,7 @@ class TransformCaller:
         """
         results: list[R | BaseException] = [None] * len(args)  # type: ignore[list-item]
         call = self.call
-        direct = not self._retry_on and not self._limited  # then call(fn, arg) is fn(arg)
+        direct = self.direct  # then call(fn, arg) is fn(arg)
         indexes = iter(range(len(args)))
 
         async def worker() -> None:

@@ -309,7 +309,16 @@ class DataMigrationRunner:
         message = str(error)
         async with runner_session(self.pool, self.schema, cfg) as session:
             conn = await session.work_connection()
-            await self._set_status(conn, meta.id, RunStatus.FAILED, message)
+            if await self._set_status(conn, meta.id, RunStatus.FAILED, message) is None:
+                # The run ended meanwhile (another runner completed or reversed it, after this one
+                # lost its lease): it is theirs, and left exactly as they left it.
+                progress = await self.engine.progress(conn, meta.id)
+                ended_as = progress.status.value if progress is not None else "gone"
+                message += (
+                    f"; meanwhile another runner took its work over and the run is {ended_as}, so "
+                    "this runner left it as it is"
+                )
+                return _retyped(error, message, meta.id)
             if reverse and cfg.enable_rollback and plan.reverse is not None:
                 if await self.engine.live_workers(conn, meta.id):
                     message += "; not reversed, because other workers are still running it"
@@ -330,19 +339,7 @@ class DataMigrationRunner:
                 _attempt(plan, AttemptStatus.FAILED, None, progress, started), error=message
             )
             await self.ledger.insert(conn, failed)
-        if isinstance(error, MigrationExecutionError):
-            return MigrationExecutionError(
-                message,
-                migration_id=meta.id,
-                statement_index=error.statement_index,
-                statement=error.statement,
-                sqlstate=error.sqlstate,
-                detail=error.detail,
-                hint=error.hint,
-            )
-        if isinstance(error, MigrationValidationError):
-            return MigrationValidationError(message, migration_id=meta.id)
-        return error
+        return _retyped(error, message, meta.id)
 
     async def _rollback(self, plan: RunPlan, cfg: MigrationConfig, session: RunnerSession) -> MigrationResult:
         """Restore what a data migration changed and record it, in one transaction."""
@@ -405,3 +402,20 @@ def _result(
         items_skipped=counts.skipped,
         items_failed=counts.failed,
     )
+
+
+def _retyped(error: BrainMigrateError, message: str, migration_id: str) -> BrainMigrateError:
+    """``error`` as the same kind of error, saying ``message``."""
+    if isinstance(error, MigrationExecutionError):
+        return MigrationExecutionError(
+            message,
+            migration_id=migration_id,
+            statement_index=error.statement_index,
+            statement=error.statement,
+            sqlstate=error.sqlstate,
+            detail=error.detail,
+            hint=error.hint,
+        )
+    if isinstance(error, MigrationValidationError):
+        return MigrationValidationError(message, migration_id=migration_id)
+    return error
