@@ -8,7 +8,7 @@ from typing import Any
 #: Where links from the pages to files outside ``docs/`` (the examples) point on the site.
 REPOSITORY_FILES = "https://github.com/brainmigrate/brainmigrate/blob/main/"
 
-_OUTSIDE_DOCS = re.compile(r"\]\(\.\./((?:examples|bench|src|tests)/[^)]*)\)")
+_OUTSIDE_DOCS = re.compile(r"\]\((?:\.\./)+((?:examples|bench|src|tests)/[^)]*)\)")
 #: ``:class:`X``` in a docstring renders as ``:class:<code>X</code>``: keep the code only.
 _ROLE = re.compile(r":(?:class|meth|attr|func|mod|data|exc|obj):(?=<code>)")
 

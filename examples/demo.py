@@ -10,8 +10,10 @@ server of your own instead, name an empty database on it (the demo leaves its ta
 It applies the schema migrations, fills the memories table (``--memories N``, 50,000 by default),
 runs the data migration that adds a sentiment to every memory with a live progress bar, then the
 structure migration that reshapes every memory's metadata on the server (nesting that sentiment
-under ``analysis``), with ``describe_structure()`` before and after and a dry run's diff. At the end
-it rolls both back, newest first, and checks that every memory is as it was before each. The
+under ``analysis``), with ``describe_structure()`` before and after and a dry run's diff, then
+re-embeds every memory with a new embedding model, with live progress through every phase and the
+cutover. At the end it rolls the data and structure migrations back, newest first, and checks that
+every memory is as it was before each. The
 migrations are the package ``second_brain.migrations`` next to this file.
 """
 
@@ -44,6 +46,7 @@ from rich.table import Table
 
 from brainmigrate import (
     BrainMigrateError,
+    HybridPhase,
     MigrationConfig,
     MigrationResult,
     MigrationStatus,
@@ -59,6 +62,17 @@ from brainmigrate.embedded import EmbeddedPostgres
 MIGRATIONS = "second_brain.migrations"
 SENTIMENT = "enrich_memories_with_sentiment_001"
 STRUCTURE = "nest_memory_metadata_001"
+REEMBED = "reembed_memories_hashed_words_001"
+#: The re-embedding's settings: eight model calls in flight, a checkpoint every 4,096 memories.
+REEMBED_CONFIG = MigrationConfig(concurrency=8, batch_size=512, checkpoint_frequency=4_096)
+#: The phases of a re-embedding as the demo shows them, with the step that ends each.
+REEMBED_PHASES = (
+    ("expand", "add embedding_next vector(64)"),
+    ("backfill", "embed every memory"),
+    ("validate", "check every vector"),
+    ("index", "CREATE INDEX CONCURRENTLY (HNSW)"),
+    ("cutover", "switch the names"),
+)
 DSN_VARIABLE = "BRAINMIGRATE_DEMO_DSN"
 DEFAULT_MEMORIES = 50_000
 
@@ -221,22 +235,25 @@ async def demo(dsn: str, memories: int, console: Console) -> None:
             shape = await reshape(migrator, pool, console)
             reshaped = shape is not None
 
-        console.print(history_table(await migrator.history()))
-
-        again = await migrator.run_pending()
-        console.print()
-        console.rule("[bold]run_pending() once more")
-        console.print(
-            f"It returned {len(again)} results: nothing was pending, so nothing ran "
-            "and no history was written."
-        )
-
         # Newest first: the sentiment migration cannot be rolled back while the structure
         # migration, which depends on it, is applied.
         if reshaped and shape is not None:
             await roll_back_structure_migration(migrator, pool, shape, console)
         if enriched:
             await roll_back_data_migration(migrator, pool, digest, console)
+
+        if await migrator.pending(MigrationType.HYBRID):
+            await reembed(pool, console)
+
+        console.print(history_table(await migrator.history()))
+
+        again = await migrator.run_pending(MigrationType.HYBRID)
+        console.print()
+        console.rule("[bold]run_pending(MigrationType.HYBRID) once more")
+        console.print(
+            f"It returned {len(again)} results: the re-embedding is applied, so nothing ran "
+            "and no history was written."
+        )
     finally:
         await pool.close()
 
@@ -600,6 +617,132 @@ def show_structure_dry_run(dry: MigrationResult, console: Console) -> None:
     )
     for warning in impact.warnings:
         console.print(f"[dim]warning: {escape(warning.split(': ')[0])}[/]")
+
+
+async def reembed(pool: asyncpg.Pool[Any], console: Console) -> None:
+    """The re-embedding: each phase with its progress, the cutover, a search, then contract."""
+    console.print()
+    console.rule(f"[bold]Changing the embedding model: {REEMBED}")
+    bar = ProgressBar(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[count]}"),
+        TextColumn("[cyan]{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    tasks: dict[str, Any] = {}
+
+    def show(progress: Progress) -> None:  # the backfill's checkpoints
+        if progress.migration_id.endswith("/backfill"):
+            total = progress.total or None
+            bar.update(
+                tasks["backfill"],
+                completed=progress.done,
+                total=total,
+                count=f"{progress.done:,}/{progress.total or 0:,}",
+                rate=f"{progress.rate:,.0f} memories/s" if progress.rate else "",
+            )
+
+    migrator = Migrator(pool, MIGRATIONS, on_progress=show)
+    before = await migrator.embedding_model(table="memories", column="embedding")
+    console.print(
+        "migrator.embedding_model() before: "
+        + (escape(str(before)) if before else "[dim]none recorded[/] (the column holds vector(1536))")
+    )
+    results: list[MigrationResult] = []
+    started = time.perf_counter()
+    with bar:
+        for name, what in REEMBED_PHASES:
+            tasks[name] = bar.add_task(f"{name:<9} {what}", total=None, start=False, count="", rate="")
+
+        async def run() -> None:
+            results.extend(await migrator.run_pending(MigrationType.HYBRID, config=REEMBED_CONFIG))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(run)
+            while not results:
+                await follow_phases(migrator, bar, tasks)
+                await anyio.sleep(0.2)
+        await follow_phases(migrator, bar, tasks)
+    seconds = time.perf_counter() - started
+    [result] = [r for r in results if r.migration_id == REEMBED]
+    status = await migrator.hybrid_status(REEMBED)
+    if status.phase is not HybridPhase.READY_TO_CONTRACT:
+        raise DemoError(f"{REEMBED} stopped {status}: {result.error}")
+    model = await migrator.embedding_model(table="memories", column="embedding")
+    async with pool.acquire() as conn:
+        columns = await conn.fetch(
+            "SELECT attname, format_type(atttypid, atttypmod) AS type FROM pg_attribute "
+            "WHERE attrelid = 'memories'::regclass AND attname LIKE 'embedding%' AND NOT attisdropped "
+            "ORDER BY attname"
+        )
+    console.print(
+        f"Cut over in {seconds:.1f} s: the memories now read [bold]{escape(str(model))}[/] vectors; "
+        + ", ".join(f"{row['attname']} {row['type']}" for row in columns)
+        + ". The run waits here (READY_TO_CONTRACT) so the previous column can be kept for a soak "
+        "period; rollback() would switch back at once."
+    )
+    await nearest_memories(pool, console)
+    await migrator.contract(REEMBED)
+    generations = await migrator.embedding_generations(table="memories", column="embedding")
+    console.print(
+        "contract() dropped embedding_previous and its index; the column's generations: "
+        + ", ".join(f"{escape(g.model.name)} [bold]{g.status}[/]" for g in generations)
+        + "."
+    )
+
+
+async def follow_phases(migrator: Migrator, bar: ProgressBar, tasks: dict[str, Any]) -> None:
+    """Mark the phases done so far, and show the index build's progress (read from the database)."""
+    status = await migrator.hybrid_status(REEMBED)
+    done = {step.rsplit("/", 1)[1] for step in status.steps_done}
+    phase = status.phase
+    if phase is not None and phase not in (HybridPhase.EXPANDING, HybridPhase.BACKFILLING):
+        done.add("validate")
+    current = status.current_step.rsplit("/", 1)[1] if status.current_step else None
+    if phase is HybridPhase.VALIDATING:
+        current = "validate"
+    for name, task in tasks.items():
+        if name in done:
+            bar.start_task(task)
+            total = bar.tasks[task].total or 1
+            bar.update(task, completed=total, total=total)
+        elif name == current:
+            bar.start_task(task)
+    if current == "index" and "index" not in done:
+        [generation] = [
+            g
+            for g in await migrator.embedding_generations(table="memories", column="embedding")
+            if g.migration_id == REEMBED
+        ]
+        if generation.index_total:
+            bar.update(
+                tasks["index"],
+                completed=generation.index_done or 0,
+                total=generation.index_total,
+                count=f"{generation.index_phase or ''}",
+            )
+
+
+async def nearest_memories(pool: asyncpg.Pool[Any], console: Console) -> None:
+    """One search with the new model's vectors, through the new HNSW index."""
+    module = importlib.import_module(f"{MIGRATIONS}.010_reembed_memories")
+    query = "the weekend hike was relaxing"
+    vector = "[" + ",".join(map(repr, module.hashed_words(query, 64))) + "]"
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT content, embedding <=> $1::vector AS distance FROM memories "
+            "ORDER BY embedding <=> $1::vector LIMIT 200",
+            vector,
+        )
+    nearest = list({row["content"]: row["distance"] for row in reversed(rows)}.items())
+    nearest.sort(key=lambda item: item[1])
+    console.print(f"\nThe 3 memories nearest to [italic]{query!r}[/] with the new model (HNSW):")
+    for content, distance in nearest[:3]:
+        console.print(f"  {distance:.3f}  {escape(content)}")
+    console.print()
 
 
 def history_table(history: list[Any]) -> Table:

@@ -12,7 +12,14 @@ import anyio
 import asyncpg
 import pytest
 
-from brainmigrate import MigrationConfig, MigrationStatus, MigrationType, MigrationValidationError, Migrator
+from brainmigrate import (
+    HybridPhase,
+    MigrationConfig,
+    MigrationStatus,
+    MigrationType,
+    MigrationValidationError,
+    Migrator,
+)
 from brainmigrate.testing import assert_reversible, fingerprint
 
 pytestmark = pytest.mark.anyio
@@ -29,9 +36,13 @@ ORDER = [
     "touch_memories_updated_at_001",
     "enrich_memories_with_sentiment_001",
     "nest_memory_metadata_001",
+    "reembed_memories_hashed_words_001",
 ]
 SENTIMENT = "enrich_memories_with_sentiment_001"
 STRUCTURE = "nest_memory_metadata_001"
+REEMBED = "reembed_memories_hashed_words_001"
+#: The re-embedding's steps, in the order they run (its contract waits for contract()).
+REEMBED_STEPS = [f"{REEMBED}/{step}" for step in ("expand", "backfill", "index", "cutover")]
 
 # What the example schema leaves behind in the public schema, read from the catalogs.
 USER_OBJECTS = """
@@ -65,16 +76,21 @@ async def test_migrations_run_in_dependency_then_version_order(brainmigrate_pool
     results = await migrator.run_pending()
 
     assert pending == ORDER
-    assert [(mid, MigrationStatus.COMPLETED) for mid in ORDER] == [
-        (result.migration_id, result.status) for result in results
-    ]
-    assert [record.migration_id for record in await migrator.history()] == ORDER
+    # The re-embedding stops before its contract (contract_mode = "manual"): RUNNING, until contract().
+    expected = [(mid, MigrationStatus.COMPLETED) for mid in ORDER[:-1]] + [(REEMBED, MigrationStatus.RUNNING)]
+    assert [(result.migration_id, result.status) for result in results] == expected
+    assert [record.migration_id for record in await migrator.history()] == ORDER[:-1] + REEMBED_STEPS
+    assert [meta.id for meta in await migrator.pending()] == [REEMBED]
+    assert await migrator.hybrid_phase(REEMBED) is HybridPhase.READY_TO_CONTRACT
+
+    await migrator.contract(REEMBED)
+
     assert await migrator.pending() == []
 
 
 async def test_memories_table_has_the_documented_columns(brainmigrate_pool):
     """The memories table has the store's columns and types: vector(1536), the memory_type enum, jsonb."""
-    await Migrator(brainmigrate_pool, MIGRATIONS).run_pending()
+    await Migrator(brainmigrate_pool, MIGRATIONS).run_pending(MigrationType.DATABASE_SCHEMA)
 
     async with brainmigrate_pool.acquire() as conn:
         columns = {
@@ -116,7 +132,7 @@ async def test_memories_table_has_the_documented_columns(brainmigrate_pool):
 
 async def test_memories_table_accepts_memories_and_enforces_its_rules(brainmigrate_pool):
     """A memory gets its defaults, the trigger moves updated_at, and importance outside 0..1 is refused."""
-    await Migrator(brainmigrate_pool, MIGRATIONS).run_pending()
+    await Migrator(brainmigrate_pool, MIGRATIONS).run_pending(MigrationType.DATABASE_SCHEMA)
     embedding = "[" + ",".join(["0.01"] * 1536) + "]"
 
     async with brainmigrate_pool.acquire() as conn:
@@ -214,12 +230,14 @@ async def test_examples_pass_the_stairway_check(brainmigrate_pool):
 
     await assert_reversible(brainmigrate_pool, MIGRATIONS)
 
-    assert await Migrator(brainmigrate_pool, MIGRATIONS).pending() == []
+    migrator = Migrator(brainmigrate_pool, MIGRATIONS)
+    assert [meta.id for meta in await migrator.pending()] == [REEMBED]  # waiting for contract()
+    assert await migrator.hybrid_phase(REEMBED) is HybridPhase.READY_TO_CONTRACT
 
 
 async def test_demo_runs_end_to_end_on_a_given_database(brainmigrate_database):
     """examples/demo.py --dsn migrates that database, enriches its memories, reshapes their metadata,
-    rolls both back (newest first), exits 0."""
+    rolls both back (newest first), re-embeds every memory with a new model, exits 0."""
     env = {**os.environ, "COLUMNS": "120"}
     env.pop("BRAINMIGRATE_DEMO_DSN", None)
 
@@ -258,15 +276,25 @@ async def test_demo_runs_end_to_end_on_a_given_database(brainmigrate_database):
     assert "The structure is back: the same key paths, with the same types and counts" in text
     assert f"{STRUCTURE} is left rolled_back, not applied again" in text
     assert text.index(f"Roll back {STRUCTURE}") < text.index(f"Roll back {SENTIMENT}")
+    # Then the re-embedding, through every phase, a search with the new vectors, and contract.
+    assert text.index(f"Roll back {SENTIMENT}") < text.index(f"Changing the embedding model: {REEMBED}")
+    assert "Cut over in" in text and "hashed-words-64 1 (local), 64 dimensions" in text
+    assert "embedding vector(64), embedding_next_md5 uuid, embedding_previous vector(1536)" in text
+    assert "The 3 memories nearest to 'the weekend hike was relaxing'" in text
+    assert "text-embedding-3-small retired, hashed-words-64 active" in text
     pool = await asyncpg.create_pool(brainmigrate_database, min_size=2, max_size=2)
     try:
         migrator = Migrator(pool, MIGRATIONS)
         assert [meta.id for meta in await migrator.pending()] == [SENTIMENT, STRUCTURE]
         assert [(r.migration_id, r.operation) for r in await migrator.history()] == [
-            *((mid, "apply") for mid in ORDER),
+            *((mid, "apply") for mid in ORDER[:-1]),
             (STRUCTURE, "rollback"),
             (SENTIMENT, "rollback"),
+            *((step, "apply") for step in [*REEMBED_STEPS, f"{REEMBED}/contract"]),
+            (REEMBED, "apply"),
         ]
+        model = await migrator.embedding_model(table="memories", column="embedding")
+        assert model is not None and (model.name, model.dimensions) == ("hashed-words-64", 64)
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM memories WHERE metadata ? 'sentiment'") == 0
             assert await conn.fetchval("SELECT count(*) FROM memories WHERE metadata ? 'analysis'") == 0

@@ -61,10 +61,10 @@ def test_version_two_allows_every_attempt_status_and_operation_and_stamp() -> No
     assert listed_statuses == {status.value for status in AttemptStatus}
 
 
-def test_version_three_allows_every_operation_and_every_hybrid_phase() -> None:
-    v3 = dict((version, sql) for version, _, sql in own.STEPS)[3]
-    operations = re.search(r"CHECK \(operation IN \(([^)]*)\)\)", v3)
-    phases = re.search(r"CHECK \(phase IN \(([^)]*)\)\)", v3)
+def test_version_three_allows_every_operation_and_version_four_every_hybrid_phase() -> None:
+    steps = dict((version, sql) for version, _, sql in own.STEPS)
+    operations = re.search(r"CHECK \(operation IN \(([^)]*)\)\)", steps[3])
+    phases = re.search(r"CHECK \(phase IN \(([^)]*)\)\)", steps[4])
     assert operations is not None and phases is not None
     listed_operations = {word.strip(" '\n") for word in operations.group(1).split(",")}
     listed_phases = {word.strip(" '\n") for word in phases.group(1).split(",")}
@@ -286,7 +286,7 @@ async def test_a_0_1_0_database_is_upgraded_keeping_its_history_and_its_data_run
     await migrator.resolve("dirty_004", applied=False)
 
     version = await _version_row(brainmigrate_pool)
-    assert version is not None and version["version"] == own.CURRENT_VERSION == 3
+    assert version is not None and version["version"] == own.CURRENT_VERSION == 4
     assert version["upgraded_by"]
     kept = await brainmigrate_pool.fetch(f"SELECT * FROM {S}.migration_history ORDER BY attempt_id")
     columns = before["history"][0].keys()  # version 3 added columns for hybrid migrations
@@ -500,9 +500,36 @@ async def test_a_version_2_database_is_upgraded_to_3_for_hybrid_migrations(brain
     await migrator.run_pending()
 
     async with brainmigrate_pool.acquire() as conn:
-        assert await own.read_version(conn, S) == own.CURRENT_VERSION == 3
+        assert await own.read_version(conn, S) == own.CURRENT_VERSION == 4
         assert await conn.fetchval(f"SELECT to_regclass('{S}.hybrid_runs') IS NOT NULL")
         kept = [dict(r) for r in await conn.fetch(f"SELECT * FROM {S}.migration_history ORDER BY attempt_id")]
     assert [{k: v for k, v in row.items() if k in before[0]} for row in kept[:1]] == before
     assert all(row["hybrid_id"] is None for row in kept)
     assert [r.migration_id for r in await migrator.history()] == ["old_001", "notes_001"]
+
+
+async def test_a_version_3_database_is_upgraded_to_4_keeping_its_hybrid_runs(brainmigrate_pool: Any) -> None:
+    """Version 4 widens the phases a hybrid run may record (cutting_over) and adds the table of
+    embedding generations; a run recorded at version 3 is kept as it was."""
+    migrator = Migrator(brainmigrate_pool, [schema_migration("notes_001", ["CREATE TABLE notes (id int)"])])
+    async with brainmigrate_pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute(own.step_sql(own._VERSION_TABLE_SQL, S))
+            for _, _, sql in own.STEPS[:3]:
+                await conn.execute(own.step_sql(sql, S))
+            await conn.execute(own.step_sql(own._RECORD_VERSION, S), 3, "0.2.0")
+        await conn.execute(
+            f"INSERT INTO {S}.hybrid_runs (hybrid_id, checksum, phase, started_at, updated_at) "
+            "VALUES ('old_hybrid', 'c', 'ready_to_contract', now(), now())"
+        )
+        before = [dict(r) for r in await conn.fetch(f"SELECT * FROM {S}.hybrid_runs")]
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(f"UPDATE {S}.hybrid_runs SET phase = 'cutting_over'")
+
+    await migrator.run_pending()
+
+    async with brainmigrate_pool.acquire() as conn:
+        assert await own.read_version(conn, S) == own.CURRENT_VERSION == 4
+        assert [dict(r) for r in await conn.fetch(f"SELECT * FROM {S}.hybrid_runs")] == before
+        assert await conn.fetchval(f"SELECT to_regclass('{S}.embedding_generations') IS NOT NULL")
+        assert await conn.execute(f"UPDATE {S}.hybrid_runs SET phase = 'cutting_over'") == "UPDATE 1"

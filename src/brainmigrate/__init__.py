@@ -6,6 +6,7 @@ import typing as _typing
 
 if _typing.TYPE_CHECKING:
     from . import structure as structure
+    from ._authoring.templates import migration_heads, write_migration
     from ._catalog.loader import MigrationSource
     from ._errors import (
         BrainMigrateError,
@@ -28,10 +29,12 @@ if _typing.TYPE_CHECKING:
         MissingDependencyError,
         PoolExhaustedError,
         SchemaVersionError,
+        TableLockTimeout,
     )
     from ._migrator import Migrator
     from ._model.config import MigrationConfig, RetryPolicy
     from ._model.data import DatabaseDataMigration, MemoryDataMigration
+    from ._model.embedding import EmbeddingGeneration, EmbeddingModel, GenerationStatus
     from ._model.hybrid import HybridMigration, HybridStatus
     from ._model.items import BulkMemoryItem, DataSource, Progress, ProgressCallback
     from ._model.memory_structure import MemoryStructureMigration
@@ -50,6 +53,8 @@ if _typing.TYPE_CHECKING:
     )
     from ._model.states import AttemptStatus, HybridPhase, MigrationOperation, RunStatus
     from ._model.types import Connection
+    from ._reembed.migration import ReembedMigration
+    from ._review.report import CheckReport, Finding, FindingCode, Severity
 
 #: The module defining each public name. A name is imported the first time it is used, so that
 #: ``import brainmigrate`` (and the command line's ``--help``) does not load the driver.
@@ -57,6 +62,7 @@ _DEFINED_IN = {
     "AttemptStatus": "._model.states",
     "BrainMigrateError": "._errors",
     "BulkMemoryItem": "._model.items",
+    "CheckReport": "._review.report",
     "ChecksumMismatchError": "._errors",
     "ConfigError": "._errors",
     "Connection": "._model.types",
@@ -68,6 +74,11 @@ _DEFINED_IN = {
     "DependencyError": "._errors",
     "DirtyMigrationError": "._errors",
     "DuplicateMigrationError": "._errors",
+    "EmbeddingGeneration": "._model.embedding",
+    "EmbeddingModel": "._model.embedding",
+    "GenerationStatus": "._model.embedding",
+    "Finding": "._review.report",
+    "FindingCode": "._review.report",
     "HistoryRecord": "._model.results",
     "HybridMigration": "._model.hybrid",
     "HybridPhase": "._model.states",
@@ -99,14 +110,19 @@ _DEFINED_IN = {
     "PoolExhaustedError": "._errors",
     "Progress": "._model.items",
     "ProgressCallback": "._model.items",
+    "ReembedMigration": "._reembed.migration",
     "RetryPolicy": "._model.config",
     "RunStatus": "._model.states",
     "SchemaVersionError": "._errors",
+    "Severity": "._review.report",
     "StructureDescription": "._model.results",
+    "TableLockTimeout": "._errors",
     "ValidationReport": "._model.results",
     "Violation": "._model.results",
     "WriteImpact": "._model.results",
+    "migration_heads": "._authoring.templates",
     "structure": ".structure",
+    "write_migration": "._authoring.templates",
 }
 
 
@@ -134,6 +150,7 @@ __all__ = [
     "AttemptStatus",
     "BrainMigrateError",
     "BulkMemoryItem",
+    "CheckReport",
     "ChecksumMismatchError",
     "ConfigError",
     "Connection",
@@ -145,6 +162,11 @@ __all__ = [
     "DependencyError",
     "DirtyMigrationError",
     "DuplicateMigrationError",
+    "EmbeddingGeneration",
+    "EmbeddingModel",
+    "Finding",
+    "FindingCode",
+    "GenerationStatus",
     "HistoryRecord",
     "HybridMigration",
     "HybridPhase",
@@ -176,12 +198,17 @@ __all__ = [
     "PoolExhaustedError",
     "Progress",
     "ProgressCallback",
+    "ReembedMigration",
     "RetryPolicy",
     "RunStatus",
     "SchemaVersionError",
+    "Severity",
     "StructureDescription",
+    "TableLockTimeout",
     "ValidationReport",
     "Violation",
     "WriteImpact",
     "__version__",
+    "migration_heads",
+    "write_migration",
 ]

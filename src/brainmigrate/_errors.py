@@ -272,6 +272,16 @@ class MigrationExecutionError(BrainMigrateError):
         self.hint = hint
 
 
+class TableLockTimeout(MigrationExecutionError, TimeoutError):
+    """A short switch-over could not lock its table in time, every try: another transaction held
+    it. Nothing was changed; the next run tries again."""
+
+    def __init__(self, message: str, *, migration_id: str, table: str, tries: int) -> None:
+        super().__init__(message, migration_id=migration_id, sqlstate="55P03")
+        self.table = table
+        self.tries = tries
+
+
 class DatabaseUnavailableError(BrainMigrateError, ConnectionError):
     """No connection to the database server could be opened: it is down, unreachable, or refused it."""
 

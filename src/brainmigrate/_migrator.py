@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from ._authoring.squash import write_squash
 from ._catalog.graph import MigrationGraph
 from ._catalog.loader import MigrationSource, configured_source, load_migrations
 from ._catalog_view import _applied, _Catalog, _hybrid_steps, _refuse_dependencies_on_steps
@@ -25,12 +28,15 @@ from ._errors import (
 )
 from ._ledger import sql as _sql
 from ._ledger.connect import connection
+from ._ledger.embeddings import EmbeddingLedger
 from ._ledger.history import Attempt, HistoryLedger, MigrationState
 from ._ledger.hybrid import HybridLedger
 from ._ledger.lock import key_parts, lock_key
 from ._ledger.session import RunnerSession, runner_session
+from ._ledger.stamps import Stamp, replaced_ids, stamp_refusal, stamp_squashes, with_squashes, write_stamps
 from ._model.config import MigrationConfig, check_schema_name
 from ._model.data import DataMigration
+from ._model.embedding import EmbeddingGeneration, EmbeddingModel, GenerationStatus
 from ._model.hybrid import HybridMigration, HybridStatus
 from ._model.items import Progress, ProgressCallback
 from ._model.metadata import MigrationMetadata, MigrationStatus, MigrationType
@@ -42,6 +48,7 @@ from ._model.results import (
     StructureDescription,
     ValidationReport,
 )
+from ._model.sqltext import quote_ident
 from ._model.states import (
     ACTIVE_RUN_STATUSES,
     AttemptStatus,
@@ -49,6 +56,8 @@ from ._model.states import (
     MigrationOperation,
     RunStatus,
 )
+from ._review.check import review
+from ._review.report import CheckReport
 from ._runners.base import Deferred, Runners, not_run
 from ._runners.data import DataMigrationRunner
 from ._runners.dry_run import dry_run
@@ -128,7 +137,7 @@ class Migrator:
         """Migrations not applied yet, in the order they would run."""
         catalog = await self._load()
         async with connection(self.pool) as conn:
-            states = await self._ledger.states(conn)
+            states = with_squashes(catalog.migrations, catalog.checksums, await self._ledger.states(conn))
         return [migration.metadata for migration in catalog.pending(states, migration_type)]
 
     async def history(self) -> list[HistoryRecord]:
@@ -228,11 +237,13 @@ class Migrator:
         compensated, or its compensation failed), rolled back after ``rollback(id)``, and pending
         again once abandoned.
         """
-        migration = (await self._load()).get(migration_id)
+        catalog = await self._load()
+        migration = catalog.get(migration_id)
         if isinstance(migration, HybridMigration):
             return await self._hybrid_migration_status(migration)
         async with connection(self.pool) as conn:
-            state = (await self._ledger.states(conn)).get(migration_id)
+            states = with_squashes(catalog.migrations, catalog.checksums, await self._ledger.states(conn))
+            state = states.get(migration_id)
             if isinstance(migration, DataMigration) and not (state is not None and state.applied):
                 progress = await self._data.progress(conn, migration_id)
                 if progress is not None and progress.status in _STOPPABLE:
@@ -289,6 +300,14 @@ class Migrator:
             finally:
                 await transaction.rollback()
         return ValidationReport(migration_id=migration_id, valid=not problems, problems=tuple(problems))
+
+    async def check(self) -> CheckReport:
+        """Review the migrations before they run: several heads, pending migrations touching one
+        table or column with no dependency path between them, applied migrations edited since
+        (checksum drift), and unsafe DDL on the tables as they are. Reads only: no lock, no writes."""
+        catalog = await self._load()
+        async with connection(self.pool) as conn:
+            return await review(conn, catalog, await self._ledger.states(conn))
 
     # -- running -------------------------------------------------------------------------------
 
@@ -384,8 +403,16 @@ class Migrator:
                     f"migration {migration_id!r} is not applied, so there is nothing to roll back",
                     migration_id=migration_id,
                 )
+            # Dependents applied, or stopped midway (a data run paused, a hybrid before contract).
             dependents = sorted(
-                (mid for mid in catalog.graph.descendants(migration_id) if _applied(states, mid)),
+                [
+                    mid
+                    for mid in catalog.graph.descendants(migration_id)
+                    if _applied(states, mid)
+                    or await self._runners.of(catalog.migrations[mid]).stopped_midway(
+                        session.lock.conn, catalog.migrations[mid]
+                    )
+                ],
                 key=catalog.graph.position,
                 reverse=True,
             )
@@ -446,6 +473,76 @@ class Migrator:
         logger.warning("dirty migration %s resolved by hand as applied=%s", migration_id, applied)
         return record
 
+    async def stamp(
+        self, migration_id: str, *, actor: str | None = None, reason: str | None = None
+    ) -> list[HistoryRecord]:
+        """Record a migration as applied without running it, with its dependencies not applied yet.
+
+        For a database changed by other means (restored from a dump, changed by hand). Each gets a
+        completed ``stamp`` row saying who (``actor``, by default the operating-system user) and
+        why, all in one transaction under the runner lock; returned in dependency order. Refused,
+        with nothing written, when it is applied already, dirty, running or stopped midway.
+        """
+        if reason is not None and (not isinstance(reason, str) or not reason.strip()):
+            raise ConfigError(f"reason must be a non-empty string or None, got {reason!r}")
+        who = _actor(actor)
+        catalog = await self._load()
+        catalog.top_level(migration_id, "stamp")
+        async with runner_session(self.pool, self.schema, self.config) as session:
+            states = await self._checked_states(catalog, self.config, session)
+            if _applied(states, migration_id):
+                raise MigrationStateError(
+                    f"migration {migration_id!r} is already applied, so there is nothing to stamp",
+                    migration_id=migration_id,
+                )
+            wanted = {*catalog.graph.ancestors(migration_id), migration_id}
+            due = sorted((mid for mid in wanted if not _applied(states, mid)), key=catalog.graph.position)
+            for mid in due:
+                refusal = stamp_refusal(catalog.migrations[mid], await self.status(mid), migration_id)
+                if refusal is not None:
+                    raise refusal
+            await self._prepare_writes(session, states)
+            dependency = f"a dependency of {migration_id!r}" + (f": {reason}" if reason else "")
+            stamps = [
+                Stamp(
+                    catalog.migrations[mid].metadata,
+                    catalog.checksums[mid],
+                    reason if mid == migration_id else dependency,
+                )
+                for mid in due
+            ]
+            records = await write_stamps(self._ledger, session, stamps, actor=who)
+        logger.info("stamped as applied without running: %s", ", ".join(due))
+        return records
+
+    async def squash(
+        self,
+        from_id: str,
+        to_id: str,
+        *,
+        directory: str | os.PathLike[str] | None = None,
+        migration_id: str | None = None,
+    ) -> Path:
+        """Write one migration replacing the applied chain ``from_id``..``to_id``; returns its file.
+
+        The chain must be a linear path of SQL schema migrations, each applied on this database.
+        The file goes in ``directory`` (by default the migrations' own). Where the whole chain is
+        applied, the squash is recorded as applied by the next run; elsewhere it runs. Nothing is
+        written when refused.
+        """
+        catalog = await self._load()
+        async with connection(self.pool) as conn:
+            states = await self._ledger.states(conn)
+        return await write_squash(
+            catalog,
+            states,
+            from_id,
+            to_id,
+            directory=directory,
+            migration_id=migration_id,
+            source=self._source,
+        )
+
     # -- hybrid migrations ---------------------------------------------------------------------
 
     async def contract(self, migration_id: str, *, config: MigrationConfig | None = None) -> MigrationResult:
@@ -475,11 +572,9 @@ class Migrator:
             raise ConfigError(
                 "abandon() needs a reason: say why the hybrid is given up, for the history record"
             )
-        if actor is not None and (not isinstance(actor, str) or not actor.strip()):
-            raise ConfigError(f"actor must be a non-empty string or None, got {actor!r}")
+        who = _actor(actor)
         catalog = await self._load()
         hybrid = catalog.hybrid(migration_id, "abandon")
-        who = actor if actor is not None else _operator()
         async with runner_session(self.pool, self.schema, self.config) as session:
             attempt_id = await self._hybrid_runner.abandon(hybrid, session, reason_text=reason, actor=who)
             return await self._ledger.record(await session.work_connection(), attempt_id)
@@ -507,6 +602,30 @@ class Migrator:
     async def hybrid_phase(self, migration_id: str) -> HybridPhase | None:
         """A hybrid migration's phase (None: it never ran), from any process."""
         return (await self.hybrid_status(migration_id)).phase
+
+    # -- embedding models ----------------------------------------------------------------------
+
+    async def embedding_generations(
+        self, *, table: str = "memories", column: str = "embedding", table_schema: str | None = None
+    ) -> list[EmbeddingGeneration]:
+        """Every embedding model ``table.column`` held or is being given, oldest first; reads only."""
+        async with connection(self.pool) as conn:
+            where = await conn.fetchval(
+                "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.oid = to_regclass($1)",
+                f"{quote_ident(table_schema)}.{quote_ident(table)}" if table_schema else quote_ident(table),
+            )
+            if where is None:
+                return []
+            return await EmbeddingLedger(self.schema).generations(conn, where, table, column)
+
+    async def embedding_model(
+        self, *, table: str = "memories", column: str = "embedding", table_schema: str | None = None
+    ) -> EmbeddingModel | None:
+        """The model whose vectors ``table.column`` holds (None: none recorded); reads only."""
+        generations = await self.embedding_generations(table=table, column=column, table_schema=table_schema)
+        active = [g for g in generations if g.status is GenerationStatus.ACTIVE]
+        return active[-1].model if active else None
 
     async def _hybrid_migration_status(self, hybrid: HybridMigration) -> MigrationStatus:
         status = await self.hybrid_status(hybrid.metadata.id)
@@ -566,23 +685,31 @@ class Migrator:
         """Under the lock: read each migration's state, refusing dirt and drift."""
         states = await self._ledger.states(session.lock.conn)
         for state in states.values():
-            if state.dirty and (
-                state.migration_id in catalog.migrations or state.migration_id in catalog.steps
-            ):
+            step = catalog.steps.get(state.migration_id)
+            if step is not None and type(step).rerun_after_interruption:
+                continue  # its hybrid runs it again
+            if state.dirty and (state.migration_id in catalog.migrations or step is not None):
                 raise await self._dirty_error(catalog, state)
         if not cfg.allow_checksum_drift:
             for state in states.values():
                 actual = catalog.checksums.get(state.migration_id)
                 if state.applied and actual is not None and actual != state.checksum:
                     raise ChecksumMismatchError(state.migration_id, expected=state.checksum, actual=actual)
+        replaced = replaced_ids(catalog.migrations)
         unknown = sorted(
             mid
             for mid, state in states.items()
-            if state.applied and mid not in catalog.migrations and mid not in catalog.steps
+            if state.applied
+            and mid not in catalog.migrations
+            and mid not in catalog.steps
+            and mid not in replaced
         )
         if unknown:
             logger.warning("applied migrations not found in the migration source: %s", ", ".join(unknown))
-        return states
+        # A squash whose replaced migrations are all applied is recorded as applied (stamped).
+        return await stamp_squashes(
+            self._ledger, session, catalog.migrations, catalog.checksums, states, dry_run=cfg.dry_run
+        )
 
     async def _dirty_error(self, catalog: _Catalog, state: MigrationState) -> DirtyMigrationError:
         migration = catalog.get(state.migration_id)
@@ -635,6 +762,13 @@ class Migrator:
             if outcome.status is MigrationStatus.COMPLETED:
                 applied.add(meta.id)
         return None
+
+
+def _actor(actor: str | None) -> str:
+    """Who acts by hand: ``actor``, checked, or else the operating-system user."""
+    if actor is not None and (not isinstance(actor, str) or not actor.strip()):
+        raise ConfigError(f"actor must be a non-empty string or None, got {actor!r}")
+    return actor if actor is not None else _operator()
 
 
 def _operator() -> str:

@@ -308,7 +308,9 @@ async def assert_reversible(
     A migration declared irreversible (``reversible=False``) is applied without being rolled
     back, so it is not checked itself; the migrations after it are checked from there on.
     ``migrations`` is anything :class:`~brainmigrate.Migrator` accepts; ``schema`` is its history
-    schema, left out of the comparison. All pending migrations end up applied.
+    schema, left out of the comparison. All pending migrations end up applied, except that a hybrid
+    migration with ``contract_mode = "manual"`` waits before its contract, as it does in a real run
+    (checked as it stands there; call ``contract(id)`` yourself to go on).
     """
     migrator = Migrator(pool, migrations, schema=schema)
     for meta in await migrator.pending():

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias
 
+import attrs
+
 from .._errors import ConfigError, MigrationLoadError, MigrationValidationError
 from .._model.hybrid import HybridMigration
 from .._model.migration import Migration
@@ -56,6 +58,8 @@ def load_migrations(source: Any, pool: Any) -> list[tuple[Migration, str]]:
     """Instantiate every migration in ``source``; each comes with a label naming where it was found.
 
     The steps of hybrid migrations are left out: they run as part of their hybrid, never on their own.
+    So are migrations a squash migration replaces (``MigrationMetadata.replaces``), whose files may
+    still be there; dependencies on them become dependencies on the squash.
     """
     loaded = list(_instances(source, pool))
     owned = {
@@ -64,7 +68,45 @@ def load_migrations(source: Any, pool: Any) -> list[tuple[Migration, str]]:
         if isinstance(migration, HybridMigration)
         for cls in migration.step_classes()
     }
-    return [(migration, label) for migration, label in loaded if type(migration) not in owned]
+    return _without_replaced(
+        [(migration, label) for migration, label in loaded if type(migration) not in owned]
+    )
+
+
+def _without_replaced(loaded: list[tuple[Migration, str]]) -> list[tuple[Migration, str]]:
+    """Hide the migrations squash migrations replace; point dependencies on them at the squash."""
+    squash_of: dict[str, str] = {}
+    for migration, label in loaded:
+        meta = migration.metadata
+        for replaced in meta.replaces:
+            if replaced == meta.id or replaced in meta.dependencies:
+                where = "its own id" if replaced == meta.id else "one of its dependencies too"
+                raise MigrationValidationError(
+                    f"squash migration {meta.id!r} ({label}) replaces {replaced!r}, {where}; a squash "
+                    "replaces other migrations and depends on what they depended on: remove "
+                    f"{replaced!r} from its replaces",
+                    migration_id=meta.id,
+                )
+            if squash_of.setdefault(replaced, meta.id) != meta.id:
+                raise MigrationValidationError(
+                    f"migrations {squash_of[replaced]!r} and {meta.id!r} both replace {replaced!r}; a "
+                    "migration is replaced by one squash only: remove it from one of the replaces lists",
+                    migration_id=meta.id,
+                )
+    if not squash_of:
+        return loaded
+    kept: list[tuple[Migration, str]] = []
+    for migration, label in loaded:
+        meta = migration.metadata
+        if meta.id in squash_of:
+            logger.debug("migration %s is replaced by %s: left out", meta.id, squash_of[meta.id])
+            continue
+        dependencies = tuple(dict.fromkeys(squash_of.get(dep, dep) for dep in meta.dependencies))
+        if dependencies != meta.dependencies:
+            # Metadata is not part of the checksum, so the migration's checksum stays as it was.
+            migration._metadata = attrs.evolve(meta, dependencies=dependencies)
+        kept.append((migration, label))
+    return kept
 
 
 def _instances(source: Any, pool: Any) -> Iterator[tuple[Migration, str]]:

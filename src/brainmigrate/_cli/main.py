@@ -22,7 +22,7 @@ INTERRUPTED = 130
 _EPILOG = """\
 exit codes:
   0  success
-  1  a migration failed or was refused
+  1  a migration failed or was refused, or check found an error
   2  usage error
   3  cannot connect to the database, or a configuration error
   4  status --check: migrations are pending or dirty
@@ -66,7 +66,10 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         help="a package, module, directory or .py file (else $BRAINMIGRATE_MIGRATIONS, else pyproject)",
     )
     group.add_argument(
-        "--schema", default=default("brainmigrate"), help="the schema of brainmigrate's history tables"
+        "--schema",
+        default=default(None),
+        help="the schema of brainmigrate's history tables (else $BRAINMIGRATE_SCHEMA, else pyproject, "
+        "else brainmigrate)",
     )
     group.add_argument("--json", action="store_true", default=default(False), help="output JSON")
     group.add_argument(
@@ -117,7 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
     abandon = verb("abandon", "give up a stuck hybrid migration's run")
     abandon.add_argument("id", metavar="ID")
     abandon.add_argument("--reason", required=True, help="why, for the history record")
+    abandon.add_argument("--actor", metavar="NAME", help="who, for the history record (default: you)")
+    stamp = verb("stamp", "record a migration (and its dependencies) as applied without running it")
+    stamp.add_argument("id", metavar="ID")
+    stamp.add_argument("--reason", metavar="TEXT", help="why, for the history record")
+    stamp.add_argument("--actor", metavar="NAME", help="who, for the history record (default: you)")
+    squash = verb("squash", "write one migration replacing the applied chain FROM..TO")
+    squash.add_argument("from_id", metavar="FROM")
+    squash.add_argument("to_id", metavar="TO")
+    squash.add_argument("--id", dest="squash_id", metavar="ID", help="the new migration's id")
+    new = verb("new", "write a new migration module, depending on the current heads")
+    new.add_argument("kind", choices=_migration_kinds(), metavar="KIND", help=", ".join(_migration_kinds()))
+    new.add_argument("name", metavar="NAME", help="snake_case, such as add_memory_topics")
+    new.add_argument("--id", dest="migration_id", metavar="ID", help="the id (default: NAME_001)")
+    new.add_argument("--version", dest="migration_version", metavar="V", help="default: the next one")
+    new.add_argument("--directory", metavar="DIR", help="where to write it (default: the migrations)")
+    verb("check", "conflicts, checksum drift and unsafe DDL; exit 1 on an error")
     return parser
+
+
+def _migration_kinds() -> list[str]:
+    from brainmigrate._authoring import MIGRATION_KINDS
+
+    return list(MIGRATION_KINDS)
 
 
 def _verb(name: str) -> Callable[[argparse.Namespace], Any]:

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from brainmigrate._model.items import ProgressCallback
 
 DSN_VARIABLE = "BRAINMIGRATE_DSN"
+SCHEMA_VARIABLE = "BRAINMIGRATE_SCHEMA"
+DEFAULT_SCHEMA = "brainmigrate"
 #: The embedded server's data directory, under the current directory, unless ``--data-dir`` says.
 DEFAULT_DATA_DIR = Path(".brainmigrate") / "postgres"
 
@@ -53,6 +55,23 @@ def configured_dsn(args: argparse.Namespace) -> str:
         f"no database given: pass --dsn, set ${DSN_VARIABLE}, set [tool.brainmigrate] dsn in "
         "pyproject.toml, or pass --embedded for a local PostgreSQL"
     )
+
+
+def configured_schema(args: argparse.Namespace) -> str:
+    """``--schema``, else ``$BRAINMIGRATE_SCHEMA``, else ``[tool.brainmigrate] schema``, else brainmigrate."""
+    from brainmigrate import ConfigError
+
+    if getattr(args, "schema", None):
+        return str(args.schema)
+    value = os.environ.get(SCHEMA_VARIABLE)
+    if value:
+        return value
+    value = pyproject_settings().get("schema")
+    if value is None:
+        return DEFAULT_SCHEMA
+    if not isinstance(value, str) or not value:
+        raise ConfigError("[tool.brainmigrate] schema in pyproject.toml must be a non-empty string")
+    return value
 
 
 @asynccontextmanager
@@ -106,7 +125,9 @@ async def migrator(
 
             raise ConfigError(f"the DSN is not valid: {exc}") from exc
         try:
-            yield Migrator(pool, args.migrations or None, schema=args.schema, on_progress=on_progress)
+            yield Migrator(
+                pool, args.migrations or None, schema=configured_schema(args), on_progress=on_progress
+            )
         finally:
             await pool.close()
 

@@ -284,9 +284,86 @@ async def abandon(args: argparse.Namespace) -> int:
     from .settings import migrator
 
     async with migrator(args) as m:
-        record = await m.abandon(args.id, reason=args.reason)
+        record = await m.abandon(args.id, reason=args.reason, actor=args.actor)
     if args.json:
         output.print_json(record)
     else:
         output.say(f"{args.id}: abandoned (attempt {record.attempt_id})")
     return OK
+
+
+async def stamp(args: argparse.Namespace) -> int:
+    """Record a migration (and its dependencies not applied yet) as applied, without running it."""
+    from .settings import migrator
+
+    async with migrator(args) as m:
+        records = await m.stamp(args.id, actor=args.actor, reason=args.reason)
+    if args.json:
+        output.print_json(records)
+    else:
+        for record in records:
+            output.say(f"{record.migration_id}: stamped (attempt {record.attempt_id})")
+    return OK
+
+
+async def squash(args: argparse.Namespace) -> int:
+    """Write one migration replacing the applied chain FROM..TO, next to the migrations."""
+    from .settings import migrator
+
+    async with migrator(args) as m:
+        path = await m.squash(args.from_id, args.to_id, migration_id=args.squash_id)
+    if args.json:
+        output.print_json({"path": str(path), "from": args.from_id, "to": args.to_id})
+    else:
+        output.say(f"wrote {path}: it replaces {args.from_id}..{args.to_id}")
+    return OK
+
+
+def new(args: argparse.Namespace) -> int:
+    """Write a new migration module of KIND, depending on the heads; no database needed."""
+    import os
+
+    from brainmigrate import ConfigError, write_migration
+    from brainmigrate._authoring.templates import migrations_directory
+    from brainmigrate._catalog.loader import configured_source
+
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a package's dotted name resolves from here, as upgrade's does
+    if args.directory:
+        directory, source = Path(args.directory), None
+    else:
+        try:
+            source = args.migrations or configured_source()
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; or pass --migrations or --directory to new") from None
+        directory = migrations_directory(source)
+    path = write_migration(
+        args.kind,
+        args.name,
+        directory=directory,
+        migration_id=args.migration_id,
+        version=args.migration_version,
+        migrations=source,
+    )
+    if args.json:
+        output.print_json({"path": str(path), "kind": args.kind})
+    else:
+        output.say(f"wrote {path}")
+    return OK
+
+
+async def check(args: argparse.Namespace) -> int:
+    """Review the migrations and the database: exit 1 when a finding is an error."""
+    from .settings import migrator
+
+    async with migrator(args) as m:
+        report = await m.check()
+    if args.json:
+        output.print_json({"ok": report.ok, "findings": report.findings})
+    else:
+        for finding in report.findings:
+            output.say(str(finding))
+            if finding.statement:
+                output.say(f"  SQL: {' '.join(finding.statement.split())}")
+        output.say(f"{len(report.errors)} errors, {len(report.warnings)} warnings")
+    return OK if report.ok else FAILED

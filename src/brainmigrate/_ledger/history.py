@@ -60,7 +60,7 @@ class Attempt:
     #: The hybrid migration this row belongs to (a step's, or the hybrid's own), and its phase.
     hybrid_id: str | None = None
     hybrid_phase: str | None = None
-    #: Who did it and why, for rows written by hand (``abandon``).
+    #: Who did it and why, for rows written by hand (``abandon``, ``stamp``).
     actor: str | None = None
     reason: str | None = None
 

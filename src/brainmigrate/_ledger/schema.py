@@ -157,6 +157,44 @@ CREATE TABLE {s}.hybrid_runs (
 CREATE INDEX hybrid_runs_hybrid_idx ON {s}.hybrid_runs (hybrid_id, run_id DESC);
 """
 
+#: Version 4: the cutover phase of hybrid migrations; the embedding models of vector columns, one
+#: row per generation (``embedding_generations``): at most one active and one being built per
+#: column, each with the model's identity and the re-embedding that made it.
+_V4 = """
+ALTER TABLE {s}.hybrid_runs
+    DROP CONSTRAINT hybrid_runs_phase_check,
+    ADD CONSTRAINT hybrid_runs_phase_check
+        CHECK (phase IN ('expanding', 'backfilling', 'validating', 'cutting_over',
+                         'ready_to_contract', 'contracting', 'completed', 'compensating',
+                         'rolled_back', 'failed', 'abandoned'));
+CREATE TABLE {s}.embedding_generations (
+    generation_id  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    table_schema   text NOT NULL,
+    table_name     text NOT NULL,
+    column_name    text NOT NULL,
+    model_name     text NOT NULL,
+    provider       text,
+    model_version  text,
+    dimensions     integer NOT NULL CHECK (dimensions > 0),
+    column_type    text NOT NULL,
+    status         text NOT NULL CHECK (status IN ('building', 'active', 'previous', 'retired',
+                                                   'rolled_back')),
+    migration_id   text,
+    index_phase    text,
+    index_done     bigint,
+    index_total    bigint,
+    cutover        jsonb,
+    created_at     timestamptz NOT NULL,
+    activated_at   timestamptz,
+    retired_at     timestamptz,
+    updated_at     timestamptz NOT NULL
+);
+CREATE UNIQUE INDEX embedding_generations_one_active
+    ON {s}.embedding_generations (table_schema, table_name, column_name) WHERE status = 'active';
+CREATE UNIQUE INDEX embedding_generations_one_building
+    ON {s}.embedding_generations (table_schema, table_name, column_name) WHERE status = 'building';
+"""
+
 #: The upgrade steps, in order: (version, description, SQL with ``{s}`` for the quoted schema).
 STEPS: tuple[tuple[int, str, str], ...] = (
     (1, "the 0.1.0 layout: migration_history, data_runs, data_chunks, data_errors", _V1),
@@ -170,6 +208,12 @@ STEPS: tuple[tuple[int, str, str], ...] = (
         "hybrid migrations: hybrid_runs (a phase per run); history rows carry the hybrid, its phase, "
         "and who abandoned one and why ('abandon')",
         _V3,
+    ),
+    (
+        4,
+        "the cutover phase of hybrid migrations; embedding_generations (the embedding model of each "
+        "vector column, generation by generation)",
+        _V4,
     ),
 )
 

@@ -7,6 +7,7 @@ ROLE``, ``SET SESSION AUTHORIZATION``, ``SET search_path`` or any other setting 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -230,4 +231,20 @@ async def runner_session(
     async with AsyncExitStack() as stack:
         lock = await stack.enter_async_context(migration_lock(pool, schema, config.lock_wait_seconds))
         await _schema.upgrade(lock.conn, schema, create=False, check_only=config.dry_run)
-        yield RunnerSession(pool, lock, config, stack)
+        token = _OWN_SCHEMA.set(schema)
+        try:
+            yield RunnerSession(pool, lock, config, stack)
+        finally:
+            _OWN_SCHEMA.reset(token)
+
+
+#: The schema of brainmigrate's tables, while a runner session holds its lock (in this task and
+#: those it starts): ready-made migrations record their own state there, in their own transaction.
+_OWN_SCHEMA: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "brainmigrate_own_schema", default=None
+)
+
+
+def own_schema() -> str | None:
+    """The schema of brainmigrate's tables of the runner session this code runs in, if any."""
+    return _OWN_SCHEMA.get()

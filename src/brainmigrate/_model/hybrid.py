@@ -1,10 +1,11 @@
-"""Hybrid migrations: coordinated changes in phases, expand → backfill → validate → contract.
+"""Hybrid migrations: coordinated changes in phases, expand → backfill → validate → cutover →
+contract.
 
 A :class:`HybridMigration` owns ordinary migrations as its steps: schema migrations that add what
-the new code needs (expand), data or structure migrations that fill it (backfill), and schema
-migrations that remove what only the old code used (contract), which run only once the backfill is
-validated. The steps keep their own ids, checksums and rollbacks; they are not loaded as migrations
-of their own.
+the new code needs (expand), data or structure migrations that fill it (backfill), schema
+migrations that switch over to it once the backfill is validated (cutover: building an index,
+swapping names), and schema migrations that remove what only the old code used (contract). The
+steps keep their own ids, checksums and rollbacks; they are not loaded as migrations of their own.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .types import Connection
 STEP_PHASES: tuple[tuple[HybridPhase, str], ...] = (
     (HybridPhase.EXPANDING, "expand"),
     (HybridPhase.BACKFILLING, "backfill"),
+    (HybridPhase.CUTTING_OVER, "cutover"),
     (HybridPhase.CONTRACTING, "contract"),
 )
 
@@ -38,6 +40,10 @@ _KINDS: dict[HybridPhase, tuple[frozenset[MigrationKind], str]] = {
     HybridPhase.BACKFILLING: (
         frozenset({MigrationKind.DATA, MigrationKind.STRUCTURE}),
         "data, memory or structure migrations",
+    ),
+    HybridPhase.CUTTING_OVER: (
+        frozenset({MigrationKind.SQL, MigrationKind.PYTHON}),
+        "schema migrations (DatabaseSchemaMigration or Migration)",
     ),
     HybridPhase.CONTRACTING: (
         frozenset({MigrationKind.SQL, MigrationKind.PYTHON}),
@@ -96,12 +102,14 @@ class HybridStatus:
 
 
 class HybridMigration(Migration):
-    """A change in phases: expand, backfill, validate, contract (declare ``migration_type=HYBRID``).
+    """A change in phases: expand, backfill, validate, cutover, contract (declare
+    ``migration_type=HYBRID``).
 
-    ``expand``, ``backfill`` and ``contract`` list migration classes, run in that order: schema
-    migrations, then data or structure migrations, then schema migrations again. Before contract,
-    :meth:`validate_backfill` must pass. With ``contract_mode = "manual"``, the run stops once
-    validated (phase READY_TO_CONTRACT) until ``await migrator.contract(id)``, so the application's
+    ``expand``, ``backfill``, ``cutover`` and ``contract`` list migration classes, run in that
+    order: schema migrations, then data or structure migrations, then schema migrations again.
+    :meth:`validate_backfill` must pass before cutover (and contract). With
+    ``contract_mode = "manual"``, the run stops once validated and cut over (phase
+    READY_TO_CONTRACT) until ``await migrator.contract(id)``, so the application's
     new code can be deployed in between. A failure before contract rolls the completed steps back
     in reverse order; contract, once started, is only ever carried on.
     """
@@ -113,6 +121,9 @@ class HybridMigration(Migration):
     expand: ClassVar[Sequence[type[Migration]]] = ()
     #: Steps that fill what expand added: data, memory or structure migrations.
     backfill: ClassVar[Sequence[type[Migration]]] = ()
+    #: Steps run once the backfill is validated, before contract: schema migrations that switch
+    #: over (build an index, rename the new column into place). Compensated like expand.
+    cutover: ClassVar[Sequence[type[Migration]]] = ()
     #: Destructive steps, run only after validation: schema migrations. Put what removes the old
     #: read path (dropping a column the old code reads) last.
     contract: ClassVar[Sequence[type[Migration]]] = ()

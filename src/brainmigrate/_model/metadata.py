@@ -139,18 +139,26 @@ def _dependency_ids(
         _check_id(f"MigrationMetadata.{attribute.name}[{index}]", dependency)
 
 
-def _to_tuple(value: Iterable[str]) -> tuple[str, ...]:
+def _id_list(field: str, value: Iterable[str]) -> tuple[str, ...]:
+    """``value``, a list of migration ids (never a bare string), as a tuple."""
     if isinstance(value, str):
         raise TypeError(
-            "MigrationMetadata.dependencies must be a list of migration ids, not a string "
+            f"MigrationMetadata.{field} must be a list of migration ids, not a string "
             f"({_shown(value)}); write [{_shown(value)}]"
         )
     if not isinstance(value, Iterable):
         raise TypeError(
-            "MigrationMetadata.dependencies must be a list of migration ids, "
-            f"got {type(value).__name__} {value!r}"
+            f"MigrationMetadata.{field} must be a list of migration ids, got {type(value).__name__} {value!r}"
         )
     return tuple(value)
+
+
+def _to_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return _id_list("dependencies", value)
+
+
+def _replaced(value: Iterable[str]) -> tuple[str, ...]:
+    return _id_list("replaces", value)
 
 
 def _text(_instance: Any, attribute: attrs.Attribute[str], value: object) -> None:
@@ -219,3 +227,7 @@ class MigrationMetadata:
     dependencies: tuple[str, ...] = attrs.field(default=(), converter=_to_tuple, validator=_dependency_ids)
     reversible: bool = attrs.field(default=True, validator=_flag)
     checksum: str | None = attrs.field(default=None, validator=_optional(str, "a string"))
+    #: Ids of the migrations this one squashes (``Migrator.squash``): where all of them are applied,
+    #: it counts as applied and is recorded so without running; elsewhere it runs. The loader hides
+    #: the replaced migrations and points dependencies on them at this one.
+    replaces: tuple[str, ...] = attrs.field(default=(), converter=_replaced, validator=_dependency_ids)

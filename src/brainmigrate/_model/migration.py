@@ -44,6 +44,11 @@ class Migration(abc.ABC):
     #: Whether the migration runs inside one transaction. Set to False for statements PostgreSQL
     #: refuses inside a transaction, such as ``CREATE INDEX CONCURRENTLY``.
     transactional: ClassVar[bool] = True
+    #: For a non-transactional step of a hybrid migration whose work is safe to do again from the
+    #: start (it cleans up what an interrupted attempt left, such as an INVALID index): an attempt
+    #: interrupted midway is then recorded as not applied and run again by its hybrid, instead of
+    #: stopping the runs as dirty.
+    rerun_after_interruption: ClassVar[bool] = False
     #: How the migration runs (set by brainmigrate's base classes, not by migrations).
     kind: ClassVar[MigrationKind] = MigrationKind.PYTHON
     #: The ``migration_type`` values this kind of migration may declare (checked when loaded).

@@ -187,7 +187,7 @@ class HistoryRecord:
     migration_type: MigrationType
     version: str
     checksum: str
-    #: ``apply``, ``rollback`` or ``resolve``.
+    #: ``apply``, ``rollback``, ``resolve``, ``stamp`` or ``abandon``.
     operation: MigrationOperation = attrs.field(converter=_operation)
     #: ``running`` (in progress, or dirty when its runner died), ``completed``, ``failed`` or ``dirty``.
     status: AttemptStatus = attrs.field(converter=_attempt_status)

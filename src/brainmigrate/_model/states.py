@@ -24,6 +24,9 @@ class MigrationOperation(enum.StrEnum):
     RESOLVE = "resolve"
     #: A stuck hybrid migration given up by hand, with who and why (``Migrator.abandon``).
     ABANDON = "abandon"
+    #: Recorded as applied without running it, with who and why (``Migrator.stamp``, or a squash
+    #: migration whose replaced migrations were all applied).
+    STAMP = "stamp"
 
 
 class AttemptStatus(enum.StrEnum):
@@ -81,7 +84,7 @@ RUN_TRANSITIONS: Mapping[RunStatus, frozenset[RunStatus]] = {
 class HybridPhase(enum.StrEnum):
     """Where a hybrid migration's run stands (persisted, read by every process).
 
-    expand, backfill, validate and contract run in that order; a failure before contract
+    expand, backfill, validate, cutover and contract run in that order; a failure before contract
     compensates (rolls the completed steps back, in reverse order).
     """
 
@@ -91,7 +94,10 @@ class HybridPhase(enum.StrEnum):
     BACKFILLING = "backfilling"
     #: Running the gate before contract (``validate_backfill``).
     VALIDATING = "validating"
-    #: Validated; with ``contract_mode = "manual"`` it waits here for ``Migrator.contract(id)``.
+    #: Validated, running its cutover steps (building indexes, switching names), before contract.
+    CUTTING_OVER = "cutting_over"
+    #: Validated (and cut over); with ``contract_mode = "manual"`` it waits here for
+    #: ``Migrator.contract(id)``.
     READY_TO_CONTRACT = "ready_to_contract"
     #: Running its contract steps (destructive changes); never compensated, resumed after a crash.
     CONTRACTING = "contracting"
@@ -113,6 +119,7 @@ HYBRID_BEFORE_CONTRACT: tuple[HybridPhase, ...] = (
     HybridPhase.EXPANDING,
     HybridPhase.BACKFILLING,
     HybridPhase.VALIDATING,
+    HybridPhase.CUTTING_OVER,
     HybridPhase.READY_TO_CONTRACT,
 )
 
@@ -125,6 +132,15 @@ HYBRID_TRANSITIONS: Mapping[HybridPhase, frozenset[HybridPhase]] = {
         {HybridPhase.VALIDATING, HybridPhase.COMPENSATING, HybridPhase.ABANDONED}
     ),
     HybridPhase.VALIDATING: frozenset(
+        {
+            HybridPhase.CUTTING_OVER,
+            HybridPhase.READY_TO_CONTRACT,
+            HybridPhase.CONTRACTING,
+            HybridPhase.COMPENSATING,
+            HybridPhase.ABANDONED,
+        }
+    ),
+    HybridPhase.CUTTING_OVER: frozenset(
         {
             HybridPhase.READY_TO_CONTRACT,
             HybridPhase.CONTRACTING,

@@ -1,4 +1,4 @@
-"""The runner of hybrid migrations: expand, backfill, validate and contract, step by step.
+"""The runner of hybrid migrations: expand, backfill, validate, cutover and contract, step by step.
 
 Each step runs through the runner of its own kind, exactly as it would on its own: a schema step
 under the runner lock, a backfill step claimed under the lock, its batches run without it
@@ -29,11 +29,11 @@ from .._errors import (
     MigrationStateError,
     MigrationValidationError,
 )
-from .._ledger.history import HistoryLedger, hybrid_step
+from .._ledger.history import Attempt, HistoryLedger, hybrid_step
 from .._ledger.hybrid import HybridLedger, HybridRun
 from .._ledger.session import RunnerSession, runner_session
 from .._model.config import MigrationConfig
-from .._model.hybrid import HybridMigration
+from .._model.hybrid import HybridMigration, HybridStep
 from .._model.items import Progress
 from .._model.metadata import MigrationStatus
 from .._model.migration import Migration
@@ -389,10 +389,27 @@ class HybridRunner:
             if phase is HybridPhase.CONTRACTING:
                 await self._complete(session, hybrid, run)
                 raise _Stop(ended(meta, APPLY, MigrationStatus.COMPLETED, run.started_at, now()))
+            if phase is HybridPhase.CUTTING_OVER:
+                manual = type(hybrid).contract_mode == "manual" and not contract
+                target = HybridPhase.READY_TO_CONTRACT if manual else HybridPhase.CONTRACTING
+                await self.runs.move(conn, run, target, operation="cut over")
+                logger.info("hybrid migration %s: cut over, %s", meta.id, target.value)
+                if manual:
+                    raise _Stop(not_run(meta, MigrationStatus.RUNNING, ready_note(meta.id)))
+                return None
             moved = await self.runs.move(conn, run, _AFTER[phase], operation="advance")
             logger.info("hybrid migration %s: %s", meta.id, moved.phase.value)
             return None
         state = states.get(step.id)
+        if state is not None and state.dirty and type(step.migration).rerun_after_interruption:
+            await self._rerun_interrupted(session, step)
+            logger.warning(
+                "hybrid migration %s: step %s was interrupted midway; it is safe to run again, so it "
+                "runs again",
+                meta.id,
+                step.id,
+            )
+            state = None
         if state is not None and state.dirty:
             raise HybridPhaseError(
                 f"step {step.id!r} of hybrid migration {meta.id!r} ({step.attribute}) is dirty: it was "
@@ -424,6 +441,32 @@ class HybridRunner:
         if outcome.status is not MigrationStatus.COMPLETED:
             raise _Stop(_step_stopped(hybrid, step, outcome))
         return None
+
+    async def _rerun_interrupted(self, session: RunnerSession, step: HybridStep) -> None:
+        """Record an interrupted step that is safe to run again as not applied (a ``resolve``
+        attempt saying so), so that it runs again."""
+        meta = step.migration.metadata
+        conn = await session.work_connection()
+        stamp = now()
+        async with conn.transaction():
+            await self.ledger.close_interrupted(conn, step.id, stamp)
+            await self.ledger.insert(
+                conn,
+                Attempt(
+                    migration_id=step.id,
+                    name=meta.name,
+                    migration_type=meta.migration_type,
+                    version=meta.version,
+                    checksum=await step.migration.checksum(),
+                    operation=MigrationOperation.RESOLVE,
+                    status=AttemptStatus.COMPLETED,
+                    applied_after=False,
+                    started_at=stamp,
+                    finished_at=stamp,
+                    error="interrupted midway; it declares rerun_after_interruption, so it runs again",
+                ),
+                session.lock,
+            )
 
     async def _complete(self, session: RunnerSession, hybrid: HybridMigration, run: HybridRun) -> None:
         """Record the hybrid as applied, with its phase COMPLETED, in one transaction."""

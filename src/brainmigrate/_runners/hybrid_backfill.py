@@ -59,6 +59,14 @@ class HybridBackfill:
             async with runner_session(self.pool, self.ledger.schema, cfg) as session:
                 run = await self.runs.latest(await session.work_connection(), meta.id)
                 assert run is not None
+                if run.phase is not HybridPhase.BACKFILLING or run.current_step != step.id:
+                    # Another runner carried the hybrid on past this step (this one lost its
+                    # lease): the run is theirs, and nothing of it is compensated.
+                    raise MigrationExecutionError(
+                        f"{error}; meanwhile another runner carried hybrid migration {meta.id!r} on "
+                        f"(it is {run.phase.value} now), so nothing was compensated",
+                        migration_id=meta.id,
+                    ) from error
                 failure = await self.compensation.step_failed(session, hybrid, run, step, error, cfg)
             raise failure from error.__cause__
         counts[0] += result.items_processed
@@ -70,7 +78,7 @@ class HybridBackfill:
     async def validate(
         self, hybrid: HybridMigration, run: HybridRun, cfg: MigrationConfig, *, contract: bool
     ) -> None:
-        """The gate before contract, without the runner lock (a long check holds up no runner):
+        """The gate before cutover and contract, without the runner lock (a long check holds up no runner):
         every backfill step applied with no failed item, and ``validate_backfill`` true, in a
         read-only transaction that is rolled back. Its verdict is then recorded under the lock, if
         the run is still validating; a refusal compensates."""
@@ -113,8 +121,12 @@ class HybridBackfill:
                     migration_id=meta.id,
                 )
                 raise await self.compensation.compensate(session, hybrid, current, cfg, refusal)
-            manual = type(hybrid).contract_mode == "manual" and not contract
-            target = HybridPhase.READY_TO_CONTRACT if manual else HybridPhase.CONTRACTING
+            cutover = bool(hybrid.steps_of(HybridPhase.CUTTING_OVER))
+            manual = type(hybrid).contract_mode == "manual" and not contract and not cutover
+            if cutover:
+                target = HybridPhase.CUTTING_OVER
+            else:
+                target = HybridPhase.READY_TO_CONTRACT if manual else HybridPhase.CONTRACTING
             await self.runs.move(work, current, target, operation="validate")
             logger.info("hybrid migration %s: validated, %s", meta.id, target.value)
         if manual:

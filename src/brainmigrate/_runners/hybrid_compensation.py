@@ -9,7 +9,13 @@ import logging
 import anyio
 import attrs
 
-from .._errors import BrainMigrateError, HybridPhaseError, MigrationExecutionError, MigrationLockLost
+from .._errors import (
+    BrainMigrateError,
+    HybridPhaseError,
+    MigrationExecutionError,
+    MigrationLockLost,
+    TableLockTimeout,
+)
 from .._ledger.history import HistoryLedger, hybrid_step
 from .._ledger.hybrid import HybridLedger, HybridRun
 from .._ledger.session import RunnerSession
@@ -70,14 +76,23 @@ class HybridCompensation:
         hid = hybrid.metadata.id
         conn = await session.work_connection()
         where = f"{step.attribute} step {step.id!r} of hybrid migration {hid!r} failed"
-        if run.phase not in HYBRID_BEFORE_CONTRACT or is_recoverable(error.__cause__ or error):
-            then = (
-                "contract is never compensated: the next run carries it on from this step; fix the "
-                "cause and run again"
-                if run.phase is HybridPhase.CONTRACTING
-                else "the database did not answer, so nothing was compensated: the next run carries "
-                "the hybrid on from this step"
-            )
+        busy = isinstance(error, TableLockTimeout)
+        if run.phase not in HYBRID_BEFORE_CONTRACT or busy or is_recoverable(error.__cause__ or error):
+            if run.phase is HybridPhase.CONTRACTING:
+                then = (
+                    "contract is never compensated: the next run carries it on from this step; fix "
+                    "the cause and run again"
+                )
+            elif busy:
+                then = (
+                    "the table was too busy for a short switch, so nothing was compensated: the next "
+                    "run carries the hybrid on from this step"
+                )
+            else:
+                then = (
+                    "the database did not answer, so nothing was compensated: the next run carries "
+                    "the hybrid on from this step"
+                )
             _amend(error, f"{where}; {then}")
             await self._noted(conn, run, str(error), error)
             return error

@@ -1,0 +1,1 @@
+"""Reviewing migrations before they run: conflicts, drift and unsafe DDL (``Migrator.check()``)."""

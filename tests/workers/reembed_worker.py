@@ -1,0 +1,87 @@
+"""Run ``run_pending()`` (or ``contract(id)``) of a re-embedding directory in a process of its own.
+
+Usage::
+
+    python reembed_worker.py DSN MIGRATIONS_DIR [--contract ID] [--batch-size N] [--concurrency N]
+                             [--parallel] [--max-workers N] [--lease-seconds S]
+                             [--lock-timeout-ms MS] [--embed-delay S] [--embed-log PATH]
+                             [--application-name NAME]
+
+``--embed-delay`` and ``--embed-log`` set ``$BM_EMBED_DELAY`` and ``$BM_EMBED_LOG``, which the
+re-embedding's ``embed`` honours (see ``reembed_toy/migrations.py``); ``--lock-timeout-ms`` is the
+``statement_lock_timeout_ms`` of its steps. One line of JSON goes to stdout:
+``{"pid": ..., "results": [[id, status], ...], "error": null}`` on success (exit status 0), or with
+``"error": {"type", "module", "message"}`` and ``"results": null`` on failure (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from brainmigrate import MigrationConfig, Migrator
+
+#: The migrations import ``reembed_support`` from the tests' directory.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+DELAY_VARIABLE = "BM_EMBED_DELAY"
+LOG_VARIABLE = "BM_EMBED_LOG"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dsn")
+    parser.add_argument("migrations", type=Path)
+    parser.add_argument("--contract", metavar="ID")
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--parallel", action="store_true")
+    parser.add_argument("--max-workers", type=int, default=1)
+    parser.add_argument("--lease-seconds", type=float, default=60.0)
+    parser.add_argument("--lock-timeout-ms", type=int, default=500)
+    parser.add_argument("--embed-delay", type=float, default=0.0)
+    parser.add_argument("--embed-log", default="")
+    parser.add_argument("--application-name", default="reembed worker")
+    return parser.parse_args(argv)
+
+
+async def main(args: argparse.Namespace) -> dict[str, object]:
+    os.environ[DELAY_VARIABLE] = str(args.embed_delay)
+    os.environ[LOG_VARIABLE] = args.embed_log
+    config = MigrationConfig(
+        batch_size=args.batch_size,
+        checkpoint_frequency=args.batch_size,
+        concurrency=args.concurrency,
+        parallel_execution=args.parallel,
+        max_workers=args.max_workers,
+        lease_seconds=args.lease_seconds,
+        statement_lock_timeout_ms=args.lock_timeout_ms,
+    )
+    settings = {"application_name": args.application_name}
+    pool = await asyncpg.create_pool(args.dsn, min_size=2, max_size=4, server_settings=settings)
+    try:
+        migrator = Migrator(pool, args.migrations, config=config)
+        if args.contract:
+            results = [await migrator.contract(args.contract)]
+        else:
+            results = await migrator.run_pending()
+    finally:
+        await pool.close()
+    return {"pid": os.getpid(), "results": [[r.migration_id, r.status.value] for r in results], "error": None}
+
+
+if __name__ == "__main__":
+    arguments = parse_args(sys.argv[1:])
+    try:
+        report = asyncio.run(main(arguments))
+    except Exception as exc:
+        error = {"type": type(exc).__name__, "module": type(exc).__module__, "message": str(exc)}
+        print(json.dumps({"pid": os.getpid(), "results": None, "error": error}), flush=True)
+        sys.exit(1)
+    print(json.dumps(report), flush=True)
