@@ -28,7 +28,7 @@ _ESCAPE_STRING = re.compile(r"'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'", re.DOTALL)
 _QUOTED_IDENT = re.compile(r'"[^"]*(?:""[^"]*)*"')
 
 
-def _block_comment_end(sql: str, pos: int) -> int:
+def block_comment_end(sql: str, pos: int) -> int:
     """Where the (nestable) block comment opening at ``pos`` ends; the end of ``sql`` if never."""
     depth = 0
     while pos < len(sql):
@@ -77,7 +77,7 @@ def split_statements(sql: str) -> list[tuple[tuple[str, ...], str]]:
             newline = sql.find("\n", pos)
             pos = len(sql) if newline < 0 else newline + 1
         elif sql.startswith("/*", pos):
-            pos = _block_comment_end(sql, pos)
+            pos = block_comment_end(sql, pos)
         elif char == ";":
             if depth == 0:
                 close(pos)

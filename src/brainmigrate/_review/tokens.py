@@ -8,6 +8,8 @@ from collections.abc import Iterator, Sequence
 
 import attrs
 
+from .._model.sqltext import block_comment_end
+
 _TOKEN = re.compile(
     r"""
     (?P<space>\s+)
@@ -52,7 +54,7 @@ def tokens(sql: str) -> list[Token]:
         text = match.group()
         pos = match.end()
         if kind == "block_comment":
-            pos = _comment_end(sql, match.start())
+            pos = block_comment_end(sql, match.start())
         elif kind == "dollar":
             closing = sql.find(text, pos)
             pos = len(sql) if closing < 0 else closing + len(text)
@@ -64,20 +66,6 @@ def tokens(sql: str) -> list[Token]:
         elif kind not in ("space", "line_comment"):
             found.append(Token(kind, text))
     return found
-
-
-def _comment_end(sql: str, pos: int) -> int:
-    depth = 0
-    while pos < len(sql):
-        if sql.startswith("/*", pos):
-            depth, pos = depth + 1, pos + 2
-        elif sql.startswith("*/", pos):
-            depth, pos = depth - 1, pos + 2
-            if depth == 0:
-                return pos
-        else:
-            pos += 1
-    return pos
 
 
 def split_top(items: Sequence[Token], separator: str = ",") -> list[list[Token]]:
