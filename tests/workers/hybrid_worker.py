@@ -17,13 +17,12 @@ transform; ``--contract-mode`` sets ``$BM_CONTRACT_MODE``, ``--refuse-validation
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import sys
 from pathlib import Path
 
 import asyncpg
+from reporting import results_report, run_and_report
 
 from brainmigrate import MigrationConfig, Migrator
 
@@ -62,15 +61,9 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             results = await migrator.run_pending()
     finally:
         await pool.close()
-    return {"pid": os.getpid(), "results": [[r.migration_id, r.status.value] for r in results], "error": None}
+    return results_report(results)
 
 
 if __name__ == "__main__":
     arguments = parse_args(sys.argv[1:])
-    try:
-        report = asyncio.run(main(arguments))
-    except Exception as exc:
-        error = {"type": type(exc).__name__, "module": type(exc).__module__, "message": str(exc)}
-        print(json.dumps({"pid": os.getpid(), "results": None, "error": error}), flush=True)
-        sys.exit(1)
-    print(json.dumps(report), flush=True)
+    run_and_report(lambda: main(arguments))

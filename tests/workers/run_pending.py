@@ -15,19 +15,13 @@ success (exit status 0), or with ``"error": {"type": ..., "module": ..., "messag
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
 import sys
-import time
 from pathlib import Path
 
-import anyio
 import asyncpg
+from reporting import results_report, run_and_report, wait_for_start
 
 from brainmigrate import MigrationConfig, Migrator
-
-BARRIER_TIMEOUT_SECONDS = 30.0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -41,18 +35,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def wait_for_start(ready_file: Path | None, start_file: Path | None) -> None:
-    if ready_file is not None:
-        await anyio.Path(ready_file).touch()
-    if start_file is None:
-        return
-    deadline = time.monotonic() + BARRIER_TIMEOUT_SECONDS
-    while not await anyio.Path(start_file).exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{start_file} did not appear within {BARRIER_TIMEOUT_SECONDS:g} s")
-        await asyncio.sleep(0.005)
-
-
 async def main(args: argparse.Namespace) -> dict[str, object]:
     settings = dict(item.split("=", 1) for item in args.setting)
     pool = await asyncpg.create_pool(args.dsn, min_size=2, max_size=3, server_settings=settings)
@@ -62,15 +44,9 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         results = await migrator.run_pending()
     finally:
         await pool.close()
-    return {"pid": os.getpid(), "results": [[r.migration_id, r.status.value] for r in results], "error": None}
+    return results_report(results)
 
 
 if __name__ == "__main__":
     arguments = parse_args(sys.argv[1:])
-    try:
-        report = asyncio.run(main(arguments))
-    except Exception as exc:
-        error = {"type": type(exc).__name__, "module": type(exc).__module__, "message": str(exc)}
-        print(json.dumps({"pid": os.getpid(), "results": None, "error": error}), flush=True)
-        sys.exit(1)
-    print(json.dumps(report), flush=True)
+    run_and_report(lambda: main(arguments))
