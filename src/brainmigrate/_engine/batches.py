@@ -22,6 +22,7 @@ from .._runtime.retry import is_recoverable
 from .entries import Entry, as_uuid
 from .plan import RunPlan
 from .table import Column
+from .writers import BatchWriter
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup
@@ -135,15 +136,23 @@ async def write_entries(
     With ``isolate``, a failing write is split in halves inside savepoints until the failing items
     are found, so one bad item never aborts the transaction holding its neighbours' writes.
     Without, ``pipe`` (if given) sends each UPDATE as soon as the one before is done, and encodes
-    the next meanwhile: the statements, their order and their errors stay the same.
+    the next meanwhile: the statements, their order and their errors stay the same. A set of
+    columns the plan's own writer (:mod:`.writers`) handles is written by it instead, checked
+    and isolated the same way.
     """
     groups: dict[tuple[str, ...], list[Entry]] = {}
     for entry in entries:
         assert entry.changes is not None
         groups.setdefault(tuple(entry.changes), []).append(entry)
     failed: list[Entry] = []
+    writer = plan.writer
     for fields, group in groups.items():
         if not fields:
+            continue
+        if writer is not None and writer.handles(fields):
+            if pipe is not None:
+                await pipe.wait()  # the statement before fails first, as it would have unpiped
+            failed += await _write_own(conn, plan, writer, group, isolate=isolate)
             continue
         try:
             statement, columns = plan.write_sql(fields)
@@ -173,6 +182,21 @@ async def write_entries(
                 raise
             await pipe.send(statement, args, functools.partial(_check_written, plan, len(group)))
     return failed
+
+
+async def _write_own(
+    conn: Connection, plan: RunPlan, writer: BatchWriter, group: Sequence[Entry], *, isolate: bool
+) -> list[Entry]:
+    """Write ``group`` with the migration's own writer, checked as the batch UPDATE is (and
+    isolated as it is); the entries that failed."""
+
+    async def run(part: Sequence[Entry]) -> None:
+        _check_count(plan, len(part), await writer.write(conn, part))
+
+    if isolate:
+        return await _isolated(conn, run, group)
+    await run(group)
+    return []
 
 
 def _write_args(
@@ -242,7 +266,10 @@ def _value_error(plan: RunPlan, column: Column, part: Sequence[Entry]) -> Migrat
 
 
 def _check_written(plan: RunPlan, expected: int, status: str) -> None:
-    written = int(status.split()[-1])
+    _check_count(plan, expected, int(status.split()[-1]))
+
+
+def _check_count(plan: RunPlan, expected: int, written: int) -> None:
     if written != expected:
         raise MigrationExecutionError(
             f"data migration {plan.migration_id!r}: {expected - written} of {expected} items name "

@@ -122,7 +122,8 @@ class Pipeline:
         self.stopping = False
         self.throttled = worker.plan.migration._overrides("throttle", DataMigration)
         self.entry_of = entry_maker(worker.plan)
-        self.encode = vector_encoder(worker.plan)
+        writer = worker.plan.writer
+        self.encode = writer.encode if writer is not None else vector_encoder(worker.plan)
 
     async def run(self, cursor: str | None) -> bool:
         """Work from ``cursor`` until the chunk is done (True); Stop or raise otherwise."""

@@ -16,6 +16,7 @@ from .._model.types import Connection
 from . import sql as sql
 from .reshape import reshape
 from .table import Column, TableShape
+from .writers import BatchWriter, batch_writer
 
 STREAM = "stream"  # pages of a source table, transformed in Python
 QUERY = "query"  # slices returned by get_memories_to_migrate(), until it returns none
@@ -80,6 +81,9 @@ class RunPlan:
     statement: str | None = None
     #: The statement reversing a server-side run per key range, when it is reversed by one.
     rollback_statement: str | None = None
+    #: The migration's own writer of batches (see :mod:`.writers`); never when the batch UPDATE
+    #: must save before-images.
+    writer: BatchWriter | None = None
 
     #: Pages of the source (its filter applied) in key order, by bounds.
     pages: Keyset = attrs.field(init=False)
@@ -253,6 +257,7 @@ async def make_plan(conn: Connection, schema: str, migration: DataMigration, che
         reverse=reverse,
         statement=statement,
         rollback_statement=rollback_statement,
+        writer=None if reverse == "images" else await batch_writer(conn, migration, shape),
     )
 
 

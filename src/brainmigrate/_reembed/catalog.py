@@ -104,3 +104,47 @@ async def index_validity(conn: Connection, schema: str, name: str) -> bool | Non
         f"{quote_ident(schema)}.{quote_ident(name)}",
     )
     return valid
+
+
+# A re-embedding's ``toast_tuple_target`` (``ReembedMigration.toast_tuple_target``, 128 by
+# default) while each row holds two vectors. A row's new version, with the new vector beside the
+# old, is larger than PostgreSQL's TOAST threshold (2 kB); with the default target only one vector
+# moves out of line, and the version left (about as large as the row was) rarely fits on its page,
+# so the update is not HOT and inserts the row into every index again, the old column's HNSW graph
+# included. With a small target both vectors move out of line, the new version is a few hundred
+# bytes and fits: the update is HOT and no index is touched. Rows of one vector (below the
+# threshold) are unaffected.
+
+_TOAST_TARGET = """
+SELECT c.relkind::text, (SELECT o.option_value FROM pg_options_to_table(c.reloptions) AS o
+                          WHERE o.option_name = 'toast_tuple_target')
+  FROM pg_class c WHERE c.oid = $1::regclass
+"""
+
+
+async def toast_target(conn: Connection, qualified: str) -> tuple[str, int | None]:
+    """The kind of the table (``r`` for a plain table) and its ``toast_tuple_target`` (None when
+    not set)."""
+    row = await conn.fetchrow(_TOAST_TARGET, qualified)
+    if row is None:
+        return "", None
+    return str(row[0]), None if row[1] is None else int(row[1])
+
+
+async def toast_target_set(conn: Connection, qualified: str, wanted: int | None) -> str:
+    """The ALTER TABLE action (with its leading comma) giving the table the ``toast_tuple_target``
+    ``wanted``, or nothing: when ``wanted`` is None, for a table other than a plain one, or for one
+    with a ``toast_tuple_target`` of its own."""
+    if wanted is None:
+        return ""
+    kind, target = await toast_target(conn, qualified)
+    return f", SET (toast_tuple_target = {int(wanted)})" if kind == "r" and target is None else ""
+
+
+async def toast_target_reset(conn: Connection, qualified: str, given: int | None) -> str:
+    """The ALTER TABLE action (with its leading comma) resetting the ``toast_tuple_target`` when
+    the table has the one a re-embedding gave it (``given``), or nothing."""
+    if given is None:
+        return ""
+    _, target = await toast_target(conn, qualified)
+    return ", RESET (toast_tuple_target)" if target == given else ""

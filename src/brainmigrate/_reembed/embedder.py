@@ -11,6 +11,7 @@ import math
 import numbers
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from itertools import repeat
 from typing import Any
 
 from .._errors import MigrationValidationError
@@ -20,7 +21,7 @@ Embed = Callable[[list[str]], Awaitable[Sequence[Sequence[float]]]]
 
 def text_md5(text: str) -> uuid.UUID:
     """The MD5 of ``text`` as PostgreSQL's ``md5(text)::uuid`` computes it (UTF-8)."""
-    return uuid.UUID(hashlib.md5(text.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest())
+    return uuid.UUID(bytes=hashlib.md5(text.encode("utf-8", "surrogatepass"), usedforsecurity=False).digest())
 
 
 def _refused(migration_id: str, text: str) -> MigrationValidationError:
@@ -54,6 +55,16 @@ async def embed_checked(
                 f"({type(vector).__name__})",
             )
         items = list(vector)
+        if len(items) == dimensions and all(map(isinstance, items, repeat(float))):
+            # Floats, as most models return: the checks below, made in C (a sum is finite unless
+            # an element is not, or the sum overflows: then each is looked at).
+            values = items
+            if not math.isfinite(sum(values)) and not all(map(math.isfinite, values)):
+                raise _refused(
+                    migration_id, f"returned a vector holding NaN or infinity at position {position}"
+                )
+            checked.append(values)
+            continue
         wrong = [v for v in items if isinstance(v, bool) or not isinstance(v, numbers.Real)]
         if wrong:
             raise _refused(

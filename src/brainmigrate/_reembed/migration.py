@@ -67,6 +67,12 @@ class ReembedMigration(HybridMigration):
     max_stale_at_validation: ClassVar[float] = 0.05
     #: Contract (dropping the previous column) waits for ``migrator.contract(id)``: a soak period.
     contract_mode: ClassVar[ContractMode] = "manual"
+    #: The table's ``toast_tuple_target`` while its rows hold two vectors (128 to 8,160, set by
+    #: expand, reset by contract or by rolling back): small enough that both vectors are stored
+    #: out of line, so the backfill's updates stay HOT and skip the old column's HNSW index
+    #: (measured in docs/benchmarks.md). None leaves the table's storage settings alone; a table
+    #: that has a ``toast_tuple_target`` of its own keeps it.
+    toast_tuple_target: ClassVar[int | None] = 128
 
     @abc.abstractmethod
     async def embed(self, texts: list[str]) -> Sequence[Sequence[float]]:
@@ -118,6 +124,14 @@ class ReembedMigration(HybridMigration):
                     f"{where}: {name} must be an int from {low} to {high:,}, got {value!r}",
                     migration_id=self.metadata.id,
                 )
+        target = cls.toast_tuple_target
+        if target is not None and (
+            isinstance(target, bool) or not isinstance(target, int) or not 128 <= target <= 8160
+        ):
+            raise MigrationValidationError(
+                f"{where}: toast_tuple_target must be None or an int from 128 to 8,160, got {target!r}",
+                migration_id=self.metadata.id,
+            )
         share = cls.max_stale_at_validation
         if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
             raise MigrationValidationError(

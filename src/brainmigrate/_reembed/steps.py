@@ -22,11 +22,13 @@ from .._model.metadata import MigrationMetadata, MigrationType
 from .._model.migration import Migration
 from .._model.sqltext import quote_ident
 from .._model.types import Connection, Pool
-from .catalog import VECTOR_TYPES, TableFacts, read_table
+from .catalog import VECTOR_TYPES, TableFacts, read_table, toast_target_reset, toast_target_set
 from .embedder import embed_checked, text_md5
 from .plan import ReembedPlan
+from .vector_copy import VectorCopyWriter
 
 if TYPE_CHECKING:
+    from .._engine.table import TableShape
     from .migration import ReembedMigration
 
 logger = logging.getLogger("brainmigrate")
@@ -211,9 +213,11 @@ class ExpandStep(StepOf, Migration):
                 status=GenerationStatus.ACTIVE,
                 migration_id=None,
             )
+        table = plan.qualified(facts.schema)
         await conn.execute(
-            f"ALTER TABLE {plan.qualified(facts.schema)} ADD COLUMN {quote_ident(plan.next_column)} "
+            f"ALTER TABLE {table} ADD COLUMN {quote_ident(plan.next_column)} "
             f"{plan.sql_type}, ADD COLUMN {quote_ident(plan.hash_column)} uuid"
+            + await toast_target_set(conn, table, self.reembed.toast_tuple_target)
         )
         await ledger.add(
             conn,
@@ -229,9 +233,11 @@ class ExpandStep(StepOf, Migration):
     async def down(self, conn: Connection) -> None:
         plan = self.plan
         facts = await read_table(conn, plan)
+        table = plan.qualified(facts.schema)
         await conn.execute(
-            f"ALTER TABLE {plan.qualified(facts.schema)} DROP COLUMN IF EXISTS "
+            f"ALTER TABLE {table} DROP COLUMN IF EXISTS "
             f"{quote_ident(plan.next_column)}, DROP COLUMN IF EXISTS {quote_ident(plan.hash_column)}"
+            + await toast_target_reset(conn, table, self.reembed.toast_tuple_target)
         )
         generation = await self._ledger().of_migration(conn, self.reembed.metadata.id)
         if generation is not None:
@@ -308,3 +314,12 @@ class BackfillStep(StepOf, DatabaseDataMigration):
     async def reverse_row(self, row: dict[str, Any]) -> dict[str, Any] | None:
         """Nothing to restore: rolling back expand drops the new column."""
         return None
+
+    async def _batch_writer(self, conn: Connection, table: TableShape) -> VectorCopyWriter | None:
+        """The data engine's writer of this backfill's batches: the vectors in binary, through
+        COPY into a temporary table. None (the engine's text UPDATE writes them) for column types
+        it does not pack, or a role that may not create temporary tables."""
+        if not await conn.fetchval("SELECT has_database_privilege(current_database(), 'TEMPORARY')"):
+            return None
+        plan = self.plan
+        return VectorCopyWriter.of(plan.migration_id, table, plan.next_column, plan.hash_column)

@@ -15,7 +15,7 @@ from .._model.embedding import GenerationStatus
 from .._model.migration import Migration
 from .._model.sqltext import quote_ident
 from .._model.types import Connection
-from .catalog import TableFacts, index_validity, read_table, vector_indexes
+from .catalog import TableFacts, index_validity, read_table, toast_target_reset, vector_indexes
 from .locking import TableBusy, with_table_lock
 from .plan import ReembedPlan
 from .steps import IN_LOCK_MAX, StepOf
@@ -245,9 +245,11 @@ class ContractStep(StepOf, Migration):
         async def drop() -> None:
             for _original, previous in names["indexes"]:
                 await conn.execute(f"DROP INDEX IF EXISTS {_in(facts, previous)}")
+            table = plan.qualified(facts.schema)
             await conn.execute(
-                f"ALTER TABLE {plan.qualified(facts.schema)} DROP COLUMN IF EXISTS "
+                f"ALTER TABLE {table} DROP COLUMN IF EXISTS "
                 f"{quote_ident(plan.previous_column)}, DROP COLUMN IF EXISTS {quote_ident(plan.hash_column)}"
+                + await toast_target_reset(conn, table, self.reembed.toast_tuple_target)
             )
             before = await ledger.with_status(
                 conn, facts.schema, plan.table, plan.column, GenerationStatus.PREVIOUS
