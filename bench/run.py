@@ -10,6 +10,7 @@
     python bench/run.py --only impact --impact-rows 20000 --impact-rounds 3
     python bench/run.py --only model_throughput --model-rows 100000 --model-rounds 3
     python bench/run.py --only reembed --reembed-rows 100000 --reembed-rounds 3
+    python bench/run.py --only checks --checks-migrations 200 --checks-rounds 1
 
 The DSN must name a maintenance database (such as ``postgres``) of a role allowed to create
 databases; the benchmarks create and drop databases whose names start with ``brainmigrate_bench``.
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import asyncpg
 from apply_bench import bench_apply
+from checks import bench_checks
 from common import ENV_DSN, Section, markdown_table, raw_samples, server_version, text_table, transport
 from data_bench import bench_data
 from model_throughput import bench_model_throughput
@@ -140,6 +142,10 @@ async def run_benchmarks(dsn: str, args: argparse.Namespace, workdir: Path) -> l
                 print(text_table(section), end="\n\n", flush=True)
         else:
             print("re-embedding: skipped, the server has no pgvector (extension `vector`)", end="\n\n")
+    if args.only in (None, "checks"):
+        for section in await bench_checks(dsn, workdir, args.checks_migrations, args.checks_rounds):
+            sections.append(section)
+            print(text_table(section), end="\n\n", flush=True)
     if args.raw:
         for section in sections:
             print(raw_samples(section), end="\n\n")
@@ -194,9 +200,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=("noop", "apply", "data", "structure", "impact", "model_throughput", "reembed"),
+        choices=("noop", "apply", "data", "structure", "impact", "model_throughput", "reembed", "checks"),
         help="run one benchmark only",
     )
+    parser.add_argument(
+        "--checks-migrations", type=int, default=200, help="generated migrations, checks benchmark (200)"
+    )
+    parser.add_argument("--checks-rounds", type=int, default=1, help="rounds of the checks benchmark (1)")
     parser.add_argument("--markdown", type=Path, help="also write the results to this markdown file")
     parser.add_argument("--raw", action="store_true", help="also print every sample")
     parser.add_argument("--profile", action="store_true", help="profile brainmigrate instead of benchmarking")
@@ -215,6 +225,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.model_rounds,
         args.reembed_rows,
         args.reembed_rounds,
+        args.checks_migrations,
+        args.checks_rounds,
     )
     if min(counts) < 1:
         parser.error("counts must be at least 1")

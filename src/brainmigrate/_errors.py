@@ -15,13 +15,15 @@ Every error is a :class:`BrainMigrateError`; the tree is shallow::
     ├── MigrationNotFoundError
     ├── MigrationStateError
     │   ├── DirtyMigrationError
-    │   └── HybridPhaseError
+    │   ├── HybridPhaseError
+    │   └── PromotionRefusedError
     ├── MigrationLockTimeout
     ├── MigrationLockLost
     ├── PoolExhaustedError (also a TimeoutError)
     ├── MigrationExecutionError
     ├── DatabaseUnavailableError (also a ConnectionError)
-    └── SchemaVersionError
+    ├── SchemaVersionError
+    └── MigrationCheckError (also an AssertionError)
 
 Each error carries the facts as attributes and its message says what to do next. Driver errors are
 chained (``raise ... from exc``) and never escape on their own.
@@ -214,6 +216,27 @@ class HybridPhaseError(MigrationStateError):
         self.phase = phase
 
 
+class PromotionRefusedError(MigrationStateError):
+    """An environment's migrations must complete in the environment it ``requires`` first, with the
+    same content; some have not, so nothing was applied.
+
+    ``refusals`` holds one ``(migration id, reason)`` pair per migration refused, in run order.
+    """
+
+    def __init__(self, environment: str, required: str, refusals: Sequence[tuple[str, str]]) -> None:
+        self.environment = environment
+        self.required = required
+        self.refusals = tuple(refusals)
+        reasons = "; ".join(f"{migration_id}: {reason}" for migration_id, reason in self.refusals)
+        super().__init__(
+            f"refused to migrate environment {environment!r}, which requires every migration to have "
+            f"completed in {required!r} first, with the same checksum; nothing was applied. {reasons}. "
+            f"Apply them to {required!r} first (brainmigrate upgrade --env {required}), or, for a "
+            "migration changed since, write a new migration instead of editing the applied one",
+            migration_id=self.refusals[0][0] if self.refusals else "",
+        )
+
+
 class MigrationLockTimeout(BrainMigrateError, TimeoutError):
     """Another runner held the migration lock for longer than the configured wait."""
 
@@ -327,3 +350,18 @@ class SchemaVersionError(BrainMigrateError):
                 f"uses version {self.supported}: run_pending() (or any other write) upgrades them first"
             )
         super().__init__(message)
+
+
+class MigrationCheckError(BrainMigrateError, AssertionError):
+    """One of the standard checks of :mod:`brainmigrate.testing` failed.
+
+    An AssertionError too, so test runners report it as a failed test. ``check`` names the check
+    (``heads``, ``kinds``, ``upgrade``, ``stairway``, ``dry_run``); ``migration_ids`` the
+    migrations it concerns; ``problems`` one message per failure found, each saying what to do.
+    """
+
+    def __init__(self, check: str, migration_ids: tuple[str, ...], problems: tuple[str, ...]) -> None:
+        self.check = check
+        self.migration_ids = migration_ids
+        self.problems = problems
+        super().__init__("\n\n".join(problems))

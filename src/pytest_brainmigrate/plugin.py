@@ -24,7 +24,9 @@ import pytest
 
 from brainmigrate._errors import DatabaseUnavailableError
 from brainmigrate.embedded import EmbeddedPostgres
-from brainmigrate.testing import DatabaseFactory
+from brainmigrate.testing import ChecksReport, DatabaseFactory, SampleData
+
+from .checks import MIGRATIONS_INI, SINGLE_HEAD_INI, cached_report, checks_items
 
 T = TypeVar("T")
 DSN_ENV = "BRAINMIGRATE_TEST_DSN"
@@ -39,6 +41,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--brainmigrate-dsn",
         default=None,
         help=f"PostgreSQL server for brainmigrate fixtures (default: ${DSN_ENV}, else an embedded server)",
+    )
+    group.addoption(
+        "--brainmigrate-checks",
+        action="store_true",
+        default=False,
+        help="also run brainmigrate's standard checks over the project's migrations "
+        f"(the {MIGRATIONS_INI} ini setting, else [tool.brainmigrate] migrations)",
+    )
+    parser.addini(
+        MIGRATIONS_INI,
+        "The migrations the standard checks look at: a package, module or directory (default: "
+        "$BRAINMIGRATE_MIGRATIONS, else [tool.brainmigrate] migrations in pyproject.toml)",
+        default="",
+    )
+    parser.addini(
+        SINGLE_HEAD_INI,
+        "Whether several heads fail the standard checks' test_heads (default: false; conflicts "
+        "between branches always do)",
+        type="bool",
+        default=False,
     )
     parser.addini(
         POOL_CLOSE_TIMEOUT_INI,
@@ -150,6 +172,38 @@ async def brainmigrate_pool(
                 "(async with pool.acquire() as conn: ...)",
                 stacklevel=1,
             )
+
+
+@pytest.fixture
+def brainmigrate_sample_data() -> SampleData | None:
+    """Rows the standard checks put in place for the data checks; none by default.
+
+    Override it with an async callable taking a connection, run (in a transaction) just before the
+    first data, memory or structure migration, or with a mapping of migration ids to such callables,
+    each run just before its migration. See "The standard checks" in the testing guide.
+    """
+    return None
+
+
+@pytest.fixture
+def brainmigrate_checks(
+    request: pytest.FixtureRequest,
+    _brainmigrate_databases: DatabaseFactory,
+    brainmigrate_sample_data: SampleData | None,
+) -> ChecksReport:
+    """The standard checks' report (a :class:`~brainmigrate.testing.ChecksReport`) over the
+    configured migrations (or those of the requesting ``StandardChecks`` class), from one walk per
+    run over one throwaway database."""
+    return cached_report(request, _brainmigrate_databases, brainmigrate_sample_data, _run)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """``--brainmigrate-checks``: add the standard checks' tests (before -k and -m select)."""
+    if config.getoption("brainmigrate_checks"):
+        items.extend(checks_items(session))
 
 
 _ASYNC_FIXTURES = frozenset({"brainmigrate_pool"})
