@@ -55,6 +55,13 @@ def reembed_minilm(session: nox.Session) -> None:
 
 
 @nox.session
+def browser(session: nox.Session) -> None:
+    """The timeline in headless Chromium (/usr/bin/chromium, see .ci/install-chromium), by Playwright."""
+    session.install("-e", ".[browser]")
+    session.run("pytest", "tests/browser", *session.posargs)
+
+
+@nox.session
 def docs(session: nox.Session) -> None:
     """The documentation site: mkdocs build --strict into site/ (API reference from the docstrings)."""
     session.install("-e", ".[docs]", "ruff>=0.17,<0.18")  # ruff formats the reference's signatures

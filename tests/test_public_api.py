@@ -23,6 +23,15 @@ def test_all_lists_exactly_the_public_names() -> None:
     assert public | {"__version__"} == set(brainmigrate.__all__)
 
 
+def test_the_environments_module_exports_exactly_its_public_names() -> None:
+    """brainmigrate.environments' __all__ is sorted and lists exactly its public names."""
+    import brainmigrate.environments as environments
+
+    public = sorted(name for name in vars(environments) if not name.startswith("_"))
+
+    assert sorted(environments.__all__) == environments.__all__ == public
+
+
 def test_the_contract_names_are_exported() -> None:
     """The names users are promised import from the package root."""
     promised = {

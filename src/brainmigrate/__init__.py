@@ -28,6 +28,7 @@ if _typing.TYPE_CHECKING:
         MigrationValidationError,
         MissingDependencyError,
         PoolExhaustedError,
+        PromotionRefusedError,
         SchemaVersionError,
         TableLockTimeout,
     )
@@ -52,6 +53,7 @@ if _typing.TYPE_CHECKING:
         WriteImpact,
     )
     from ._model.states import AttemptStatus, HybridPhase, MigrationOperation, RunStatus
+    from ._model.statistics import HistoryStatistics
     from ._model.types import Connection
     from ._reembed.migration import ReembedMigration
     from ._review.report import CheckReport, Finding, FindingCode, Severity
@@ -80,6 +82,7 @@ _DEFINED_IN = {
     "Finding": "._review.report",
     "FindingCode": "._review.report",
     "HistoryRecord": "._model.results",
+    "HistoryStatistics": "._model.statistics",
     "HybridMigration": "._model.hybrid",
     "HybridPhase": "._model.states",
     "HybridPhaseError": "._errors",
@@ -108,6 +111,7 @@ _DEFINED_IN = {
     "Migrator": "._migrator",
     "MissingDependencyError": "._errors",
     "PoolExhaustedError": "._errors",
+    "PromotionRefusedError": "._errors",
     "Progress": "._model.items",
     "ProgressCallback": "._model.items",
     "ReembedMigration": "._reembed.migration",
@@ -168,6 +172,7 @@ __all__ = [
     "FindingCode",
     "GenerationStatus",
     "HistoryRecord",
+    "HistoryStatistics",
     "HybridMigration",
     "HybridPhase",
     "HybridPhaseError",
@@ -198,6 +203,7 @@ __all__ = [
     "PoolExhaustedError",
     "Progress",
     "ProgressCallback",
+    "PromotionRefusedError",
     "ReembedMigration",
     "RetryPolicy",
     "RunStatus",

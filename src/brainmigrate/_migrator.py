@@ -6,6 +6,7 @@ import getpass
 import logging
 import os
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from ._errors import (
 from ._ledger import sql as _sql
 from ._ledger.connect import connection
 from ._ledger.embeddings import EmbeddingLedger
-from ._ledger.history import Attempt, HistoryLedger, MigrationState
+from ._ledger.history import Attempt, HistoryLedger, MigrationState, acting_as
 from ._ledger.hybrid import HybridLedger
 from ._ledger.lock import key_parts, lock_key
 from ._ledger.session import RunnerSession, runner_session
@@ -56,6 +57,7 @@ from ._model.states import (
     MigrationOperation,
     RunStatus,
 )
+from ._model.statistics import HistoryStatistics, summarise, window_start
 from ._review.check import review
 from ._review.report import CheckReport
 from ._runners.base import Deferred, Runners, not_run
@@ -144,6 +146,12 @@ class Migrator:
         """Every recorded attempt, oldest first."""
         async with connection(self.pool) as conn:
             return await self._ledger.records(conn)
+
+    async def statistics(self, *, since: datetime | timedelta | None = None) -> HistoryStatistics:
+        """Success rate of attempts and average rollback time, over the history since ``since`` (a
+        timezone-aware time, a span back from now, or None for all); see :class:`HistoryStatistics`."""
+        start = window_start(since)
+        return summarise(await self.history(), start)
 
     async def progress(self, migration_id: str) -> Progress | None:
         """How far a data migration's latest run got (from any process), or None if it never ran."""
@@ -312,14 +320,22 @@ class Migrator:
     # -- running -------------------------------------------------------------------------------
 
     async def run_pending(
-        self, migration_type: MigrationType | str | None = None, config: MigrationConfig | None = None
+        self,
+        migration_type: MigrationType | str | None = None,
+        config: MigrationConfig | None = None,
+        *,
+        actor: str | None = None,
     ) -> list[MigrationResult]:
         """Apply every pending migration (of ``migration_type``, if given) in dependency order.
 
         A migration whose dependencies are not applied (for instance because a type filter left them
         out) is not run; it is reported as skipped. Raises on the first failure unless
         ``continue_on_error``, in which case its dependents are skipped and the rest go on.
+        ``actor`` (who asked, such as the HTTP API's caller) is recorded in the history rows.
         """
+        if actor is not None:
+            with acting_as(_actor(actor)):
+                return await self.run_pending(migration_type, config)
         cfg = self._config(config)
         catalog = await self._load()
         results: list[MigrationResult] = []
@@ -353,8 +369,16 @@ class Migrator:
                     logger.warning("migration %s failed, continuing: %s", migration.metadata.id, exc)
                     results.append(not_run(migration.metadata, MigrationStatus.FAILED, str(exc)))
 
-    async def execute(self, migration_id: str, *, config: MigrationConfig | None = None) -> MigrationResult:
-        """Apply one migration by id; its dependencies must already be applied."""
+    async def execute(
+        self, migration_id: str, *, config: MigrationConfig | None = None, actor: str | None = None
+    ) -> MigrationResult:
+        """Apply one migration by id; its dependencies must already be applied.
+
+        ``actor`` (who asked, such as the HTTP API's caller) is recorded in the history rows.
+        """
+        if actor is not None:
+            with acting_as(_actor(actor)):
+                return await self.execute(migration_id, config=config)
         cfg = self._config(config)
         catalog = await self._load()
         migration = catalog.top_level(migration_id, "execute")
@@ -382,15 +406,24 @@ class Migrator:
         return outcome if isinstance(outcome, MigrationResult) else await outcome()
 
     async def rollback(
-        self, migration_id: str, *, cascade: bool = False, config: MigrationConfig | None = None
+        self,
+        migration_id: str,
+        *,
+        cascade: bool = False,
+        config: MigrationConfig | None = None,
+        actor: str | None = None,
     ) -> list[MigrationResult]:
         """Reverse an applied migration; with ``cascade``, first the applied migrations that depend on it.
 
         Refused (with nothing changed) when a migration to reverse is not reversible, or when applied
         migrations depend on it and ``cascade`` is False. A data migration is restored from its
         before-images (or its inverse transform); one stopped midway (failed or cancelled) can be
-        rolled back too, which undoes the part it wrote.
+        rolled back too, which undoes the part it wrote. ``actor`` (who asked) is recorded in the
+        history rows.
         """
+        if actor is not None:
+            with acting_as(_actor(actor)):
+                return await self.rollback(migration_id, cascade=cascade, config=config)
         cfg = self._config(config)
         catalog = await self._load()
         target = catalog.top_level(migration_id, "roll back")
@@ -545,14 +578,20 @@ class Migrator:
 
     # -- hybrid migrations ---------------------------------------------------------------------
 
-    async def contract(self, migration_id: str, *, config: MigrationConfig | None = None) -> MigrationResult:
+    async def contract(
+        self, migration_id: str, *, config: MigrationConfig | None = None, actor: str | None = None
+    ) -> MigrationResult:
         """Run a hybrid migration's contract steps, once its backfill is finished and validated.
 
         For ``contract_mode = "manual"``: the hybrid waits at READY_TO_CONTRACT until this call, so
         the application's new code can be deployed first. Refused (HybridPhaseError, nothing
         changed) while the expand or backfill is unfinished or not validated yet. A contract that
-        stopped midway (its runner died) is carried on from its next step.
+        stopped midway (its runner died) is carried on from its next step. ``actor`` (who asked)
+        is recorded in the history rows.
         """
+        if actor is not None:
+            with acting_as(_actor(actor)):
+                return await self.contract(migration_id, config=config)
         cfg = self._config(config)
         catalog = await self._load()
         hybrid = catalog.hybrid(migration_id, "contract")

@@ -100,10 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--check", action="store_true", help="exit 4 when anything is pending or dirty (a readiness probe)"
     )
+    status.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="the success rate and rollback time over attempts since WHEN: a span back (24h, 7d) or an "
+        "ISO time (default: all history)",
+    )
     upgrade = verb("upgrade", "apply pending migrations (up to and including ID)")
     upgrade.add_argument("id", nargs="?", metavar="ID")
     upgrade.add_argument("--dry-run", action="store_true", help="print the SQL and sampled diffs only")
     upgrade.add_argument("--type", metavar="TYPE", help="only migrations of this type (e.g. database_schema)")
+    upgrade.add_argument(
+        "--env",
+        metavar="NAME",
+        help="the environment of [tool.brainmigrate.envs] to migrate (its DSN; refused unless each "
+        "migration completed in the environment it requires)",
+    )
     downgrade = verb("downgrade", "roll back a migration")
     downgrade.add_argument("id", metavar="ID")
     downgrade.add_argument("--cascade", action="store_true", help="first roll back its applied dependents")
@@ -136,6 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--version", dest="migration_version", metavar="V", help="default: the next one")
     new.add_argument("--directory", metavar="DIR", help="where to write it (default: the migrations)")
     verb("check", "conflicts, checksum drift and unsafe DDL; exit 1 on an error")
+    verb("envs", "each migration's status in every environment of [tool.brainmigrate.envs], read-only")
+    timeline = verb("timeline", "write the migration timeline (every attempt) as one HTML file")
+    timeline.add_argument(
+        "--output", default="brainmigrate-timeline.html", metavar="FILE", help="default: %(default)s"
+    )
+    serve = verb(
+        "serve",
+        "serve the HTTP API at /migrations (tokens from $BRAINMIGRATE_ADMIN_TOKEN, $BRAINMIGRATE_READ_TOKEN)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="default: %(default)s (this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     return parser
 
 
@@ -173,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import traceback
 
             traceback.print_exception(exc)
-        output.error(str(_for_the_command_line(exc)))
+        output.error(str(_for_the_command_line(exc, getattr(args, "env", None))))
         return code
 
 
@@ -190,15 +213,20 @@ def _run(args: argparse.Namespace) -> int:
     return result
 
 
-def _for_the_command_line(exc: Exception) -> Exception:
+def _for_the_command_line(exc: Exception, env: str | None = None) -> Exception:
     """The error as the command line names things: a DSN, not an application's pool."""
     from brainmigrate import DatabaseUnavailableError
 
     if isinstance(exc, DatabaseUnavailableError):
+        origin = (
+            f"environment {env!r} of [tool.brainmigrate.envs] (--env)"
+            if env
+            else "the DSN brainmigrate was given (--dsn, $BRAINMIGRATE_DSN or [tool.brainmigrate] dsn)"
+        )
         return DatabaseUnavailableError(
             exc.server,
             exc.reason,
-            origin="the DSN brainmigrate was given (--dsn, $BRAINMIGRATE_DSN or [tool.brainmigrate] dsn)",
+            origin=origin,
             remedy="the DSN names the right host, port, database, user and password",
         )
     return exc

@@ -107,9 +107,18 @@ def result_lines(result: Any) -> list[str]:
     return lines
 
 
+def _beside_rate(progress: Any) -> str:
+    """The error rate when items failed, and the memory when the report has it (after items/s)."""
+    errors = f", {progress.error_rate:.1%} failed" if progress.failed and progress.error_rate else ""
+    rss = progress.memory_rss_bytes
+    memory = f", {rss / 2**20:,.0f} MiB RSS" if rss else ""
+    return errors + memory
+
+
 def progress_line(progress: Any) -> str:
     total = f"/{progress.total}" if progress.total is not None else ""
     rate = f", {progress.rate:.0f} items/s" if progress.rate else ""
+    rate += _beside_rate(progress)
     eta = f", {progress.eta_seconds:.0f} s left" if progress.eta_seconds is not None else ""
     return (
         f"{progress.migration_id} {text(progress.status)}: {progress.done}{total} done "
@@ -158,6 +167,7 @@ class Bars:
         if self._bar is None:
             return
         rate = f"{progress.rate:,.0f} items/s" if progress.rate else ""
+        rate = (rate + _beside_rate(progress)).removeprefix(", ")
         task = self._tasks.get(progress.migration_id)
         if task is None:
             task = self._bar.add_task(progress.migration_id, total=progress.total, rate=rate)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from brainmigrate import Migrator
     from brainmigrate._model.items import ProgressCallback
+    from brainmigrate.environments import Environment
 
 DSN_VARIABLE = "BRAINMIGRATE_DSN"
 SCHEMA_VARIABLE = "BRAINMIGRATE_SCHEMA"
@@ -41,6 +42,10 @@ def configured_dsn(args: argparse.Namespace) -> str:
     """``--dsn``, else ``$BRAINMIGRATE_DSN``, else ``[tool.brainmigrate] dsn``."""
     from brainmigrate import ConfigError
 
+    if getattr(args, "env", None):
+        if args.dsn:
+            raise ConfigError("give either --dsn or --env, not both: --env takes the environment's DSN")
+        return environment(args.env).resolve_dsn()
     if args.dsn:
         return str(args.dsn)
     value = os.environ.get(DSN_VARIABLE)
@@ -55,6 +60,20 @@ def configured_dsn(args: argparse.Namespace) -> str:
         f"no database given: pass --dsn, set ${DSN_VARIABLE}, set [tool.brainmigrate] dsn in "
         "pyproject.toml, or pass --embedded for a local PostgreSQL"
     )
+
+
+def configured_environments() -> dict[str, Environment]:
+    """The environments of ``[tool.brainmigrate.envs]`` in ./pyproject.toml, checked ({} when none)."""
+    from brainmigrate.environments import load_environments
+
+    return load_environments(pyproject_settings().get("envs", {}))
+
+
+def environment(name: str) -> Environment:
+    """The environment ``name`` of ``[tool.brainmigrate.envs]`` (a ConfigError when there is none)."""
+    from brainmigrate._environments.guard import environment_named
+
+    return environment_named(name, configured_environments())
 
 
 def configured_schema(args: argparse.Namespace) -> str:

@@ -15,6 +15,7 @@ from . import output
 
 OK = 0
 FAILED = 1
+UNAVAILABLE = 3
 NOT_READY = 4
 
 _INIT_PACKAGE = '''"""Migrations, found by brainmigrate: each module defines Migration subclasses."""
@@ -69,6 +70,7 @@ async def status(args: argparse.Namespace) -> int:
             except MigrationNotFoundError:
                 statuses[migration_id] = "unknown"  # in history, no longer among the migrations
         running = await m.running()
+        statistics = await m.statistics(since=_since(args))
     dirty = [mid for mid, value in statuses.items() if value == MigrationStatus.DIRTY.value]
     if args.json:
         output.print_json(
@@ -77,6 +79,10 @@ async def status(args: argparse.Namespace) -> int:
                 "pending": pending,
                 "dirty": dirty,
                 "running": running,
+                "statistics": {
+                    **output.jsonable(statistics),
+                    "success_rate": statistics.success_rate,
+                },
             }
         )
     else:
@@ -84,9 +90,34 @@ async def status(args: argparse.Namespace) -> int:
         output.say(f"{len(pending)} pending, {len(dirty)} dirty, {len(running)} running")
         for progress in running:
             output.say(output.progress_line(progress))
+        output.say(_statistics_line(statistics))
     if args.check and (pending or dirty):
         return NOT_READY
     return OK
+
+
+def _since(args: argparse.Namespace) -> Any:
+    from brainmigrate._model.statistics import parse_window
+
+    return parse_window(args.since) if getattr(args, "since", None) else None
+
+
+def _statistics_line(statistics: Any) -> str:
+    """The history's figures for people: success rate, and average rollback time."""
+    window = f" since {output.text(statistics.since)}" if statistics.since is not None else ""
+    if statistics.success_rate is None:
+        rate = f"no finished attempts{window}"
+    else:
+        rate = (
+            f"success rate {statistics.success_rate:.1%} of {statistics.attempts} attempts{window} "
+            f"({statistics.completed} completed, {statistics.failed} failed, {statistics.dirty} dirty)"
+        )
+    if statistics.average_rollback_seconds is None:
+        return f"{rate}; no completed rollbacks"
+    return (
+        f"{rate}; average rollback {statistics.average_rollback_seconds:.2f} s over "
+        f"{statistics.rollbacks} rollbacks"
+    )
 
 
 async def upgrade(args: argparse.Namespace) -> int:
@@ -98,6 +129,8 @@ async def upgrade(args: argparse.Namespace) -> int:
     config = MigrationConfig(dry_run=args.dry_run)
     with output.Bars(enabled=not args.json and not args.dry_run and sys.stderr.isatty()) as bars:
         async with migrator(args, on_progress=bars.update) as m:
+            if getattr(args, "env", None):
+                await _promotion_guard(args, m)
             if args.id is None or args.dry_run:
                 results = await m.run_pending(args.type, config)
                 if args.id is not None:
@@ -129,6 +162,113 @@ async def upgrade(args: argparse.Namespace) -> int:
         MigrationStatus.CANCELLED,
     )
     return FAILED if any(result.status in stopped for result in results) else OK
+
+
+async def _promotion_guard(args: argparse.Namespace, m: Any) -> None:
+    """Refuse ``upgrade --env`` of migrations not completed (with the same checksum) in the
+    environment that environment requires; nothing is applied then."""
+    from brainmigrate import PromotionRefusedError
+    from brainmigrate.environments import check_promotion
+
+    from .settings import configured_environments, configured_schema
+
+    plan = [meta.id for meta in await m.pending(args.type)]
+    if args.id is not None and args.id in plan:
+        plan = plan[: plan.index(args.id) + 1]
+    try:
+        await check_promotion(
+            args.env, configured_environments(), plan, args.migrations or None, schema=configured_schema(args)
+        )
+    except PromotionRefusedError as exc:
+        if args.json:  # for CI, beside the message on stderr
+            output.print_json(
+                {
+                    "refused": True,
+                    "environment": exc.environment,
+                    "requires": exc.required,
+                    "refusals": [{"migration_id": mid, "reason": why} for mid, why in exc.refusals],
+                }
+            )
+        raise
+
+
+async def envs(args: argparse.Namespace) -> int:
+    """Each migration's status in every configured environment, side by side, read-only.
+
+    Exit 1 when a migration is applied with different content in two environments, 3 when an
+    environment could not be read (the others are still shown).
+    """
+    import os
+
+    from brainmigrate import ConfigError
+    from brainmigrate.environments import compare_environments
+
+    from .settings import configured_environments, configured_schema
+
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a package's dotted name resolves from here, as upgrade's does
+    environments = configured_environments()
+    if not environments:
+        raise ConfigError(
+            "no environments: name them in pyproject.toml under [tool.brainmigrate.envs], such as "
+            'staging = { dsn_env = "STAGING_DATABASE_URL" }'
+        )
+    report = await compare_environments(environments, args.migrations or None, schema=configured_schema(args))
+    if args.json:
+        output.print_json(
+            {
+                "ok": report.ok,
+                "environments": report.environments,
+                "migrations": [
+                    {
+                        **output.jsonable(row),
+                        "checksum_mismatch": row.checksum_mismatch,
+                        "drifted": row.drifted,
+                    }
+                    for row in report.migrations
+                ],
+                "mismatches": [row.migration_id for row in report.mismatches],
+            }
+        )
+    else:
+        _envs_table(report)
+    if report.mismatches:
+        return FAILED
+    return UNAVAILABLE if report.unreachable else OK
+
+
+def _envs_table(report: Any) -> None:
+    """The environments side by side for people: a row per migration, flags last."""
+    names = [reading.name for reading in report.environments]
+    rows = []
+    for row in report.migrations:
+        cells = [_env_cell(row, reading) for reading in report.environments]
+        flags = []
+        if row.checksum_mismatch:
+            flags.append("CHECKSUM MISMATCH between environments")
+        if row.drifted:
+            flags.append(f"changed since applied in {', '.join(row.drifted)}")
+        if row.checksum is None:
+            flags.append("not among the migrations")
+        rows.append([row.migration_id, *cells, "; ".join(flags)])
+    output.table("Environments", ["id", *names, "flags"], rows)
+    for reading in report.environments:
+        where = f" ({reading.server})" if reading.server else ""
+        error = f": {reading.error}" if reading.error else ""
+        output.say(f"{reading.name}{where}: {reading.state.value.replace('_', ' ')}{error}")
+    for row in report.mismatches:
+        applied = ", ".join(f"{name} {value[:12]}" for name, value in row.applied_checksums.items())
+        output.error(
+            f"{row.migration_id} is applied with different content in different environments "
+            f"({applied}); find out which is right before promoting anything further"
+        )
+
+
+def _env_cell(row: Any, reading: Any) -> str:
+    if not reading.readable:
+        return str(reading.state.value)
+    status = row.statuses.get(reading.name)
+    return "" if status is None else str(status.value)
 
 
 def _results(args: argparse.Namespace, results: list[Any]) -> None:
@@ -367,3 +507,89 @@ async def check(args: argparse.Namespace) -> int:
                 output.say(f"  SQL: {' '.join(finding.statement.split())}")
         output.say(f"{len(report.errors)} errors, {len(report.warnings)} warnings")
     return OK if report.ok else FAILED
+
+
+async def timeline(args: argparse.Namespace) -> int:
+    """Write the timeline page, with a snapshot of history and the runs in flight embedded."""
+    from brainmigrate._timeline import timeline_page, timeline_snapshot
+
+    from .settings import migrator
+
+    path = _timeline_output(args.output)
+    async with migrator(args) as m:
+        snapshot = await timeline_snapshot(m)
+    _write_timeline(path, timeline_page(data_url=None, snapshot=snapshot))
+    attempts, migrations = snapshot["attempt_count"], len(snapshot["migrations"])
+    if args.json:
+        output.print_json({"path": str(path), "attempts": attempts, "migrations": migrations})
+    else:
+        output.say(f"wrote {path}: {attempts} attempts of {migrations} migrations")
+    return OK
+
+
+def _timeline_output(name: str) -> Path:
+    """Where ``timeline`` writes, refused before the database is read when it cannot be written."""
+    from brainmigrate import ConfigError
+
+    path = Path(name)
+    if path.is_dir() or not path.parent.is_dir():
+        problem = "it is a directory" if path.is_dir() else f"there is no directory {path.parent}"
+        raise ConfigError(
+            f"cannot write the timeline to {path}: {problem}; give --output a file in a directory that exists"
+        )
+    return path
+
+
+def _write_timeline(path: Path, page: str) -> None:
+    from brainmigrate import ConfigError
+
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the timeline to {path}: {exc.strerror or exc}; give --output a file you may write"
+        ) from exc
+
+
+ADMIN_TOKEN_VARIABLE = "BRAINMIGRATE_ADMIN_TOKEN"
+READ_TOKEN_VARIABLE = "BRAINMIGRATE_READ_TOKEN"
+
+
+async def serve(args: argparse.Namespace) -> int:
+    """Serve the HTTP API, mounted at /migrations, with uvicorn until stopped (Ctrl-C)."""
+    import os
+
+    from brainmigrate import ConfigError
+
+    admin_token = os.environ.get(ADMIN_TOKEN_VARIABLE)
+    if not admin_token:
+        raise ConfigError(
+            f"serve needs an admin token: set ${ADMIN_TOKEN_VARIABLE} (and ${READ_TOKEN_VARIABLE} for "
+            "read-only access) to a secret of at least 16 characters, such as the output of "
+            "python -c 'import secrets; print(secrets.token_urlsafe())'"
+        )
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
+    try:
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.routing import Mount
+
+        from brainmigrate.http import BearerAuth, migrations_router
+    except ImportError as exc:
+        raise ConfigError(
+            f"serve needs uvicorn and starlette: pip install 'brainmigrate[serve]' ({exc})"
+        ) from exc
+    from .settings import migrator
+
+    auth = BearerAuth(admin_token=admin_token, read_token=os.environ.get(READ_TOKEN_VARIABLE) or None)
+    async with migrator(args) as m:
+        router = migrations_router(m, auth=auth)
+        app = Starlette(routes=[Mount("/migrations", app=router)])
+        config = uvicorn.Config(app, host=args.host, port=args.port, lifespan="off", log_level="info")
+        output.say(f"serving the HTTP API at http://{args.host}:{args.port}/migrations")
+        try:
+            await uvicorn.Server(config).serve()
+        finally:
+            await router.state.runs.aclose()  # a run stopped here stays resumable
+    return OK

@@ -204,7 +204,7 @@ class DataRunner:
         workers = config.max_workers if config.parallel_execution and plan.mode != QUERY else 1
         async with pool.acquire() as conn:
             baseline = await self.progress(conn, plan.migration_id)
-        tracker = Tracker(plan.migration_id, baseline, on_progress)
+        tracker = Tracker(plan.migration_id, baseline, on_progress, self._metrics)
         caller = TransformCaller(config, plan.migration.retry_on)
 
         errors: list[BaseException] = []

@@ -91,8 +91,28 @@ def hybrid_step(step_id: str, hybrid_id: str, phase: str) -> Iterator[None]:
         _HYBRID_STEP.reset(token)
 
 
+#: Who acts in this context (such as the caller of the HTTP API): history rows written meanwhile
+#: without an actor of their own carry it.
+_ACTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("brainmigrate_actor", default=None)
+
+
+@contextmanager
+def acting_as(actor: str | None) -> Iterator[None]:
+    """While the block runs (in this task and those it starts), history rows name ``actor``
+    (None: leave them as they are)."""
+    token = _ACTOR.set(actor)
+    try:
+        yield
+    finally:
+        _ACTOR.reset(token)
+
+
 def _tagged(attempt: Attempt) -> Attempt:
-    """``attempt`` with the hybrid and phase of the step being run, when it is that step's row."""
+    """``attempt`` with the actor acting, and the hybrid and phase of the step being run, when it
+    is that step's row."""
+    actor = _ACTOR.get()
+    if actor is not None and attempt.actor is None:
+        attempt = attrs.evolve(attempt, actor=actor)
     scope = _HYBRID_STEP.get()
     if scope is None or attempt.hybrid_id is not None or scope[0] != attempt.migration_id:
         return attempt

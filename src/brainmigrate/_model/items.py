@@ -152,11 +152,25 @@ class Progress:
     #: Workers holding a part of the key space right now.
     workers: int = 0
     error: str | None = None
+    #: Bytes of memory the process that made this report holds in RAM (its resident set size):
+    #: current on Linux, the process's peak elsewhere. Only a report made by the running process
+    #: (``on_progress``) has it; None when read from the database or unknown.
+    memory_rss_bytes: int | None = None
 
     @property
     def done(self) -> int:
         """Items handled in any way: processed, skipped or failed."""
         return self.processed + self.skipped + self.failed
+
+    @property
+    def error_rate(self) -> float | None:
+        """The share of the items handled so far in the run that failed, from 0 to 1.
+
+        ``failed / done`` over the whole run (every resume included), where ``done`` counts the
+        items processed, skipped and failed; None before any item was handled.
+        """
+        done = self.done
+        return self.failed / done if done else None
 
     @property
     def fraction(self) -> float | None:
