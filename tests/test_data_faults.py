@@ -256,7 +256,9 @@ async def test_parallel_worker_killed_mid_run_has_its_chunks_taken_over_before_i
     (60 s) are still far from expiring, yet the survivor takes its chunks over as soon as the dead
     sessions are gone, finishes the run and records it; every memory is written exactly once.
     """
-    await _memories(brainmigrate_pool)
+    # Each batch's write takes a second until the second process has joined, so that the first
+    # cannot lease and finish every chunk while the second is still starting on a loaded machine.
+    await _memories(brainmigrate_pool, write_delay=1.0)
     first = await start_data_worker(
         brainmigrate_database, MIGRATIONS, *_options(delay=0.2, name="worker a", parallel=True)
     )
@@ -269,8 +271,9 @@ async def test_parallel_worker_killed_mid_run_has_its_chunks_taken_over_before_i
             brainmigrate_database, MIGRATIONS, *_options(delay=0.2, name="worker b", parallel=True)
         )
         await wait_until(
-            lambda: _leased_by(brainmigrate_pool, "worker b"), within=20, what="the second process to join"
+            lambda: _leased_by(brainmigrate_pool, "worker b"), within=30, what="the second process to join"
         )
+        await _slow_writes(brainmigrate_pool, 0)
 
         async def first_committed() -> int:
             return (await _writers(brainmigrate_pool)).get(first.pid, 0)

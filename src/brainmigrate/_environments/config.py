@@ -66,14 +66,15 @@ class Environment:
 
 
 def has_password(dsn: str) -> bool:
-    """Whether a DSN (a URI or ``key=value`` pairs) holds a password."""
+    """Whether a DSN (a URI or ``key=value`` pairs) holds a password (an empty one, as in
+    ``user:@host``, holds none)."""
     if "://" in dsn:
         parts = urlsplit(dsn)
         try:
             password = parts.password
         except ValueError:
             password = None
-        return password is not None or "password" in {key.lower() for key in parse_qs(parts.query)}
+        return bool(password) or "password" in {key.lower() for key in parse_qs(parts.query)}
     return bool(_KEYWORD_PASSWORD.search(dsn))
 
 
