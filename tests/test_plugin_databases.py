@@ -29,9 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_inner(pytester: pytest.Pytester, *args: str, timeout: float = 120) -> pytest.RunResult:
-    """Run pytest in a subprocess in pytester's directory, with the options every inner run needs."""
+    """Run pytest in a subprocess in pytester's directory, with the options every inner run needs
+    (and without the plugins these runs do not use, whose loading takes most of a run's time)."""
     return pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-o", "asyncio_default_fixture_loop_scope=function", *args, timeout=timeout
+        *("-p", "no:cacheprovider", "-p", "no:schemathesis", "-p", "no:hypothesispytest"),
+        *("-o", "asyncio_default_fixture_loop_scope=function"),
+        *args,
+        timeout=timeout,
     )
 
 
