@@ -41,6 +41,10 @@ After the tools, each round also times:
 Autovacuum is off for the table (``autovacuum_enabled = off``, copied with it): a vacuum that
 starts during one tool's sample and not another's would cost that tool alone.
 
+The engine work's figures alone: ``python bench/data_bench.py --engine DSN ROWS ROUNDS``
+(:func:`bench_engine`): the single UPDATE, 2 processes x 1 worker with ``json`` and with orjson and
+larger pages, and the rollback in one transaction and in 2 key ranges.
+
 Peak memory: :func:`peak_rss` runs one tool alone in a child process (this file run as a script)
 and reads its peak RSS, so that figures at different sizes (say 100k and 1M rows) can be compared;
 brainmigrate (checkpoints) is also measured on a tenth of the rows, and the growths compared.
@@ -74,6 +78,7 @@ from brainmigrate import (
     MigrationType,
     Migrator,
 )
+from brainmigrate._engine import jsoncodec
 from brainmigrate.testing import DatabaseFactory
 
 #: Rows per page: brainmigrate's default batch size for data migrations.
@@ -251,6 +256,8 @@ async def two_processes(dsn: str, config: MigrationConfig) -> None:
         JOIN,
         str(config.max_workers),
         dsn,
+        str(config.batch_size),
+        jsoncodec.dumps.__name__,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -303,17 +310,22 @@ async def fingerprint(dsn: str) -> tuple[int, int]:
     return int(count), int(total)
 
 
-async def rollback_seconds(dsn: str, expected: tuple[int, int]) -> float:
+async def rollback_seconds(
+    dsn: str, expected: tuple[int, int], config: MigrationConfig | None = None
+) -> float:
     """Time ``await migrator.rollback(id)`` of the before-images run just done at ``dsn``.
 
-    Fails unless the migration is reported rolled back and the table is back to ``expected``
-    (its :func:`fingerprint` before the run), every column of every row.
+    The pool has the session's two connections and one more for each further key range of the
+    restore (``max_workers`` ranges, 2 by default; 1 restores in one transaction). Fails unless
+    the migration is reported rolled back and the table is back to ``expected`` (its
+    :func:`fingerprint` before the run), every column of every row.
     """
-    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=2)
+    config = config or MigrationConfig()
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=1 + config.max_workers)
     try:
         migrator = Migrator(pool, [AddBenchKeyReversible])
         start = time.perf_counter()
-        results = await migrator.rollback(MIGRATION_ID)
+        results = await migrator.rollback(MIGRATION_ID, config=config)
         elapsed = time.perf_counter() - start
     finally:
         await pool.close()
@@ -553,10 +565,13 @@ def child_main(argv: list[str]) -> int:
 
     With ``--join WORKERS DSN``, the second process of :func:`two_processes` instead.
     """
-    if len(argv) == 3 and argv[0] == JOIN:
-        config = attrs.evolve(PARALLEL, max_workers=int(argv[1]))
+    if len(argv) == 5 and argv[0] == JOIN:
+        config = attrs.evolve(PARALLEL, max_workers=int(argv[1]), batch_size=int(argv[3]))
+        use_json(argv[4] == jsoncodec.orjson_dumps.__name__)
         asyncio.run(migrate(argv[2], AddBenchKey, config))
         return 0
+    if argv[:1] == [ENGINE]:
+        return engine_main(argv[1:])
     if len(argv) != 2 or argv[0] not in TOOLS:
         print(f"usage: data_bench.py {{{'|'.join(TOOLS)}}} DSN", file=sys.stderr)
         return 2
@@ -567,6 +582,111 @@ def child_main(argv: list[str]) -> int:
     seconds = time.perf_counter() - started
     report = {"start_kib": start_kib, "peak_kib": _memory_kib("VmHWM"), "seconds": seconds}
     print(json.dumps(report))
+    return 0
+
+
+#: ``--engine``: the figures of the engine work alone (see :func:`bench_engine`).
+ENGINE = "--engine"
+
+
+def use_json(fast: bool) -> None:
+    """Make the engine encode and decode JSON with orjson (``fast``) or the standard library."""
+    if fast and not jsoncodec.FAST:
+        raise RuntimeError("orjson is not installed: pip install 'brainmigrate[orjson]'")
+    jsoncodec.dumps = jsoncodec.orjson_dumps if fast else jsoncodec.stdlib_dumps
+    jsoncodec.loads = jsoncodec.orjson_loads if fast else jsoncodec.stdlib_loads
+
+
+#: ``bench_engine``'s client-side variants: (name, orjson, batch size), all 2 processes x 1 worker.
+ENGINE_PARALLEL = (
+    ("2 processes x 1 worker, json", False, BATCH),
+    ("2 processes x 1 worker, orjson", True, BATCH),
+    ("2 processes x 1 worker, orjson, pages of 2,000", True, 2000),
+    ("2 processes x 1 worker, orjson, pages of 5,000", True, 5000),
+)
+#: ``bench_engine``'s rollbacks: (name, max_workers): key ranges on as many connections.
+ENGINE_ROLLBACKS = (("rollback, one transaction", 1), ("rollback, 2 key ranges", 2))
+
+
+async def bench_engine(admin_dsn: str, rows: int, rounds: int) -> str:
+    """The engine work's figures, ``rounds`` rounds on copies of ``rows`` memories: the single
+    UPDATE; 2 processes x 1 worker with json and with orjson, and with larger pages; and the
+    rollback of a before-images run (one per round, with orjson) in one transaction and in 2 key
+    ranges, each on a copy of that run. Medians, and ratios as medians of per-round quotients."""
+    async with databases(admin_dsn) as factory:
+        copies = await memory_store(factory, rows)
+        original = await fingerprint(copies.source)
+        times: dict[str, list[float]] = {SINGLE_UPDATE: [], **{name: [] for name, *_ in ENGINE_PARALLEL}}
+        times.update({name: [] for name, _ in ENGINE_ROLLBACKS})
+        try:
+            for turn in range(rounds):
+                for name in rotated([SINGLE_UPDATE, *(n for n, *_ in ENGINE_PARALLEL)], turn):
+
+                    async def timed(dsn: str, name: str = name) -> float:
+                        if name == SINGLE_UPDATE:
+                            start = time.perf_counter()
+                            await single_update(dsn)
+                        else:
+                            _, fast, batch = next(v for v in ENGINE_PARALLEL if v[0] == name)
+                            use_json(fast)
+                            start = time.perf_counter()
+                            await two_processes(dsn, attrs.evolve(PARALLEL_PER_PROCESS, batch_size=batch))
+                        elapsed = time.perf_counter() - start
+                        await check_transformed(dsn, rows)
+                        return elapsed
+
+                    times[name].append(await copies.run(timed))
+                    _progress(turn, rounds, f"{name} {times[name][-1]:.2f} s")
+                use_json(jsoncodec.FAST)
+                migrated = await factory.create(copy_of=copies.source, file_copy=True)
+                try:
+                    await migrate(migrated, AddBenchKeyReversible, MigrationConfig())
+                    await check_transformed(migrated, rows)
+                    for name, workers in rotated(list(ENGINE_ROLLBACKS), turn):
+                        dsn = await factory.create(copy_of=migrated, file_copy=True)
+                        await checkpoint(factory.admin_dsn)
+                        try:
+                            config = MigrationConfig(max_workers=workers)
+                            times[name].append(await rollback_seconds(dsn, original, config))
+                        finally:
+                            await factory.drop(dsn)
+                        _progress(turn, rounds, f"{name} {times[name][-1]:.2f} s")
+                finally:
+                    await factory.drop(migrated)
+        finally:
+            await factory.drop(copies.source)
+    return _engine_report(times, rows, rounds)
+
+
+def _engine_report(times: dict[str, list[float]], rows: int, rounds: int) -> str:
+    single, one_transaction = times[SINGLE_UPDATE], times[ENGINE_ROLLBACKS[0][0]]
+    lines = [
+        f"{rows:,} memories, {rounds} rounds (median; ratio = median of per-round quotients)",
+        "",
+        "| measurement | median | rows/s | speed ÷ single UPDATE's | time ÷ one-transaction rollback's |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        speed = statistics.median(s / t for s, t in zip(single, samples, strict=True))
+        versus = ""
+        if name.startswith("rollback"):
+            versus = f"{statistics.median(t / o for t, o in zip(samples, one_transaction, strict=True)):.2f}x"
+        shown = f"{speed:.2f}x" if not name.startswith("rollback") else ""
+        lines.append(f"| {name} | {median:.2f} s | {rows / median:,.0f} | {shown} | {versus} |")
+    lines.append("")
+    lines.append(
+        "samples: " + "; ".join(f"{n}: {', '.join(f'{t:.2f}' for t in v)}" for n, v in times.items())
+    )
+    return "\n".join(lines)
+
+
+def engine_main(argv: list[str]) -> int:
+    """``data_bench.py --engine DSN ROWS ROUNDS``: print :func:`bench_engine`'s table."""
+    if len(argv) != 3:
+        print(f"usage: data_bench.py {ENGINE} DSN ROWS ROUNDS", file=sys.stderr)
+        return 2
+    print(asyncio.run(bench_engine(argv[0], int(argv[1]), int(argv[2]))))
     return 0
 
 

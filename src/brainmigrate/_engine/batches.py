@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -19,6 +18,7 @@ from .._errors import (
 )
 from .._model.types import Connection
 from .._runtime.retry import is_recoverable
+from . import jsoncodec
 from .entries import Entry, as_uuid
 from .plan import RunPlan
 from .table import Column
@@ -70,7 +70,7 @@ def decode_rows(plan: RunPlan, rows: Sequence[asyncpg.Record]) -> list[dict[str,
             raise ValueError(f"a row of {len(row)} values read for {len(names)} columns")
     items = [dict(zip(names, row)) for row in rows]  # noqa: B905 (lengths checked above)
     if parsed:
-        loads = json.loads
+        loads = jsoncodec.loads
         for item in items:
             for name in parsed:
                 value = item[name]
@@ -86,7 +86,7 @@ def decode_mapping(plan: RunPlan, memory: Any) -> dict[str, Any]:
     for name, value in item.items():
         column = columns.get(name)
         if column is not None and column.is_json and isinstance(value, str):
-            item[name] = json.loads(value)
+            item[name] = jsoncodec.loads(value)
     return item
 
 

@@ -441,6 +441,51 @@ def restore_images(
     return f"UPDATE {table} AS m SET {sets} FROM {image} AS b WHERE m.{key} = b.{key}"
 
 
+def _image_range(key: str, key_type: str, *, lower: bool, upper: bool) -> str:
+    """The condition on ``b.{key}`` of a key range of before-images: from $1 (with ``lower``) and
+    before the next parameter (with ``upper``), bounds as text; ``true`` for the whole table."""
+    conditions = []
+    if lower:
+        conditions.append(f"b.{key} >= $1::text::{key_type}")
+    if upper:
+        conditions.append(f"b.{key} < ${1 + lower}::text::{key_type}")
+    return " AND ".join(conditions) or "true"
+
+
+def restore_images_in_range(
+    image: str,
+    table: str,
+    key: str,
+    key_type: str,
+    columns: Sequence[tuple[str, str]],
+    *,
+    uniform: bool,
+    lower: bool,
+    upper: bool,
+) -> str:
+    """:func:`restore_images` of the before-images in one key range (see :func:`_image_range`)."""
+    condition = _image_range(key, key_type, lower=lower, upper=upper)
+    return f"{restore_images(image, table, key, columns, uniform=uniform)} AND {condition}"
+
+
+def delete_images_in_range(image: str, key: str, key_type: str, *, lower: bool, upper: bool) -> str:
+    """Forget the before-images of one key range (restored in the same transaction)."""
+    return f"DELETE FROM {image} AS b WHERE {_image_range(key, key_type, lower=lower, upper=upper)}"
+
+
+def count_images(image: str) -> str:
+    return f"SELECT count(*) FROM {image}"
+
+
+#: A range's restore: its transaction's timeouts ($1 lock, $2 statement).
+RANGE_TIMEOUTS = "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)"
+
+
+def set_run_error(schema: str) -> str:
+    """Set the error (or note) of the current run of migration $1 to $2, NULL included."""
+    return f"UPDATE {quote_ident(schema)}.{RUNS} SET error = $2 WHERE run_id = {_latest(schema)}"
+
+
 #: Keep batched writes on the key's index: past ~2% of the table, the planner may choose a hash
 #: join that scans the whole table on every batch.
 PLANNER_SETTINGS = "SET enable_hashjoin = off; SET enable_mergejoin = off"

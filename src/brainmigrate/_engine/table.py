@@ -6,7 +6,6 @@ columns travel as text and are decoded and encoded here (faster than a type code
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -16,21 +15,15 @@ from .._errors import MigrationValidationError
 from .._model.items import DataSource
 from .._model.sqltext import quote_ident
 from .._model.types import Connection
+from . import jsoncodec
 from . import sql as sql
 
 _TEXT_TYPES = frozenset({"json", "jsonb", "vector", "halfvec", "sparsevec"})
 
-
-#: What ``json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)`` builds on
-#: every call (any argument but the value makes it build a new encoder); built once here.
+#: JSON values are encoded by :mod:`.jsoncodec` (orjson when installed, with ``json``'s results).
 #: Values JSON has no type for (bytes, sets, datetimes, Decimals, UUIDs, other objects) raise
 #: TypeError, and NaN or infinities ValueError (PostgreSQL refuses them): such an item fails,
 #: instead of its values being written as their ``str()``.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def _dumps(value: Any) -> str:
-    return _ENCODER.encode(value)
 
 
 def _array_literal(value: Any) -> str:
@@ -110,7 +103,7 @@ class Column:
         if value is None or not isinstance(value, str):
             return value
         if self.parsed:
-            return json.loads(value)
+            return jsoncodec.loads(value)
         return value
 
     def encode(self, value: Any) -> Any:
@@ -123,7 +116,7 @@ class Column:
         if self.category == "A" and not isinstance(value, str):
             return _array_literal(value)
         if self.is_json:
-            return _dumps(value)
+            return jsoncodec.dumps(value)
         if self.type_name in ("vector", "halfvec") and not isinstance(value, str):
             return _vector_literal(value)
         return str(value)
@@ -133,7 +126,7 @@ class Column:
         if not self.sent_as_text:
             return list(values)
         if self.is_json:
-            dumps = _ENCODER.encode
+            dumps = jsoncodec.dumps
             return [None if value is None else dumps(value) for value in values]
         return [self.encode(value) for value in values]
 

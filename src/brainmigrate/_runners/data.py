@@ -17,6 +17,7 @@ from opentelemetry.trace import StatusCode
 
 from .._engine.batches import Counts
 from .._engine.plan import RunPlan
+from .._engine.reverse import restore_in_ranges
 from .._engine.runner import DataRunner, Outcome
 from .._errors import (
     BrainMigrateError,
@@ -342,13 +343,15 @@ class DataMigrationRunner:
         return _retyped(error, message, meta.id)
 
     async def _rollback(self, plan: RunPlan, cfg: MigrationConfig, session: RunnerSession) -> MigrationResult:
-        """Restore what a data migration changed and record it, in one transaction."""
+        """Restore what a data migration changed and record it, in one transaction (large
+        before-image tables restored in key ranges first: see :func:`restore_in_ranges`)."""
         meta = plan.migration.metadata
         started = now()
         with telemetry.migration_span(telemetry.SPAN_ROLLBACK, meta.id, meta.migration_type, False):
             conn = await session.work_connection()
+            restored = await restore_in_ranges(self.pool, conn, self.engine.state, plan, cfg)
             async with conn.transaction():
-                restored = await self.engine.reverse(conn, plan, cfg)
+                restored += await self.engine.reverse(conn, plan, cfg)
                 await self.engine.discard(conn, plan, RunStatus.ROLLED_BACK)
                 attempt = attrs.evolve(
                     _attempt(plan, AttemptStatus.COMPLETED, False, None, started),
