@@ -1,4 +1,4 @@
-"""The only way checks are run: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``, ``demo``."""
+"""The only way checks are run: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``, ``demo``, ``ray``."""
 
 from __future__ import annotations
 
@@ -59,6 +59,13 @@ def browser(session: nox.Session) -> None:
     """The timeline in headless Chromium (/usr/bin/chromium, see .ci/install-chromium), by Playwright."""
     session.install("-e", ".[browser]")
     session.run("pytest", "tests/browser", *session.posargs)
+
+
+@nox.session
+def ray(session: nox.Session) -> None:
+    """The Ray executor on a local Ray cluster (tests/ray; Ray is heavy, so not in ``tests``)."""
+    session.install("-e", ".[ray,test]")
+    session.run("pytest", "tests/ray", *session.posargs)
 
 
 @nox.session

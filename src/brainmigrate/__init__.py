@@ -8,6 +8,7 @@ if _typing.TYPE_CHECKING:
     from . import structure as structure
     from ._authoring.templates import migration_heads, write_migration
     from ._catalog.loader import MigrationSource
+    from ._engine.executors import Executor, InProcessExecutor, WorkerJob, WorkerOutcome
     from ._errors import (
         BrainMigrateError,
         ChecksumMismatchError,
@@ -78,6 +79,7 @@ _DEFINED_IN = {
     "DuplicateMigrationError": "._errors",
     "EmbeddingGeneration": "._model.embedding",
     "EmbeddingModel": "._model.embedding",
+    "Executor": "._engine.executors",
     "GenerationStatus": "._model.embedding",
     "Finding": "._review.report",
     "FindingCode": "._review.report",
@@ -87,6 +89,7 @@ _DEFINED_IN = {
     "HybridPhase": "._model.states",
     "HybridPhaseError": "._errors",
     "HybridStatus": "._model.hybrid",
+    "InProcessExecutor": "._engine.executors",
     "IrreversibleMigrationError": "._errors",
     "ItemChange": "._model.results",
     "ItemError": "._model.results",
@@ -123,6 +126,8 @@ _DEFINED_IN = {
     "TableLockTimeout": "._errors",
     "ValidationReport": "._model.results",
     "Violation": "._model.results",
+    "WorkerJob": "._engine.executors",
+    "WorkerOutcome": "._engine.executors",
     "WriteImpact": "._model.results",
     "migration_heads": "._authoring.templates",
     "structure": ".structure",
@@ -168,6 +173,7 @@ __all__ = [
     "DuplicateMigrationError",
     "EmbeddingGeneration",
     "EmbeddingModel",
+    "Executor",
     "Finding",
     "FindingCode",
     "GenerationStatus",
@@ -177,6 +183,7 @@ __all__ = [
     "HybridPhase",
     "HybridPhaseError",
     "HybridStatus",
+    "InProcessExecutor",
     "IrreversibleMigrationError",
     "ItemChange",
     "ItemError",
@@ -213,6 +220,8 @@ __all__ = [
     "TableLockTimeout",
     "ValidationReport",
     "Violation",
+    "WorkerJob",
+    "WorkerOutcome",
     "WriteImpact",
     "__version__",
     "migration_heads",

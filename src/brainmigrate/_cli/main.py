@@ -116,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the environment of [tool.brainmigrate.envs] to migrate (its DSN; refused unless each "
         "migration completed in the environment it requires)",
     )
+    upgrade.add_argument(
+        "--executor",
+        choices=("in-process", "ray"),
+        default="in-process",
+        help="where data migrations' workers run: in this process (default), or as Ray actors "
+        "(needs brainmigrate[ray])",
+    )
+    upgrade.add_argument("--workers", type=int, metavar="N", help="Ray actors working on a data run (4)")
+    upgrade.add_argument("--num-gpus", type=float, metavar="G", help="GPUs each Ray actor needs (0)")
     downgrade = verb("downgrade", "roll back a migration")
     downgrade.add_argument("id", metavar="ID")
     downgrade.add_argument("--cascade", action="store_true", help="first roll back its applied dependents")

@@ -120,6 +120,26 @@ def _statistics_line(statistics: Any) -> str:
     )
 
 
+def _executor(args: argparse.Namespace) -> Any:
+    """The executor ``--executor`` names (None: in this process), with ``--workers`` and ``--num-gpus``."""
+    from brainmigrate import ConfigError
+
+    workers, gpus = getattr(args, "workers", None), getattr(args, "num_gpus", None)
+    if getattr(args, "executor", "in-process") != "ray":
+        if workers is not None or gpus is not None:
+            raise ConfigError("--workers and --num-gpus are for --executor ray; add it, or leave them out")
+        return None
+    from brainmigrate.ray import RayExecutor
+
+    from .settings import configured_dsn
+
+    return RayExecutor(
+        workers=4 if workers is None else workers,
+        num_gpus=0 if gpus is None else gpus,
+        dsn=configured_dsn(args),
+    )
+
+
 async def upgrade(args: argparse.Namespace) -> int:
     """Apply the pending migrations (up to and including ID); ``--dry-run`` prints what would happen."""
     from brainmigrate import MigrationConfig, MigrationStateError, MigrationStatus
@@ -127,12 +147,13 @@ async def upgrade(args: argparse.Namespace) -> int:
     from .settings import migrator
 
     config = MigrationConfig(dry_run=args.dry_run)
+    executor = _executor(args)
     with output.Bars(enabled=not args.json and not args.dry_run and sys.stderr.isatty()) as bars:
         async with migrator(args, on_progress=bars.update) as m:
             if getattr(args, "env", None):
                 await _promotion_guard(args, m)
             if args.id is None or args.dry_run:
-                results = await m.run_pending(args.type, config)
+                results = await m.run_pending(args.type, config, executor=executor)
                 if args.id is not None:
                     ids = [result.migration_id for result in results]
                     if args.id not in ids:
@@ -151,7 +172,7 @@ async def upgrade(args: argparse.Namespace) -> int:
                     plan = []  # applied already (or running): nothing to do
                 results = []
                 for migration_id in plan[: plan.index(args.id) + 1] if plan else []:
-                    results.append(await m.execute(migration_id))
+                    results.append(await m.execute(migration_id, executor=executor))
                     if results[-1].status is not MigrationStatus.COMPLETED:
                         break  # the next ones may depend on it
     _results(args, results)

@@ -2,8 +2,9 @@
 
 The :class:`DataRunner` is what the runners hold. Under the runner lock it claims a run (starts,
 resumes or joins it); without the lock its workers lease chunks of the key space and work through
-them (``chunks``). The persisted state of runs is read and changed in ``state``, a run's plan is made
-in ``plan``, reversing a run is ``reverse`` and the dry run ``sample``; the runner delegates to them.
+them (``chunks``), on the executor in place (``executors``: in this process by default). The
+persisted state of runs is read and changed in ``state``, a run's plan is made in ``plan``,
+reversing a run is ``reverse`` and the dry run ``sample``; the runner delegates to them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-import anyio
 import asyncpg
 import attrs
 
@@ -27,13 +27,16 @@ from .._runtime import telemetry as telemetry
 from . import reverse as _reverse
 from . import sample as _sample
 from . import sql as sql
-from .batches import Counts, decode_rows, key_text, unwrap, write_entries
-from .chunks import ChunkWorker, Stop
+from .batches import Counts, decode_rows, key_text, write_entries
 from .entries import transform_items
-from .plan import QUERY, RunPlan, image_candidates, make_plan
+from .executors import InProcessExecutor, Placement, WorkerJob, WorkerOutcome, placement
+from .plan import QUERY, STREAM, RunPlan, image_candidates, make_plan
 from .progress import Tracker
 from .state import RunState
-from .transform import TransformCaller, cancelled
+from .transform import TransformCaller
+
+#: What a run's workers did, and why they stopped (see ``executors``).
+Outcome = WorkerOutcome
 
 
 @attrs.frozen
@@ -44,14 +47,6 @@ class Claim:
     kind: str
     plan: RunPlan | None = None
     note: str = ""
-
-
-@attrs.define
-class Outcome:
-    """What this process's workers did, and why they stopped."""
-
-    counts: Counts = attrs.field(factory=Counts)
-    stop: str | None = None  # "cancelled", "timeout", "failed" (elsewhere), or None when out of work
 
 
 class DataRunner:
@@ -198,49 +193,31 @@ class DataRunner:
         config: MigrationConfig,
         on_progress: ProgressCallback | None,
     ) -> Outcome:
-        """Work on the run's chunks until none is left to lease here, or the run is stopped."""
-        outcome = Outcome()
-        deadline = time.monotonic() + config.timeout_seconds
-        workers = config.max_workers if config.parallel_execution and plan.mode != QUERY else 1
+        """Work on the run's chunks until none is left to lease, or the run is stopped.
+
+        The workers run on the executor in place (see ``executors``): in this process unless the
+        caller placed another, for runs of a source table's rows.
+        """
+        placement = self.placement()
         async with pool.acquire() as conn:
             baseline = await self.progress(conn, plan.migration_id)
-        tracker = Tracker(plan.migration_id, baseline, on_progress, self._metrics)
-        caller = TransformCaller(config, plan.migration.retry_on)
-
-        errors: list[BaseException] = []
-
-        async def worker(scope: anyio.CancelScope) -> None:
-            chunker = ChunkWorker(self.schema, self._metrics, pool, plan, config, caller, tracker, deadline)
-            try:
-                await chunker.run()
-            except Stop as stop:
-                outcome.stop = stop.reason
-            except Exception as exc:  # the first failure stops the other workers too
-                errors.append(unwrap(exc))
-                scope.cancel()
-            except BaseException as exc:
-                # A CancelledError the migration's own code raised (throttle(), its query) is a
-                # failure: the task group would swallow it, leaving the run neither done nor failed.
-                if isinstance(exc, KeyboardInterrupt | SystemExit) or await cancelled():
-                    raise
-                error = MigrationExecutionError(
-                    f"data migration {plan.migration_id!r} failed: {type(exc).__name__}: {exc} (raised by "
-                    "the migration's code, not by a cancellation of the run)",
-                    migration_id=plan.migration_id,
-                )
-                error.__cause__ = exc
-                errors.append(error)
-                scope.cancel()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await chunker.close()
-
-        async with anyio.create_task_group() as group:
-            for _ in range(workers):
-                group.start_soon(worker, group.cancel_scope)
-        outcome.counts = tracker.counts
-        if errors:
-            raise errors[0]
+        job = WorkerJob(
+            migration_id=plan.migration_id,
+            checksum=plan.checksum,
+            schema=self.schema,
+            config=config,
+            deadline=time.monotonic() + config.timeout_seconds,
+            source=placement.source,
+            dsn=placement.dsn,
+            pool=pool,
+            plan=plan,
+            tracker=Tracker(plan.migration_id, baseline, on_progress, self._metrics),
+            metrics=self._metrics,
+            on_progress=on_progress,
+        )
+        # A query's slices and server-side key ranges are not worth carrying elsewhere.
+        executor = placement.executor if plan.mode == STREAM else InProcessExecutor()
+        outcome = await executor.run_workers(job)
         if outcome.stop == "timeout":
             raise MigrationExecutionError(
                 f"data migration {plan.migration_id!r} did not finish within timeout_seconds="
@@ -248,6 +225,11 @@ class DataRunner:
                 migration_id=plan.migration_id,
             )
         return outcome
+
+    @staticmethod
+    def placement() -> Placement:
+        """The executor the runs started here use, and what workers elsewhere need to know."""
+        return placement()
 
     # -- reversing (see ``reverse``) -----------------------------------------------------------
 
