@@ -11,14 +11,24 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import attrs
 
 from ._authoring.squash import write_squash
 from ._catalog.graph import MigrationGraph
 from ._catalog.loader import MigrationSource, configured_source, load_migrations
-from ._catalog_view import _applied, _Catalog, _hybrid_steps, _refuse_dependencies_on_steps
+from ._catalog_view import (
+    _applied,
+    _Catalog,
+    _hybrid_steps,
+    _refuse_dependencies_on_steps,
+    effective,
+    rewrites_of,
+)
+from ._engine.executors import Executor, placed
 from ._engine.reshape import DESCRIBE_SAMPLE_ROWS, describe_structure
 from ._engine.runner import DataRunner
 from ._errors import (
+    BrainMigrateError,
     ChecksumMismatchError,
     ConfigError,
     DependencyError,
@@ -58,8 +68,11 @@ from ._model.states import (
     RunStatus,
 )
 from ._model.statistics import HistoryStatistics, summarise, window_start
+from ._model.types import Connection
 from ._review.check import review
 from ._review.report import CheckReport
+from ._rewrite.migration import RewriteMigration, rewritable
+from ._rewrite.strategy import choose
 from ._runners.base import Deferred, Runners, not_run
 from ._runners.data import DataMigrationRunner
 from ._runners.dry_run import dry_run
@@ -155,14 +168,15 @@ class Migrator:
 
     async def progress(self, migration_id: str) -> Progress | None:
         """How far a data migration's latest run got (from any process), or None if it never ran."""
-        migration = (await self._load()).get(migration_id)
-        if not isinstance(migration, DataMigration):
+        catalog = await self._load()
+        migration = catalog.get(migration_id)
+        if not isinstance(migration, DataMigration | RewriteMigration):
             raise MigrationStateError(
                 f"migration {migration_id!r} is not a data migration; only those report progress",
                 migration_id=migration_id,
             )
         async with connection(self.pool) as conn:
-            return await self._data.progress(conn, migration_id)
+            return await self._data.progress(conn, await self._data_run_id(catalog, migration_id, conn))
 
     async def failed_items(self, migration_id: str) -> list[ItemError]:
         """The items of a data migration that failed (with ``continue_on_error``), from its error ledger."""
@@ -218,10 +232,12 @@ class Migrator:
         ``execute(id)`` resumes it (so cancel, then execute later, is pause and resume).
         Returns CANCELLING while workers are still stopping, CANCELLED once none is left.
         """
-        migration = (await self._load()).get(migration_id)
+        catalog = await self._load()
+        migration = catalog.get(migration_id)
         async with connection(self.pool) as conn:
+            migration_id = await self._data_run_id(catalog, migration_id, conn)
             if (
-                not isinstance(migration, DataMigration)
+                not isinstance(migration, DataMigration | RewriteMigration)
                 or await self._data.set_status(conn, migration_id, RunStatus.CANCELLING, ACTIVE_RUN_STATUSES)
                 is None
             ):
@@ -247,6 +263,9 @@ class Migrator:
         """
         catalog = await self._load()
         migration = catalog.get(migration_id)
+        if migration_id in catalog.rewrites:
+            async with connection(self.pool) as conn:
+                migration = await effective(catalog, migration, conn, self.schema)
         if isinstance(migration, HybridMigration):
             return await self._hybrid_migration_status(migration)
         async with connection(self.pool) as conn:
@@ -325,6 +344,7 @@ class Migrator:
         config: MigrationConfig | None = None,
         *,
         actor: str | None = None,
+        executor: Executor | None = None,
     ) -> list[MigrationResult]:
         """Apply every pending migration (of ``migration_type``, if given) in dependency order.
 
@@ -332,10 +352,14 @@ class Migrator:
         out) is not run; it is reported as skipped. Raises on the first failure unless
         ``continue_on_error``, in which case its dependents are skipped and the rest go on.
         ``actor`` (who asked, such as the HTTP API's caller) is recorded in the history rows.
+        ``executor`` runs the workers of data runs (see :meth:`execute`).
         """
         if actor is not None:
             with acting_as(_actor(actor)):
-                return await self.run_pending(migration_type, config)
+                return await self.run_pending(migration_type, config, executor=executor)
+        if executor is not None:
+            with placed(executor, source=self._source, pool=self.pool):
+                return await self.run_pending(migration_type, executor.prepare(self._config(config)))
         cfg = self._config(config)
         catalog = await self._load()
         results: list[MigrationResult] = []
@@ -353,7 +377,10 @@ class Migrator:
                     if not settled:
                         span.set_attribute(telemetry.ATTR_PENDING_COUNT, len(plan))
                     if cfg.dry_run:
-                        return await dry_run(self._runners, [(m, APPLY) for m in plan], cfg, session)
+                        sampled = await dry_run(
+                            self._runners, [(_sampled(m), APPLY) for m in plan], cfg, session
+                        )
+                        return await self._strategies(catalog, sampled, cfg, session)
                     if plan:
                         await self._prepare_writes(session, states)
                     claimed = await self._apply_plan(plan, states, catalog, cfg, session, results, settled)
@@ -370,15 +397,26 @@ class Migrator:
                     results.append(not_run(migration.metadata, MigrationStatus.FAILED, str(exc)))
 
     async def execute(
-        self, migration_id: str, *, config: MigrationConfig | None = None, actor: str | None = None
+        self,
+        migration_id: str,
+        *,
+        config: MigrationConfig | None = None,
+        actor: str | None = None,
+        executor: Executor | None = None,
     ) -> MigrationResult:
         """Apply one migration by id; its dependencies must already be applied.
 
         ``actor`` (who asked, such as the HTTP API's caller) is recorded in the history rows.
+        ``executor`` runs the workers of a data run over a source table, such as
+        ``brainmigrate.ray.RayExecutor(workers=4)``; by default they are tasks of this process.
+        The run is claimed and settled here either way.
         """
         if actor is not None:
             with acting_as(_actor(actor)):
-                return await self.execute(migration_id, config=config)
+                return await self.execute(migration_id, config=config, executor=executor)
+        if executor is not None:
+            with placed(executor, source=self._source, pool=self.pool):
+                return await self.execute(migration_id, config=executor.prepare(self._config(config)))
         cfg = self._config(config)
         catalog = await self._load()
         migration = catalog.top_level(migration_id, "execute")
@@ -397,8 +435,13 @@ class Migrator:
                     migration_id=migration_id,
                 )
             if cfg.dry_run:
-                return (await dry_run(self._runners, [(migration, APPLY)], cfg, session))[0]
+                sampled = await dry_run(self._runners, [(_sampled(migration), APPLY)], cfg, session)
+                return (await self._strategies(catalog, sampled, cfg, session))[0]
             await self._prepare_writes(session, states)
+            if migration_id in catalog.rewrites:
+                migration = await effective(
+                    catalog, migration, await session.work_connection(), self.schema, config=cfg
+                )
             outcome = await self._runners.of(migration).apply(
                 migration, catalog.checksums[migration_id], cfg, session, resume=True
             )
@@ -429,6 +472,7 @@ class Migrator:
         target = catalog.top_level(migration_id, "roll back")
         async with runner_session(self.pool, self.schema, cfg) as session:
             states = await self._checked_states(catalog, cfg, session)
+            target = await effective(catalog, target, session.lock.conn, self.schema)
             if not _applied(states, migration_id) and not await self._runners.of(target).stopped_midway(
                 session.lock.conn, target
             ):
@@ -441,10 +485,7 @@ class Migrator:
                 [
                     mid
                     for mid in catalog.graph.descendants(migration_id)
-                    if _applied(states, mid)
-                    or await self._runners.of(catalog.migrations[mid]).stopped_midway(
-                        session.lock.conn, catalog.migrations[mid]
-                    )
+                    if _applied(states, mid) or await self._stopped_midway(catalog, mid, session.lock.conn)
                 ],
                 key=catalog.graph.position,
                 reverse=True,
@@ -455,7 +496,13 @@ class Migrator:
                     f"({', '.join(dependents)}); roll them back first or pass cascade=True",
                     migration_id=migration_id,
                 )
-            targets = [catalog.migrations[mid] for mid in [*dependents, migration_id]]
+            targets = [
+                *[
+                    await effective(catalog, catalog.migrations[mid], session.lock.conn, self.schema)
+                    for mid in dependents
+                ],
+                target,
+            ]
             reversals = [
                 await self._runners.of(t).check_reversible(t, catalog.checksums[t.metadata.id], session)
                 for t in targets
@@ -594,9 +641,10 @@ class Migrator:
                 return await self.contract(migration_id, config=config)
         cfg = self._config(config)
         catalog = await self._load()
-        hybrid = catalog.hybrid(migration_id, "contract")
+        hybrid = catalog.hybrid(migration_id, "contract", rewritten=True)
         async with runner_session(self.pool, self.schema, cfg) as session:
             await self._checked_states(catalog, cfg, session)
+            hybrid = await self._rewritten(catalog, hybrid, session.lock.conn, "contract")
             work = await self._hybrid_runner.contract(hybrid, catalog.checksums[migration_id], cfg, session)
         return await work()
 
@@ -613,16 +661,19 @@ class Migrator:
             )
         who = _actor(actor)
         catalog = await self._load()
-        hybrid = catalog.hybrid(migration_id, "abandon")
+        hybrid = catalog.hybrid(migration_id, "abandon", rewritten=True)
         async with runner_session(self.pool, self.schema, self.config) as session:
+            hybrid = await self._rewritten(catalog, hybrid, session.lock.conn, "abandon")
             attempt_id = await self._hybrid_runner.abandon(hybrid, session, reason_text=reason, actor=who)
             return await self._ledger.record(await session.work_connection(), attempt_id)
 
     async def hybrid_status(self, migration_id: str) -> HybridStatus:
         """Where a hybrid migration stands, from any process: its phase, the step it is at, the steps
         done. Reads only: it takes no lock and writes nothing."""
-        hybrid = (await self._load()).hybrid(migration_id, "report the phase of")
+        catalog = await self._load()
+        hybrid = catalog.hybrid(migration_id, "report the phase of", rewritten=True)
         async with connection(self.pool) as conn:
+            hybrid = await self._rewritten(catalog, hybrid, conn, "report the phase of")
             states = await self._ledger.states(conn)
             run = await HybridLedger(self.schema).latest(conn, migration_id)
         applied = _applied(states, migration_id)
@@ -682,6 +733,68 @@ class Migrator:
 
     # -- machinery -----------------------------------------------------------------------------
 
+    async def _rewritten(
+        self, catalog: _Catalog, hybrid: HybridMigration, conn: Connection, operation: str
+    ) -> HybridMigration:
+        """``hybrid``, unless it is the rewrite of a ``strategy = "auto"`` migration that runs in
+        place (refused: only hybrids have phases)."""
+        mid = hybrid.metadata.id
+        if (
+            catalog.migrations.get(mid) is hybrid
+            or await effective(catalog, catalog.migrations[mid], conn, self.schema) is hybrid
+        ):
+            return hybrid
+        raise MigrationStateError(
+            f"cannot {operation} migration {mid!r}: it is not a hybrid migration (it runs in place, "
+            "not as a rewrite); only hybrids have phases",
+            migration_id=mid,
+        )
+
+    async def _strategies(
+        self, catalog: _Catalog, results: list[MigrationResult], cfg: MigrationConfig, session: RunnerSession
+    ) -> list[MigrationResult]:
+        """A dry run's results, each data migration's with how its run would write, and why."""
+        shown = []
+        for result in results:
+            migration = catalog.migrations.get(result.migration_id)
+            if isinstance(migration, RewriteMigration):
+                strategy, why = "rewrite", "it declares strategy = 'rewrite'"
+            elif isinstance(migration, DataMigration) and result.migration_id in catalog.rewrites:
+                conn = await session.work_connection()
+                if await effective(catalog, migration, conn, self.schema) is not migration:
+                    strategy, why = "rewrite", "its rewrite has started"
+                else:
+                    try:
+                        choice = await choose(conn, self.schema, migration, cfg)
+                        strategy, why = choice.strategy, choice.reason
+                    except BrainMigrateError as exc:  # a table its run's dependencies create
+                        strategy, why = "in_place", f"no rewrite could be chosen now: {exc}"
+            elif isinstance(migration, DataMigration):
+                strategy = "in_place"
+                why = (
+                    "it declares strategy = 'in_place'"
+                    if type(migration).strategy == "in_place"
+                    else f"it cannot be rewritten: {await rewritable(migration)}"
+                )
+            else:
+                shown.append(result)
+                continue
+            shown.append(attrs.evolve(result, strategy=strategy, strategy_reason=why))
+        return shown
+
+    async def _data_run_id(self, catalog: _Catalog, migration_id: str, conn: Connection) -> str:
+        """The id whose data run reports ``migration_id``'s progress: its own, or for a rewrite,
+        that of the backfill step at work (the copy, then the fill)."""
+        migration = await effective(catalog, catalog.get(migration_id), conn, self.schema)
+        if not isinstance(migration, RewriteMigration):
+            return migration_id
+        copy, fill = (step.id for step in migration.steps_of(HybridPhase.BACKFILLING))
+        return fill if await self._data.run_row(conn, fill) is not None else copy
+
+    async def _stopped_midway(self, catalog: _Catalog, migration_id: str, conn: Connection) -> bool:
+        migration = await effective(catalog, catalog.migrations[migration_id], conn, self.schema)
+        return await self._runners.of(migration).stopped_midway(conn, migration)
+
     def _config(self, config: MigrationConfig | None) -> MigrationConfig:
         if config is None:
             return self.config
@@ -693,18 +806,24 @@ class Migrator:
         """Load, validate and checksum the migrations once; nothing touches the database."""
         if self._catalog is None:
             loaded = load_migrations(self._source, self.pool)
+            for migration, _ in loaded:
+                await check_definition(migration)
+            loaded, rewrites = await rewrites_of(loaded)
             _refuse_dependencies_on_steps(loaded)
             graph = MigrationGraph.build((migration.metadata, label) for migration, label in loaded)
             for migration, _ in loaded:
-                await check_definition(migration)
+                if isinstance(migration, RewriteMigration):  # built here, from one checked above
+                    await check_definition(migration)
                 if isinstance(migration, HybridMigration):
                     await migration.check_steps()
+            for rewrite in rewrites.values():
+                await rewrite.check_steps()
             migrations = {migration.metadata.id: migration for migration, _ in loaded}
-            steps, owners = _hybrid_steps(loaded)
+            steps, owners = _hybrid_steps([*loaded, *((r, "") for r in rewrites.values())])
             checksums = {
                 mid: await migration.checksum() for mid, migration in (*migrations.items(), *steps.items())
             }
-            self._catalog = _Catalog(migrations, graph, checksums, steps, owners)
+            self._catalog = _Catalog(migrations, graph, checksums, steps, owners, rewrites)
         return self._catalog
 
     async def _prepare_writes(self, session: RunnerSession, states: Mapping[str, MigrationState]) -> None:
@@ -785,6 +904,10 @@ class Migrator:
                 results.append(not_run(meta, MigrationStatus.SKIPPED, f"waiting for {', '.join(blocked)}"))
                 continue
             try:
+                if meta.id in catalog.rewrites:
+                    migration = await effective(
+                        catalog, migration, await session.work_connection(), self.schema, config=cfg
+                    )
                 outcome = await self._runners.of(migration).apply(
                     migration, catalog.checksums[meta.id], cfg, session, resume=False
                 )
@@ -801,6 +924,12 @@ class Migrator:
             if outcome.status is MigrationStatus.COMPLETED:
                 applied.add(meta.id)
         return None
+
+
+def _sampled(migration: Migration) -> Migration:
+    """What a dry run samples of ``migration``: a rewrite's own migration, whose changes it shows
+    (the copy it would build is not built in a dry run)."""
+    return migration.inner if isinstance(migration, RewriteMigration) else migration
 
 
 def _actor(actor: str | None) -> str:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+from .._errors import MigrationValidationError
 from .items import BulkMemoryItem, DataSource
 from .metadata import MigrationType
 from .migration import Migration, MigrationKind
+
+#: How a data migration writes its table (see :attr:`DataMigration.strategy`).
+Strategy = Literal["in_place", "rewrite", "auto"]
+STRATEGIES: tuple[Strategy, ...] = ("in_place", "rewrite", "auto")
 
 
 class DataMigration(Migration):
@@ -31,6 +36,17 @@ class DataMigration(Migration):
     retry_on: ClassVar[tuple[type[BaseException], ...]] = ()
     #: Items per ``transform_batch`` call (model APIs take many texts per call).
     transform_batch_size: ClassVar[int] = 64
+    #: How the run writes: ``"in_place"`` (an ``UPDATE`` of each changed row), ``"rewrite"`` (a
+    #: transformed copy of the table built beside it, kept up to date from a change log, then
+    #: swapped in under a short lock; see the guide's "Rewriting a table online"), or ``"auto"``:
+    #: rewrite when the table is large, most rows change and each update must maintain vector or
+    #: GIN indexes (decided when the run starts, logged, and shown by a dry run).
+    strategy: ClassVar[Strategy] = "auto"
+    #: Tables estimated below this many rows are never rewritten by ``strategy = "auto"``.
+    rewrite_min_rows: ClassVar[int] = 50_000
+    #: A rewrite keeps the original table until ``await migrator.contract(id)`` (``"manual"``,
+    #: so that a rollback can still swap it back) or drops it right after the swap (``"auto"``).
+    rewrite_contract_mode: ClassVar[Literal["auto", "manual"]] = "manual"
 
     async def throttle(self) -> float:
         """Seconds to pause before the next batch (0 to go on): back off while the database is busy."""
@@ -43,6 +59,27 @@ class DataMigration(Migration):
 
     def _transform_methods(self) -> Sequence[str]:
         return ()
+
+    def _check_definition(self) -> None:
+        cls = type(self)
+        where = f"data migration {self.metadata.id!r}"
+        if cls.strategy not in STRATEGIES:
+            raise MigrationValidationError(
+                f"{where}: strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {cls.strategy!r}",
+                migration_id=self.metadata.id,
+            )
+        if cls.rewrite_contract_mode not in ("auto", "manual"):
+            raise MigrationValidationError(
+                f"{where}: rewrite_contract_mode must be 'auto' or 'manual', "
+                f"got {cls.rewrite_contract_mode!r}",
+                migration_id=self.metadata.id,
+            )
+        rows = cls.rewrite_min_rows
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise MigrationValidationError(
+                f"{where}: rewrite_min_rows must be a non-negative int, got {rows!r}",
+                migration_id=self.metadata.id,
+            )
 
     async def checksum_material(self) -> str:
         """The source of the methods that decide what is written, and the declared source."""

@@ -94,6 +94,7 @@ class MemoryStructureMigration(DataMigration):
         return self.keep_before_images or filtered or needs_images(self.checked_operations())
 
     def _check_definition(self) -> None:
+        super()._check_definition()
         self.checked_operations()
 
     async def checksum_material(self) -> str:

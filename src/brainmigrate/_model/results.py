@@ -157,6 +157,10 @@ class MigrationResult:
     violations: tuple[Violation, ...] = ()
     #: Data, memory and structure migrations in a dry run: what writing a changed row costs.
     write_impact: WriteImpact | None = None
+    #: Data, memory and structure migrations in a dry run: how the run would write its table
+    #: (``"in_place"`` or ``"rewrite"``, see ``DataMigration.strategy``), and why.
+    strategy: str | None = None
+    strategy_reason: str | None = None
 
     @property
     def succeeded(self) -> bool:

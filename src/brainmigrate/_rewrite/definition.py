@@ -1,0 +1,521 @@
+"""What the catalog says about a table to be rewritten: everything a faithful copy of it needs
+(columns, indexes, constraints, sequences, grants, comments, options), and everything that would
+make rewriting it unsafe.
+
+Expressions and definitions are read with an empty search path, so that every name in them is
+schema-qualified and they mean the same on any connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from .._errors import MigrationValidationError
+from .._model.sqltext import quote_ident
+from .._model.types import Connection
+from .names import RewriteNames
+
+
+@attrs.frozen
+class ColumnDefinition:
+    """One column, as ``CREATE TABLE`` would declare it again."""
+
+    name: str
+    attnum: int
+    #: ``format_type`` of its type, schema-qualified when not built in.
+    type: str
+    not_null: bool
+    #: The name of its NOT NULL constraint, where the server names them (PostgreSQL 18).
+    not_null_name: str | None
+    #: Its default expression (None: none, or a generated column).
+    default: str | None
+    #: ``a`` (GENERATED ALWAYS AS IDENTITY), ``d`` (BY DEFAULT) or ``""``.
+    identity: str
+    #: ``s`` (stored), ``v`` (virtual) or ``""``.
+    generated: str
+    generation_expression: str | None
+    #: Its collation, quoted and qualified, when it is not its type's default.
+    collation: str | None
+    #: Its storage (``p``, ``e``, ``m``, ``x``) when it is not its type's default.
+    storage: str | None
+    #: ``p`` (pglz) or ``l`` (lz4) when set, else ``""``.
+    compression: str
+    #: ``SET STATISTICS`` target, or None for the default.
+    statistics: int | None
+    #: Column options (``n_distinct=...``) as ``key=value`` texts.
+    options: tuple[str, ...]
+    comment: str | None
+    #: Its column privileges as ``aclitem`` texts (empty: none).
+    acl: tuple[str, ...]
+
+    @property
+    def copied(self) -> bool:
+        """Whether a row copy writes it (generated columns are computed by the server)."""
+        return not self.generated
+
+
+@attrs.frozen
+class IndexDefinition:
+    """One index of the table, and the constraint it backs (if any)."""
+
+    name: str
+    oid: int
+    #: ``pg_get_indexdef``: the statement that created it.
+    definition: str
+    #: What follows ``USING`` in ``definition``: the method, columns, options and predicate, which
+    #: name neither the index nor the table (None: ``definition`` does not read as expected, as
+    #: for a partitioned or temporary table's index).
+    using: str | None
+    method: str
+    unique: bool
+    primary: bool
+    valid: bool
+    #: The constraint it backs: its name, type (``p``, ``u``, ``x``) and ``pg_get_constraintdef``.
+    constraint_name: str | None
+    constraint_type: str | None
+    constraint_definition: str | None
+    comment: str | None
+    constraint_comment: str | None
+    #: Whether it is the key's unique index (primary key, or the unique index on the key).
+    is_key: bool
+
+
+@attrs.frozen
+class ConstraintDefinition:
+    """A constraint not backed by an index: a CHECK (``c``) or an outbound foreign key (``f``)."""
+
+    name: str
+    type: str
+    #: ``pg_get_constraintdef``, which ends with ``NOT VALID`` when it is not validated.
+    definition: str
+    validated: bool
+    comment: str | None
+
+
+@attrs.frozen
+class SequenceDefinition:
+    """A sequence owned by one of the table's columns: a serial's, or an identity's."""
+
+    schema: str
+    name: str
+    column: str
+    identity: bool
+    #: Its parameters, to give an identity column of the shadow the same.
+    start: int
+    increment: int
+    minimum: int
+    maximum: int
+    cache: int
+    cycle: bool
+
+    @property
+    def qualified(self) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+
+@attrs.frozen
+class TableDefinition:
+    """One table as the catalog describes it, for a rewrite of it by ``migration_id``."""
+
+    migration_id: str
+    oid: int
+    schema: str
+    table: str
+    key: str
+    #: ``p`` (permanent), ``u`` (unlogged) or ``t`` (temporary).
+    persistence: str
+    access_method: str | None
+    owner: str
+    acl: tuple[str, ...] | None
+    comment: str | None
+    #: ``pg_class.reloptions`` and the TOAST table's options (prefixed ``toast.``), ``key=value``.
+    options: tuple[str, ...]
+    #: ``d`` (default), ``n`` (nothing), ``f`` (full) or ``i`` (index).
+    replica_identity: str
+    replica_identity_index: str | None
+    columns: tuple[ColumnDefinition, ...]
+    #: Every index: the key's first (None when the key has none), then the others by name.
+    indexes: tuple[IndexDefinition, ...]
+    constraints: tuple[ConstraintDefinition, ...]
+    sequences: tuple[SequenceDefinition, ...]
+    # -- what can make a rewrite unsafe --
+    relkind: str
+    is_partition: bool
+    typed: bool
+    inheritance_parents: tuple[str, ...]
+    inheritance_children: tuple[str, ...]
+    inbound_foreign_keys: tuple[str, ...]
+    dependent_views: tuple[str, ...]
+    rules: tuple[str, ...]
+    triggers: tuple[str, ...]
+    row_security: bool
+    policies: tuple[str, ...]
+    publications: tuple[str, ...]
+    logical_slots: tuple[str, ...]
+    key_exists: bool
+    key_not_null: bool
+
+    @property
+    def qualified(self) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(self.table)}"
+
+    @property
+    def key_index(self) -> IndexDefinition | None:
+        return self.indexes[0] if self.indexes and self.indexes[0].is_key else None
+
+    @property
+    def secondary_indexes(self) -> tuple[IndexDefinition, ...]:
+        """Every index but the key's, with its position in :attr:`indexes`."""
+        return tuple(index for index in self.indexes if not index.is_key)
+
+    @property
+    def key_type(self) -> str:
+        """The key column's type, as ``format_type`` writes it (schema-qualified if not built in)."""
+        column = self.column(self.key)
+        if column is None:
+            raise MigrationValidationError(
+                f"migration {self.migration_id!r}: the key column {self.key!r} is not a column of "
+                f"{self.schema}.{self.table}",
+                migration_id=self.migration_id,
+            )
+        return column.type
+
+    @property
+    def copied_columns(self) -> tuple[str, ...]:
+        """The columns a row copy writes (all but generated ones), in table order."""
+        return tuple(column.name for column in self.columns if column.copied)
+
+    def column(self, name: str) -> ColumnDefinition | None:
+        return next((column for column in self.columns if column.name == name), None)
+
+    def names(self, history_schema: str) -> RewriteNames:
+        return RewriteNames(self.migration_id, self.schema, self.table, history_schema)
+
+
+#: The column options ``ALTER COLUMN ... SET (...)`` takes (others are the server's own).
+_COLUMN_OPTIONS = frozenset({"n_distinct", "n_distinct_inherited"})
+
+_TABLE = """
+SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relpersistence::text, c.relispartition,
+       c.reloftype <> 0 AS typed, am.amname, pg_get_userbyid(c.relowner) AS owner,
+       c.relacl::text[] AS acl, obj_description(c.oid, 'pg_class') AS comment,
+       coalesce(c.reloptions, '{}') ||
+         coalesce((SELECT array_agg('toast.' || o) FROM pg_class t, unnest(t.reloptions) o
+                    WHERE t.oid = c.reltoastrelid), '{}') AS options,
+       c.relreplident::text, c.relrowsecurity,
+       (SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+         WHERE x.indrelid = c.oid AND x.indisreplident) AS replica_index
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_am am ON am.oid = c.relam
+ WHERE c.oid = $1
+"""
+
+_COLUMNS = """
+SELECT a.attname, a.attnum, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull,
+       (SELECT k.conname FROM pg_constraint k
+         WHERE k.conrelid = a.attrelid AND k.contype::text = 'n' AND k.conkey = ARRAY[a.attnum])
+         AS not_null_name,
+       pg_get_expr(d.adbin, d.adrelid) AS expression, a.attidentity::text, a.attgenerated::text,
+       CASE WHEN a.attcollation <> t.typcollation
+            THEN quote_ident(cn.nspname) || '.' || quote_ident(co.collname) END AS collation,
+       CASE WHEN a.attstorage <> t.typstorage THEN a.attstorage::text END AS storage,
+       a.attcompression::text AS compression,
+       nullif(coalesce(a.attstattarget::int, -1), -1) AS statistics,
+       coalesce(a.attoptions, '{}') AS options,
+       col_description(a.attrelid, a.attnum) AS comment,
+       coalesce(a.attacl::text[], '{}') AS acl
+  FROM pg_attribute a
+  JOIN pg_type t ON t.oid = a.atttypid
+  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+  LEFT JOIN pg_collation co ON co.oid = a.attcollation
+  LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
+ WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY a.attnum
+"""
+
+#: Each index, with what ``pg_get_indexdef`` must start with (the part naming the index and the
+#: table), the constraint it backs, and whether it is a unique index on the key column alone.
+_INDEXES = """
+SELECT i.relname AS name, i.oid, pg_get_indexdef(i.oid) AS definition,
+       'CREATE ' || CASE WHEN x.indisunique THEN 'UNIQUE ' ELSE '' END || 'INDEX ' ||
+         quote_ident(i.relname) || ' ON ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname) ||
+         ' USING ' AS prefix,
+       am.amname AS method, x.indisunique, x.indisprimary, x.indisvalid,
+       k.conname, k.contype::text, pg_get_constraintdef(k.oid) AS condef,
+       obj_description(i.oid, 'pg_class') AS comment,
+       obj_description(k.oid, 'pg_constraint') AS constraint_comment,
+       (x.indisunique AND x.indisvalid AND x.indimmediate AND x.indpred IS NULL
+        AND x.indexprs IS NULL AND x.indnkeyatts = 1 AND x.indkey[0] = $2) AS on_key
+  FROM pg_index x
+  JOIN pg_class i ON i.oid = x.indexrelid
+  JOIN pg_class c ON c.oid = x.indrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_am am ON am.oid = i.relam
+  LEFT JOIN pg_constraint k ON k.conindid = i.oid AND k.conrelid = c.oid AND k.contype IN ('p', 'u', 'x')
+ WHERE x.indrelid = $1
+ ORDER BY x.indisprimary DESC, i.relname
+"""
+
+_CONSTRAINTS = """
+SELECT k.conname, k.contype::text, pg_get_constraintdef(k.oid) AS definition, k.convalidated,
+       obj_description(k.oid, 'pg_constraint') AS comment
+  FROM pg_constraint k
+ WHERE k.conrelid = $1 AND k.contype IN ('c', 'f')
+ ORDER BY k.contype, k.conname
+"""
+
+_SEQUENCES = """
+SELECT sn.nspname, s.relname, a.attname, d.deptype = 'i' AS identity,
+       q.seqstart, q.seqincrement, q.seqmin, q.seqmax, q.seqcache, q.seqcycle
+  FROM pg_depend d
+  JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+  JOIN pg_namespace sn ON sn.oid = s.relnamespace
+  JOIN pg_sequence q ON q.seqrelid = s.oid
+  JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+ WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+   AND d.refobjid = $1 AND d.deptype IN ('a', 'i')
+ ORDER BY a.attnum, s.relname
+"""
+
+_HAZARDS = """
+SELECT
+  ARRAY(SELECT p.oid::regclass::text FROM pg_inherits h JOIN pg_class p ON p.oid = h.inhparent
+         WHERE h.inhrelid = $1 ORDER BY 1) AS parents,
+  ARRAY(SELECT h.inhrelid::regclass::text FROM pg_inherits h WHERE h.inhparent = $1 ORDER BY 1)
+    AS children,
+  ARRAY(SELECT k.conname || ' on ' || k.conrelid::regclass::text FROM pg_constraint k
+         WHERE k.contype = 'f' AND k.confrelid = $1 AND k.conrelid <> $1 ORDER BY 1) AS inbound,
+  ARRAY(SELECT DISTINCT r.ev_class::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+         WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+           AND d.refobjid = $1 AND r.ev_class <> $1 ORDER BY 1) AS views,
+  ARRAY(SELECT r.rulename::text FROM pg_rewrite r WHERE r.ev_class = $1 ORDER BY 1) AS rules,
+  ARRAY(SELECT t.tgname::text FROM pg_trigger t
+         WHERE t.tgrelid = $1 AND NOT t.tgisinternal AND t.tgname <> $2 ORDER BY 1) AS triggers,
+  ARRAY(SELECT p.polname::text FROM pg_policy p WHERE p.polrelid = $1 ORDER BY 1) AS policies,
+  ARRAY(SELECT DISTINCT p.pubname::text FROM pg_publication_tables p
+         WHERE p.schemaname = $3 AND p.tablename = $4 ORDER BY 1) AS publications,
+  ARRAY(SELECT s.slot_name::text FROM pg_replication_slots s
+         WHERE s.slot_type = 'logical' AND s.database = current_database() ORDER BY 1) AS slots
+"""
+
+
+async def read_definition(
+    conn: Connection, *, schema: str | None, table: str, key: str, migration_id: str
+) -> TableDefinition:
+    """The definition of ``schema.table`` (``schema`` None: the one the search path finds) for a
+    rewrite keyed by ``key``; MigrationValidationError when there is no such table."""
+    target = f"{quote_ident(schema)}.{quote_ident(table)}" if schema else quote_ident(table)
+    async with conn.transaction():
+        oid = await conn.fetchval("SELECT to_regclass($1)::oid", target)
+        if oid is None:
+            raise MigrationValidationError(
+                f"migration {migration_id!r} rewrites table {target}, which does not exist (check the "
+                "table's name and schema, or create it first)",
+                migration_id=migration_id,
+            )
+        search_path = await conn.fetchval("SELECT current_setting('search_path')")
+        await conn.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+        try:
+            return await _read(conn, oid, key, migration_id)
+        finally:
+            await conn.execute("SELECT set_config('search_path', $1, true)", search_path)
+
+
+async def _read(conn: Connection, oid: int, key: str, migration_id: str) -> TableDefinition:
+    row = await conn.fetchrow(_TABLE, oid)
+    assert row is not None  # found by to_regclass in this transaction
+    schema, table = row["nspname"], row["relname"]
+    columns = tuple(
+        ColumnDefinition(
+            name=c["attname"],
+            attnum=c["attnum"],
+            type=c["type"],
+            not_null=c["attnotnull"],
+            not_null_name=c["not_null_name"],
+            default=None if c["attgenerated"] else c["expression"],
+            identity=c["attidentity"],
+            generated=c["attgenerated"],
+            generation_expression=c["expression"] if c["attgenerated"] else None,
+            collation=c["collation"],
+            storage=c["storage"],
+            compression=c["compression"] or "",
+            statistics=c["statistics"],
+            options=tuple(o for o in c["options"] if o.partition("=")[0] in _COLUMN_OPTIONS),
+            comment=c["comment"],
+            acl=tuple(c["acl"]),
+        )
+        for c in await conn.fetch(_COLUMNS, oid)
+    )
+    key_column = next((column for column in columns if column.name == key), None)
+    indexes = []
+    for r in await conn.fetch(_INDEXES, oid, key_column.attnum if key_column else 0):
+        definition, prefix = r["definition"], r["prefix"]
+        indexes.append(
+            IndexDefinition(
+                name=r["name"],
+                oid=r["oid"],
+                definition=definition,
+                using=definition[len(prefix) :] if definition.startswith(prefix) else None,
+                method=r["method"],
+                unique=r["indisunique"],
+                primary=r["indisprimary"],
+                valid=r["indisvalid"],
+                constraint_name=r["conname"],
+                constraint_type=r["contype"],
+                constraint_definition=r["condef"],
+                comment=r["comment"],
+                constraint_comment=r["constraint_comment"],
+                is_key=bool(r["on_key"]),
+            )
+        )
+    # The key's index first (the primary key when it is one; rows come primary key first).
+    key_index = next((index for index in indexes if index.is_key), None)
+    others = [attrs.evolve(index, is_key=False) for index in indexes if index is not key_index]
+    ordered = ([key_index] if key_index else []) + others
+    constraints = tuple(
+        ConstraintDefinition(
+            name=r["conname"],
+            type=r["contype"],
+            definition=r["definition"],
+            validated=r["convalidated"],
+            comment=r["comment"],
+        )
+        for r in await conn.fetch(_CONSTRAINTS, oid)
+    )
+    sequences = tuple(
+        SequenceDefinition(
+            schema=r["nspname"],
+            name=r["relname"],
+            column=r["attname"],
+            identity=r["identity"],
+            start=r["seqstart"],
+            increment=r["seqincrement"],
+            minimum=r["seqmin"],
+            maximum=r["seqmax"],
+            cache=r["seqcache"],
+            cycle=r["seqcycle"],
+        )
+        for r in await conn.fetch(_SEQUENCES, oid)
+    )
+    capture = RewriteNames(migration_id, schema, table, "").capture_trigger
+    hazards = await conn.fetchrow(_HAZARDS, oid, capture, schema, table)
+    assert hazards is not None
+    return TableDefinition(
+        migration_id=migration_id,
+        oid=oid,
+        schema=schema,
+        table=table,
+        key=key,
+        persistence=row["relpersistence"],
+        access_method=row["amname"],
+        owner=row["owner"],
+        acl=tuple(row["acl"]) if row["acl"] is not None else None,
+        comment=row["comment"],
+        options=tuple(row["options"]),
+        replica_identity=row["relreplident"],
+        replica_identity_index=row["replica_index"],
+        columns=columns,
+        indexes=tuple(ordered),
+        constraints=constraints,
+        sequences=sequences,
+        relkind=row["relkind"],
+        is_partition=row["relispartition"],
+        typed=row["typed"],
+        inheritance_parents=tuple(hazards["parents"]),
+        inheritance_children=tuple(hazards["children"]),
+        inbound_foreign_keys=tuple(hazards["inbound"]),
+        dependent_views=tuple(hazards["views"]),
+        rules=tuple(hazards["rules"]),
+        triggers=tuple(hazards["triggers"]),
+        row_security=row["relrowsecurity"],
+        policies=tuple(hazards["policies"]),
+        publications=tuple(hazards["publications"]),
+        logical_slots=tuple(hazards["slots"]),
+        key_exists=key_column is not None,
+        key_not_null=key_column is not None and key_column.not_null,
+    )
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names)
+
+
+def refusals(defn: TableDefinition) -> list[str]:
+    """Why ``defn``'s table cannot be rewritten safely, one sentence each; empty when it can."""
+    table = f"{defn.schema}.{defn.table}"
+    reasons: list[str] = []
+    if defn.relkind == "p":
+        reasons.append(f"{table} is a partitioned table (rewrite its partitions one by one instead).")
+    elif defn.relkind != "r":
+        reasons.append(f"{table} is not an ordinary table (relkind {defn.relkind!r}).")
+    if defn.is_partition:
+        reasons.append(f"{table} is a partition of another table, which a swap would detach.")
+    if defn.inheritance_parents and not defn.is_partition:
+        reasons.append(f"{table} inherits from {_listed(defn.inheritance_parents)}.")
+    if defn.inheritance_children:
+        reasons.append(f"{table} has inheriting tables or partitions: {_listed(defn.inheritance_children)}.")
+    if defn.typed:
+        reasons.append(f"{table} is a typed table (CREATE TABLE ... OF type).")
+    if defn.persistence == "t":
+        reasons.append(f"{table} is a temporary table, which only its own session can see.")
+    if defn.inbound_foreign_keys:
+        reasons.append(
+            f"other tables' foreign keys reference {table} ({_listed(defn.inbound_foreign_keys)}); "
+            "they would keep pointing at the old table."
+        )
+    if defn.dependent_views:
+        reasons.append(
+            f"views or materialized views depend on {table} ({_listed(defn.dependent_views)}); they "
+            "would keep reading the old table."
+        )
+    if defn.rules:
+        reasons.append(f"{table} has rules ({_listed(defn.rules)}).")
+    if defn.triggers:
+        reasons.append(
+            f"{table} has triggers ({_listed(defn.triggers)}), which the copy would not fire and the "
+            "swap would not carry over."
+        )
+    if defn.row_security or defn.policies:
+        policies = f" and policies ({_listed(defn.policies)})" if defn.policies else ""
+        reasons.append(f"{table} has row-level security{policies}.")
+    if defn.publications:
+        reasons.append(
+            f"{table} is published for logical replication ({_listed(defn.publications)}); the swap "
+            "would leave the publication on the old table."
+        )
+    if defn.logical_slots:
+        reasons.append(
+            f"this database has logical replication slots ({_listed(defn.logical_slots)}), whose "
+            "subscribers would see the copy's writes as the application's."
+        )
+    unreadable = [index.name for index in defn.indexes if index.using is None]
+    if unreadable and defn.relkind == "r" and defn.persistence != "t":
+        reasons.append(f"the definitions of the indexes {_listed(unreadable)} cannot be rebuilt on a copy.")
+    if not defn.key_exists:
+        reasons.append(f"the key column {defn.key!r} is not a column of {table}.")
+    elif not defn.key_not_null or defn.key_index is None:
+        reasons.append(
+            f"the key column {defn.key!r} is not unique and NOT NULL (it needs a primary key or a "
+            "unique index on it alone, and NOT NULL)."
+        )
+    return reasons
+
+
+async def check_rewritable(conn: Connection, defn: TableDefinition) -> None:
+    """MigrationValidationError listing every reason ``defn``'s table cannot be rewritten, if any:
+    those of ``defn``, and those of the table as it is now (read again through ``conn``)."""
+    now = await read_definition(
+        conn, schema=defn.schema, table=defn.table, key=defn.key, migration_id=defn.migration_id
+    )
+    reasons = list(dict.fromkeys(refusals(defn) + refusals(now)))
+    if reasons:
+        raise MigrationValidationError(
+            f"migration {defn.migration_id!r} cannot rewrite {defn.schema}.{defn.table}: "
+            + " ".join(reasons)
+            + " Nothing was created; remove what is listed, or run the migration without "
+            "strategy = 'rewrite' (in place).",
+            migration_id=defn.migration_id,
+        )

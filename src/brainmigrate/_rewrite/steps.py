@@ -1,0 +1,556 @@
+"""The steps of an online rewrite, each an ordinary migration run by the runner of its kind.
+
+expand (:class:`ShadowStep`) creates the shadow table and starts capturing the original's
+changes; backfill copies every row, transformed (:func:`copy_step`: the migration's own transform
+writing the rows it changes, then :class:`FillStep` copying the rest as they are); cutover builds
+the shadow's indexes and replays the change log (:class:`IndexStep`), swaps the tables under a
+short lock (:class:`SwapStep`) and validates the foreign keys it carried over
+(:class:`ValidateKeysStep`); contract drops the original (:class:`DropOldStep`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .._engine.batches import decode_rows
+from .._engine.entries import transform_items
+from .._engine.plan import make_plan
+from .._engine.table import TableShape
+from .._engine.table_lock import TableBusy, under_table_lock
+from .._engine.transform import TransformCaller
+from .._errors import MigrationStateError, MigrationValidationError
+from .._ledger.session import own_schema
+from .._model.config import MigrationConfig
+from .._model.data import DatabaseDataMigration
+from .._model.items import DataSource
+from .._model.memory_structure import MemoryStructureMigration
+from .._model.metadata import MigrationMetadata, MigrationType
+from .._model.migration import Migration
+from .._model.sqltext import quote_ident, quote_literal
+from .._model.types import Connection
+from . import capture, copy, surgery
+from .capture import Direction
+from .definition import TableDefinition, check_rewritable, read_definition
+from .names import RewriteNames
+from .writer import RewriteWriter
+
+if TYPE_CHECKING:
+    from .migration import RewriteMigration
+
+logger = logging.getLogger("brainmigrate")
+
+#: The alias of the original's row in the statements copying it (the structure SQL's).
+ROW = "m"
+#: Keys replayed per transaction; the lag left before the swap takes the lock.
+REPLAY_BATCH = 1_000
+REPLAY_LAG = 1_000
+#: Passes of replay without the lock before the swap tries anyway.
+CATCH_UP_PASSES = 20
+#: Changes the swap replays while it holds the lock, at most; more are replayed without it first.
+IN_LOCK_MAX = 5_000
+
+
+class StepOf:
+    """What every step of a rewrite shares: its rewrite, names and metadata."""
+
+    suffix: ClassVar[str]
+    title: ClassVar[str]
+    step_type: ClassVar[MigrationType] = MigrationType.DATABASE_SCHEMA
+    step_reversible: ClassVar[bool] = True
+
+    rewrite: RewriteMigration
+
+    def _get_metadata(self) -> MigrationMetadata:
+        hybrid = self.rewrite.metadata
+        source = self.table_source
+        return MigrationMetadata(
+            id=f"{hybrid.id}/{self.suffix}",
+            name=f"{self.title} ({source.table})",
+            version=hybrid.version,
+            migration_type=self.step_type,
+            reversible=self.step_reversible,
+        )
+
+    async def checksum_material(self) -> str:
+        return f"{self.suffix}\n{await self.rewrite.inner.checksum()}"
+
+    @property
+    def table_source(self) -> DataSource:
+        source = self.rewrite.inner.source
+        assert source is not None
+        return source
+
+    @property
+    def migration_id(self) -> str:
+        return self.rewrite.metadata.id
+
+    async def names(self, conn: Connection) -> RewriteNames:
+        schema = own_schema()
+        if schema is None:
+            raise MigrationStateError(
+                f"step {self.suffix!r} of the rewrite of {self.migration_id!r} runs only through a "
+                "Migrator (run_pending, execute or rollback)",
+                migration_id=self.migration_id,
+            )
+        source = self.table_source
+        table_schema = source.schema or await conn.fetchval("SELECT current_schema()")
+        return RewriteNames(self.migration_id, table_schema, source.table, schema)
+
+    async def definition(
+        self, conn: Connection, names: RewriteNames, *, table: str | None = None
+    ) -> TableDefinition:
+        """The definition of the original table (or of ``table``, in the table's schema)."""
+        return await read_definition(
+            conn,
+            schema=names.schema,
+            table=table or names.table,
+            key=self.table_source.key,
+            migration_id=self.migration_id,
+        )
+
+
+class _SchemaStep(StepOf, Migration):
+    def __init__(self, rewrite: RewriteMigration) -> None:
+        Migration.__init__(self, rewrite.pool)
+        self.rewrite = rewrite
+
+
+class ShadowStep(_SchemaStep):
+    """Check the table can be rewritten, create its shadow, and start logging its changes."""
+
+    suffix = "shadow"
+    title = "create the shadow table and capture changes"
+
+    async def validate_preconditions(self, conn: Connection) -> bool:
+        return await self.rewrite.inner.validate_preconditions(conn)
+
+    async def up(self, conn: Connection) -> None:
+        names = await self.names(conn)
+        definition = await self.definition(conn, names)
+        await check_rewritable(conn, definition)
+        generated = [c.name for c in definition.columns if c.generated]
+        if generated:
+            raise MigrationValidationError(
+                f"rewrite of {self.migration_id!r}: {names.schema}.{names.table} has generated "
+                f"columns ({', '.join(generated)}), which a rewrite does not copy yet; set strategy = "
+                "'in_place'",
+                migration_id=self.migration_id,
+            )
+        await surgery.create_shadow(conn, definition, names)
+        await capture.install_capture(
+            conn,
+            names,
+            direction=Direction.FORWARD,
+            table=names.qualified_table,
+            key=definition.key,
+            key_type=definition.key_type,
+            migration_id=self.migration_id,
+        )
+
+    async def down(self, conn: Connection) -> None:
+        names = await self.names(conn)
+        await capture.remove_capture(conn, names, Direction.FORWARD)
+        await surgery.drop_shadow(conn, names)
+
+
+# -- backfill -------------------------------------------------------------------------------------
+
+
+class CopyStep(StepOf):
+    """The backfill step running the migration's transform into the shadow."""
+
+    suffix = "copy"
+    title = "copy the rows it changes, transformed"
+
+
+class _PythonCopy(CopyStep):
+    """Mixed in before the migration's own class: its transform, written into the shadow."""
+
+    strategy = "in_place"
+
+    def __init__(self, rewrite: RewriteMigration) -> None:
+        Migration.__init__(self, rewrite.pool)  # type: ignore[arg-type]
+        self.rewrite = rewrite
+
+    @property
+    def step_type(self) -> MigrationType:  # type: ignore[override]
+        return self.rewrite.inner.metadata.migration_type
+
+    def _get_metadata(self) -> MigrationMetadata:
+        meta = super()._get_metadata()
+        return MigrationMetadata(
+            id=meta.id,
+            name=meta.name,
+            version=meta.version,
+            migration_type=self.rewrite.inner.metadata.migration_type,
+            reversible=True,
+        )
+
+    async def validate_preconditions(self, conn: Connection) -> bool:
+        return True
+
+    async def validate_postconditions(self, conn: Connection) -> bool:
+        return True
+
+    async def reverse_memory(self, memory: dict[str, Any]) -> None:
+        """Nothing to restore: the shadow is dropped when the rewrite is rolled back."""
+        return None
+
+    async def reverse_row(self, row: dict[str, Any]) -> None:
+        """Nothing to restore: the shadow is dropped when the rewrite is rolled back."""
+        return None
+
+    async def _batch_writer(self, conn: Connection, table: TableShape) -> RewriteWriter | None:
+        """The writer into the shadow; None while there is no shadow (a rollback's plan, made
+        once the rewritten table has taken the table's name: it writes nothing)."""
+        names = await self.names(conn)
+        if await conn.fetchval("SELECT to_regclass($1)", names.in_table_schema(names.shadow)) is None:
+            return None
+        return await RewriteWriter.of(conn, names, table)
+
+
+class _StructureCopy(CopyStep, DatabaseDataMigration):
+    """A structure migration's operations applied on the way into the shadow, on the server."""
+
+    step_type = MigrationType.DATABASE_DATA
+    strategy = "in_place"
+
+    def __init__(self, rewrite: RewriteMigration) -> None:
+        DatabaseDataMigration.__init__(self, rewrite.pool)
+        self.rewrite = rewrite
+
+    async def get_batch_statement(self) -> str | None:
+        inner = self.rewrite.inner
+        assert isinstance(inner, MemoryStructureMigration)
+        from .._engine.structure_sql import new_value
+
+        column = inner.column
+        new = new_value(inner.checked_operations(), f"{ROW}.{quote_ident(column)}")
+        names = _static_names(self)
+        where = f" AND ({self.table_source.where})" if self.table_source.where else ""
+        key = quote_ident(self.table_source.key)
+        return (
+            f"INSERT INTO {names.shadow_sql} OVERRIDING SYSTEM VALUE SELECT r.* "
+            f"FROM {names.table_sql} AS {ROW} CROSS JOIN LATERAL "
+            f"jsonb_populate_record({ROW}, jsonb_build_object({quote_literal(column)}, {new})) AS r "
+            f"WHERE {ROW}.{key} BETWEEN $1 AND $2{where} ON CONFLICT DO NOTHING"
+        )
+
+    async def get_rollback_batch_statement(self) -> str | None:
+        names = _static_names(self)
+        key = quote_ident(self.table_source.key)
+        return f"DELETE FROM {names.shadow_sql} WHERE {key} BETWEEN $1 AND $2"
+
+
+def copy_step(rewrite: RewriteMigration) -> Migration:
+    """The backfill step running ``rewrite``'s migration into the shadow."""
+    inner = rewrite.inner
+    if isinstance(inner, MemoryStructureMigration):
+        bound = type("StructureCopy", (_StructureCopy,), {"source": inner.source, "__module__": __name__})
+        structure: Migration = bound(rewrite)
+        return structure
+    cls = type(inner)
+    python = type(
+        f"{cls.__name__}Copy",
+        (_PythonCopy, cls),
+        {"__module__": cls.__module__, "__qualname__": f"{cls.__qualname__}Copy"},
+    )
+    step: Migration = python(rewrite)
+    return step
+
+
+class FillStep(StepOf, DatabaseDataMigration):
+    """Every row the copy did not write (skipped, filtered out, failed), copied as it is."""
+
+    suffix = "fill"
+    title = "copy every other row as it is"
+    step_type = MigrationType.DATABASE_DATA
+    strategy = "in_place"
+
+    def __init__(self, rewrite: RewriteMigration) -> None:
+        DatabaseDataMigration.__init__(self, rewrite.pool)
+        self.rewrite = rewrite
+
+    @classmethod
+    def of(cls, rewrite: RewriteMigration) -> FillStep:
+        source = rewrite.inner.source
+        assert source is not None
+        bound = type(
+            cls.__name__,
+            (cls,),
+            {
+                "source": DataSource(table=source.table, key=source.key, schema=source.schema),
+                "__module__": cls.__module__,
+            },
+        )
+        step: FillStep = bound(rewrite)
+        return step
+
+    async def get_batch_statement(self) -> str | None:
+        names = _static_names(self)
+        key = quote_ident(self.table_source.key)
+        return (
+            f"INSERT INTO {names.shadow_sql} OVERRIDING SYSTEM VALUE SELECT {ROW}.* "
+            f"FROM {names.table_sql} AS {ROW} "
+            f"WHERE {ROW}.{key} BETWEEN $1 AND $2 ON CONFLICT DO NOTHING"
+        )
+
+    async def get_rollback_batch_statement(self) -> str | None:
+        names = _static_names(self)
+        key = quote_ident(self.table_source.key)
+        return f"DELETE FROM {names.shadow_sql} WHERE {key} BETWEEN $1 AND $2"
+
+
+# -- cutover --------------------------------------------------------------------------------------
+
+
+class Replayer:
+    """Applies logged keys to the target: each row re-read from the source, transformed again when
+    the migration would change it, written, or deleted when it is gone."""
+
+    def __init__(self, step: StepOf, names: RewriteNames) -> None:
+        self.step = step
+        self.names = names
+
+    async def forward(self, conn: Connection, keys: list[Any]) -> int:
+        """Apply ``keys`` from the original to the shadow, transformed."""
+        names, source = self.names, self.step.table_source
+        written = await copy.apply_keys(
+            conn,
+            source=names.qualified_table,
+            target=names.in_table_schema(names.shadow),
+            key=source.key,
+            keys=keys,
+        )
+        inner = self.step.rewrite.inner
+        if not keys:
+            return written
+        if isinstance(inner, MemoryStructureMigration):
+            await _restructure(conn, self.step, names, keys)
+            return written
+        plan = await make_plan(conn, names.history_schema, inner, "")
+        wanted = keys
+        if source.where:
+            wanted = [
+                r[0]
+                for r in await conn.fetch(
+                    f"SELECT {quote_ident(source.key)}::text FROM {names.qualified_table} "
+                    f"WHERE {quote_ident(source.key)}::text = ANY($1::text[]) AND ({source.where})",
+                    [str(k) for k in keys],
+                )
+            ]
+        if not wanted:
+            return written
+        items = decode_rows(plan, await conn.fetch(plan.rows_by_key, [str(k) for k in wanted]))
+        entries = await transform_items(plan, TransformCaller(MigrationConfig(), inner.retry_on), items)
+        changed = [e for e in entries if e.changes and e.error is None]
+        writer = await RewriteWriter.of(conn, names, plan.table)
+        groups: dict[tuple[str, ...], list[Any]] = {}
+        for entry in changed:
+            assert entry.changes is not None
+            groups.setdefault(tuple(entry.changes), []).append(entry)
+        for group in groups.values():
+            writer.encode(group)
+            await writer.write(conn, group)
+        failed = [e for e in entries if e.error is not None]
+        if failed:
+            raise MigrationValidationError(
+                f"rewrite of {self.step.migration_id!r}: the transform failed on {len(failed)} changed "
+                f"row(s) while replaying the change log (first: {failed[0].key}: {failed[0].error})",
+                migration_id=self.step.migration_id,
+            )
+        return written
+
+    async def backward(self, conn: Connection, keys: list[Any]) -> int:
+        """Apply ``keys`` from the rewritten table back to the old one, as the application wrote them."""
+        names = self.names
+        return await copy.apply_keys(
+            conn,
+            source=names.qualified_table,
+            target=names.in_table_schema(names.old),
+            key=self.step.table_source.key,
+            keys=keys,
+        )
+
+
+async def _restructure(conn: Connection, step: StepOf, names: RewriteNames, keys: list[Any]) -> None:
+    inner = step.rewrite.inner
+    assert isinstance(inner, MemoryStructureMigration)
+    from .._engine.structure_sql import new_value
+
+    column = quote_ident(inner.column)
+    key = quote_ident(step.table_source.key)
+    new = new_value(inner.checked_operations(), f"{ROW}.{column}")
+    where = step.table_source.where
+    value = f"CASE WHEN {where} THEN {new} ELSE {ROW}.{column} END" if where else new
+    await conn.execute(
+        f"UPDATE {names.in_table_schema(names.shadow)} AS s SET {column} = {value} "
+        f"FROM {names.qualified_table} AS {ROW} "
+        f"WHERE s.{key} = {ROW}.{key} AND {ROW}.{key}::text = ANY($1::text[])",
+        [str(k) for k in keys],
+    )
+
+
+class IndexStep(_SchemaStep):
+    """Build the shadow's indexes once, then replay the changes logged meanwhile."""
+
+    suffix = "indexes"
+    title = "build the shadow's indexes"
+    transactional = False
+    rerun_after_interruption = True
+
+    async def up(self, conn: Connection) -> None:
+        names = await self.names(conn)
+        definition = await self.definition(conn, names)
+        await surgery.build_indexes(conn, definition, names)
+        replayer = Replayer(self, names)
+        for _ in range(CATCH_UP_PASSES):
+            await capture.replay(
+                conn, names, Direction.FORWARD, replayer.forward, batch=REPLAY_BATCH, until_lag=REPLAY_LAG
+            )
+            if await capture.lag(conn, names, Direction.FORWARD) <= REPLAY_LAG:
+                break
+
+    async def down(self, conn: Connection) -> None:
+        """Nothing to undo here: the shadow, with its indexes, is dropped by rolling back expand."""
+
+
+class SwapStep(_SchemaStep):
+    """Under the table's lock: replay the last changes, swap the tables, capture in reverse."""
+
+    suffix = "swap"
+    title = "swap the rewritten table in"
+    lock_timeout_ms: ClassVar[int] = 2_000
+    attempts: ClassVar[int] = 5
+
+    async def up(self, conn: Connection) -> None:
+        names = await self.names(conn)
+        definition = await self.definition(conn, names)
+        replayer = Replayer(self, names)
+
+        async def change() -> None:
+            if await capture.lag(conn, names, Direction.FORWARD) > IN_LOCK_MAX:
+                raise TableBusy(f"more than {IN_LOCK_MAX:,} changes were still to replay")
+            await capture.replay(
+                conn, names, Direction.FORWARD, replayer.forward, batch=REPLAY_BATCH, until_lag=0
+            )
+            await capture.remove_capture(conn, names, Direction.FORWARD)
+            await surgery.swap(conn, definition, names)
+            await capture.install_capture(
+                conn,
+                names,
+                direction=Direction.REVERSE,
+                table=names.qualified_table,
+                key=definition.key,
+                key_type=definition.key_type,
+                migration_id=self.migration_id,
+            )
+            if not await self.rewrite.inner.validate_postconditions(conn):
+                raise MigrationValidationError(
+                    f"rewrite of {self.migration_id!r}: validate_postconditions() returned False on the "
+                    "rewritten table; it was not swapped in",
+                    migration_id=self.migration_id,
+                )
+
+        async def catch_up() -> None:
+            await capture.replay(
+                conn, names, Direction.FORWARD, replayer.forward, batch=REPLAY_BATCH, until_lag=REPLAY_LAG
+            )
+
+        await under_table_lock(
+            conn,
+            names.qualified_table,
+            change,
+            lock_timeout_ms=self.lock_timeout_ms,
+            attempts=self.attempts,
+            what=f"the swap of rewrite {self.migration_id!r}",
+            migration_id=self.migration_id,
+            catch_up=catch_up,
+            advice="The shadow stays up to date; run the migration again once the table is quieter",
+            oid=definition.oid,
+        )
+
+    async def down(self, conn: Connection) -> None:
+        """Swap back: the changes made since the swap go back to the old table, which takes the
+        table's name again."""
+        names = await self.names(conn)
+        definition = await self.definition(conn, names, table=names.old)
+        replayer = Replayer(self, names)
+
+        async def change() -> None:
+            await capture.replay(
+                conn, names, Direction.REVERSE, replayer.backward, batch=REPLAY_BATCH, until_lag=0
+            )
+            await capture.remove_capture(conn, names, Direction.REVERSE)
+            await surgery.swap_back(conn, definition, names)
+
+        await under_table_lock(
+            conn,
+            names.qualified_table,
+            change,
+            lock_timeout_ms=self.lock_timeout_ms,
+            attempts=self.attempts,
+            what=f"the swap back of rewrite {self.migration_id!r}",
+            migration_id=self.migration_id,
+            advice="Nothing was changed; roll it back again once the table is quieter",
+        )
+
+
+class ValidateKeysStep(_SchemaStep):
+    """Validate the foreign keys the swap added NOT VALID (without blocking writes)."""
+
+    suffix = "validate-keys"
+    title = "validate the foreign keys carried over"
+
+    async def up(self, conn: Connection) -> None:
+        names = await self.names(conn)
+        definition = await self.definition(conn, names, table=names.old)
+        await surgery.validate_foreign_keys(conn, definition, names)
+
+    async def down(self, conn: Connection) -> None:
+        """Validated constraints need no undoing; swapping back drops them with the rewritten table."""
+
+
+class DropOldStep(_SchemaStep):
+    """Drop the original table, kept since the swap, and the reverse capture."""
+
+    suffix = "drop-old"
+    title = "drop the original table"
+    step_reversible = False
+
+    async def up(self, conn: Connection) -> None:
+        names = await self.names(conn)
+        await capture.remove_capture(conn, names, Direction.REVERSE)
+        await surgery.drop_old(conn, names)
+
+
+class _StaticNames:
+    def __init__(self, shadow_sql: str, table_sql: str) -> None:
+        self.shadow_sql = shadow_sql
+        self.table_sql = table_sql
+
+
+def _static_names(step: StepOf) -> _StaticNames:
+    """The shadow's and the original's qualified names, for a statement built without a
+    connection (the table's schema is named by the source, or left to the search path)."""
+    source = step.table_source
+    history = own_schema() or "brainmigrate"
+    schema = source.schema
+    names = RewriteNames(step.migration_id, schema or "", source.table, history)
+    if schema is None:
+        return _StaticNames(quote_ident(names.shadow), quote_ident(source.table))
+    return _StaticNames(names.in_table_schema(names.shadow), names.in_table_schema(source.table))
+
+
+__all__: Sequence[str] = (
+    "CopyStep",
+    "DropOldStep",
+    "FillStep",
+    "IndexStep",
+    "ShadowStep",
+    "SwapStep",
+    "ValidateKeysStep",
+    "copy_step",
+)
