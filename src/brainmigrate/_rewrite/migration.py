@@ -9,7 +9,7 @@ migration decides what is written; the steps decide only where.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from .._errors import MigrationValidationError
 from .._model.data import DatabaseDataMigration, DataMigration, MemoryDataMigration
@@ -19,7 +19,6 @@ from .._model.metadata import MigrationMetadata, MigrationType
 from .._model.states import HybridPhase
 from .._model.types import Connection
 from .steps import (
-    CopyStep,
     DropOldStep,
     FillStep,
     IndexStep,
@@ -120,14 +119,3 @@ class RewriteMigration(HybridMigration):
         """Every backfill step applied without failed items (checked by the hybrid runner); the
         migration's own postconditions are checked on the new table, inside the swap."""
         return True
-
-    @property
-    def copy(self) -> CopyStep:
-        step = self.steps_of(HybridPhase.BACKFILLING)[0].migration
-        assert isinstance(step, CopyStep)
-        return step
-
-    def __getattr__(self, name: str) -> Any:  # attributes of the migration rewritten, for display
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)

@@ -14,16 +14,19 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .._engine.batches import decode_rows
+import attrs
+
+from .._engine.batches import decode_rows, write_entries
 from .._engine.entries import transform_items
-from .._engine.plan import make_plan
+from .._engine.plan import RunPlan, make_plan
+from .._engine.structure_sql import new_value
 from .._engine.table import TableShape
 from .._engine.table_lock import TableBusy, under_table_lock
 from .._engine.transform import TransformCaller
 from .._errors import MigrationStateError, MigrationValidationError
 from .._ledger.session import own_schema
 from .._model.config import MigrationConfig
-from .._model.data import DatabaseDataMigration
+from .._model.data import DatabaseDataMigration, DataMigration
 from .._model.items import DataSource
 from .._model.memory_structure import MemoryStructureMigration
 from .._model.metadata import MigrationMetadata, MigrationType
@@ -98,6 +101,21 @@ class StepOf:
         table_schema = source.schema or await conn.fetchval("SELECT current_schema()")
         return RewriteNames(self.migration_id, table_schema, source.table, schema)
 
+    async def capture(
+        self, conn: Connection, names: RewriteNames, definition: TableDefinition, direction: Direction
+    ) -> None:
+        """Start logging the changed keys of the table under the table's name (the original
+        before the swap, the rewritten one after it)."""
+        await capture.install_capture(
+            conn,
+            names,
+            direction=direction,
+            table=names.qualified_table,
+            key=definition.key,
+            key_type=definition.key_type,
+            migration_id=self.migration_id,
+        )
+
     async def definition(
         self, conn: Connection, names: RewriteNames, *, table: str | None = None
     ) -> TableDefinition:
@@ -139,15 +157,7 @@ class ShadowStep(_SchemaStep):
                 migration_id=self.migration_id,
             )
         await surgery.create_shadow(conn, definition, names)
-        await capture.install_capture(
-            conn,
-            names,
-            direction=Direction.FORWARD,
-            table=names.qualified_table,
-            key=definition.key,
-            key_type=definition.key_type,
-            migration_id=self.migration_id,
-        )
+        await self.capture(conn, names, definition, Direction.FORWARD)
 
     async def down(self, conn: Connection) -> None:
         names = await self.names(conn)
@@ -211,8 +221,9 @@ class _PythonCopy(CopyStep):
         return await RewriteWriter.of(conn, names, table)
 
 
-class _StructureCopy(CopyStep, DatabaseDataMigration):
-    """A structure migration's operations applied on the way into the shadow, on the server."""
+class _RangeCopy(StepOf, DatabaseDataMigration):
+    """A backfill step copying key ranges into the shadow on the server; rolled back by deleting
+    the ranges from it."""
 
     step_type = MigrationType.DATABASE_DATA
     strategy = "in_place"
@@ -221,27 +232,28 @@ class _StructureCopy(CopyStep, DatabaseDataMigration):
         DatabaseDataMigration.__init__(self, rewrite.pool)
         self.rewrite = rewrite
 
+    async def get_rollback_batch_statement(self) -> str | None:
+        shadow, _ = _static_names(self)
+        return f"DELETE FROM {shadow} WHERE {quote_ident(self.table_source.key)} BETWEEN $1 AND $2"
+
+
+class _StructureCopy(CopyStep, _RangeCopy):
+    """A structure migration's operations applied on the way into the shadow, on the server."""
+
     async def get_batch_statement(self) -> str | None:
         inner = self.rewrite.inner
         assert isinstance(inner, MemoryStructureMigration)
-        from .._engine.structure_sql import new_value
-
         column = inner.column
         new = new_value(inner.checked_operations(), f"{ROW}.{quote_ident(column)}")
-        names = _static_names(self)
+        shadow, table = _static_names(self)
         where = f" AND ({self.table_source.where})" if self.table_source.where else ""
         key = quote_ident(self.table_source.key)
         return (
-            f"INSERT INTO {names.shadow_sql} OVERRIDING SYSTEM VALUE SELECT r.* "
-            f"FROM {names.table_sql} AS {ROW} CROSS JOIN LATERAL "
+            f"INSERT INTO {shadow} OVERRIDING SYSTEM VALUE SELECT r.* "
+            f"FROM {table} AS {ROW} CROSS JOIN LATERAL "
             f"jsonb_populate_record({ROW}, jsonb_build_object({quote_literal(column)}, {new})) AS r "
             f"WHERE {ROW}.{key} BETWEEN $1 AND $2{where} ON CONFLICT DO NOTHING"
         )
-
-    async def get_rollback_batch_statement(self) -> str | None:
-        names = _static_names(self)
-        key = quote_ident(self.table_source.key)
-        return f"DELETE FROM {names.shadow_sql} WHERE {key} BETWEEN $1 AND $2"
 
 
 def copy_step(rewrite: RewriteMigration) -> Migration:
@@ -261,17 +273,11 @@ def copy_step(rewrite: RewriteMigration) -> Migration:
     return step
 
 
-class FillStep(StepOf, DatabaseDataMigration):
+class FillStep(_RangeCopy):
     """Every row the copy did not write (skipped, filtered out, failed), copied as it is."""
 
     suffix = "fill"
     title = "copy every other row as it is"
-    step_type = MigrationType.DATABASE_DATA
-    strategy = "in_place"
-
-    def __init__(self, rewrite: RewriteMigration) -> None:
-        DatabaseDataMigration.__init__(self, rewrite.pool)
-        self.rewrite = rewrite
 
     @classmethod
     def of(cls, rewrite: RewriteMigration) -> FillStep:
@@ -289,18 +295,13 @@ class FillStep(StepOf, DatabaseDataMigration):
         return step
 
     async def get_batch_statement(self) -> str | None:
-        names = _static_names(self)
+        shadow, table = _static_names(self)
         key = quote_ident(self.table_source.key)
         return (
-            f"INSERT INTO {names.shadow_sql} OVERRIDING SYSTEM VALUE SELECT {ROW}.* "
-            f"FROM {names.table_sql} AS {ROW} "
+            f"INSERT INTO {shadow} OVERRIDING SYSTEM VALUE SELECT {ROW}.* "
+            f"FROM {table} AS {ROW} "
             f"WHERE {ROW}.{key} BETWEEN $1 AND $2 ON CONFLICT DO NOTHING"
         )
-
-    async def get_rollback_batch_statement(self) -> str | None:
-        names = _static_names(self)
-        key = quote_ident(self.table_source.key)
-        return f"DELETE FROM {names.shadow_sql} WHERE {key} BETWEEN $1 AND $2"
 
 
 # -- cutover --------------------------------------------------------------------------------------
@@ -313,24 +314,32 @@ class Replayer:
     def __init__(self, step: StepOf, names: RewriteNames) -> None:
         self.step = step
         self.names = names
+        self._plan: RunPlan | None = None
+
+    async def _writing_plan(self, conn: Connection) -> RunPlan:
+        """The migration's plan, writing into the shadow (made once: the tables do not change
+        while a step replays)."""
+        if self._plan is None:
+            plan = await make_plan(conn, self.names.history_schema, self.step.rewrite.inner, "")
+            writer = await RewriteWriter.of(conn, self.names, plan.table)
+            self._plan = attrs.evolve(plan, writer=writer)
+        return self._plan
 
     async def forward(self, conn: Connection, keys: list[Any]) -> int:
         """Apply ``keys`` from the original to the shadow, transformed."""
         names, source = self.names, self.step.table_source
+        inner = self.step.rewrite.inner
         written = await copy.apply_keys(
             conn,
             source=names.qualified_table,
             target=names.in_table_schema(names.shadow),
             key=source.key,
             keys=keys,
+            expressions=_restructured(inner, source),
         )
-        inner = self.step.rewrite.inner
-        if not keys:
+        if not keys or isinstance(inner, MemoryStructureMigration):
             return written
-        if isinstance(inner, MemoryStructureMigration):
-            await _restructure(conn, self.step, names, keys)
-            return written
-        plan = await make_plan(conn, names.history_schema, inner, "")
+        plan = await self._writing_plan(conn)
         wanted = keys
         if source.where:
             wanted = [
@@ -345,15 +354,7 @@ class Replayer:
             return written
         items = decode_rows(plan, await conn.fetch(plan.rows_by_key, [str(k) for k in wanted]))
         entries = await transform_items(plan, TransformCaller(MigrationConfig(), inner.retry_on), items)
-        changed = [e for e in entries if e.changes and e.error is None]
-        writer = await RewriteWriter.of(conn, names, plan.table)
-        groups: dict[tuple[str, ...], list[Any]] = {}
-        for entry in changed:
-            assert entry.changes is not None
-            groups.setdefault(tuple(entry.changes), []).append(entry)
-        for group in groups.values():
-            writer.encode(group)
-            await writer.write(conn, group)
+        await write_entries(conn, plan, [e for e in entries if e.changes and e.error is None], isolate=False)
         failed = [e for e in entries if e.error is not None]
         if failed:
             raise MigrationValidationError(
@@ -375,22 +376,14 @@ class Replayer:
         )
 
 
-async def _restructure(conn: Connection, step: StepOf, names: RewriteNames, keys: list[Any]) -> None:
-    inner = step.rewrite.inner
-    assert isinstance(inner, MemoryStructureMigration)
-    from .._engine.structure_sql import new_value
-
-    column = quote_ident(inner.column)
-    key = quote_ident(step.table_source.key)
-    new = new_value(inner.checked_operations(), f"{ROW}.{column}")
-    where = step.table_source.where
-    value = f"CASE WHEN {where} THEN {new} ELSE {ROW}.{column} END" if where else new
-    await conn.execute(
-        f"UPDATE {names.in_table_schema(names.shadow)} AS s SET {column} = {value} "
-        f"FROM {names.qualified_table} AS {ROW} "
-        f"WHERE s.{key} = {ROW}.{key} AND {ROW}.{key}::text = ANY($1::text[])",
-        [str(k) for k in keys],
-    )
+def _restructured(inner: DataMigration, source: DataSource) -> dict[str, str] | None:
+    """A structure migration's column as its replay writes it (its operations applied to the
+    rows its filter selects), over the copy's source row; None for any other migration."""
+    if not isinstance(inner, MemoryStructureMigration):
+        return None
+    column = f"{copy.ROW}.{quote_ident(inner.column)}"
+    new = new_value(inner.checked_operations(), column)
+    return {inner.column: f"CASE WHEN {source.where} THEN {new} ELSE {column} END" if source.where else new}
 
 
 class IndexStep(_SchemaStep):
@@ -438,15 +431,7 @@ class SwapStep(_SchemaStep):
             )
             await capture.remove_capture(conn, names, Direction.FORWARD)
             await surgery.swap(conn, definition, names)
-            await capture.install_capture(
-                conn,
-                names,
-                direction=Direction.REVERSE,
-                table=names.qualified_table,
-                key=definition.key,
-                key_type=definition.key_type,
-                migration_id=self.migration_id,
-            )
+            await self.capture(conn, names, definition, Direction.REVERSE)
             if not await self.rewrite.inner.validate_postconditions(conn):
                 raise MigrationValidationError(
                     f"rewrite of {self.migration_id!r}: validate_postconditions() returned False on the "
@@ -526,22 +511,14 @@ class DropOldStep(_SchemaStep):
         await surgery.drop_old(conn, names)
 
 
-class _StaticNames:
-    def __init__(self, shadow_sql: str, table_sql: str) -> None:
-        self.shadow_sql = shadow_sql
-        self.table_sql = table_sql
-
-
-def _static_names(step: StepOf) -> _StaticNames:
+def _static_names(step: StepOf) -> tuple[str, str]:
     """The shadow's and the original's qualified names, for a statement built without a
     connection (the table's schema is named by the source, or left to the search path)."""
     source = step.table_source
-    history = own_schema() or "brainmigrate"
-    schema = source.schema
-    names = RewriteNames(step.migration_id, schema or "", source.table, history)
-    if schema is None:
-        return _StaticNames(quote_ident(names.shadow), quote_ident(source.table))
-    return _StaticNames(names.in_table_schema(names.shadow), names.in_table_schema(source.table))
+    names = RewriteNames(step.migration_id, source.schema or "", source.table, own_schema() or "")
+    if source.schema is None:
+        return quote_ident(names.shadow), quote_ident(source.table)
+    return names.in_table_schema(names.shadow), names.qualified_table
 
 
 __all__: Sequence[str] = (
