@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from brainmigrate._engine import jsoncodec
@@ -53,6 +53,13 @@ def test_any_json_value_encodes_to_text_that_both_paths_decode_to_the_same_value
     for text in (fast, standard):
         assert _same(jsoncodec.orjson_loads(text), jsoncodec.stdlib_loads(text))
     assert _same(json.loads(fast), json.loads(standard))
+
+
+@settings(max_examples=400, deadline=None)
+@given(JSON_VALUES)
+@example({"small": 6.103515625e-05, "tiny": 1e-7, "zero": 0.0, "edge": 1e-4, "big": 1e16})
+def test_any_json_value_encodes_to_exactly_the_text_the_standard_library_writes(value: Any) -> None:
+    assert jsoncodec.orjson_dumps(value) == jsoncodec.stdlib_dumps(value)
 
 
 @settings(max_examples=200, deadline=None)

@@ -13,8 +13,8 @@ avoided where it would differ from ``json``'s, and ``json`` decides there:
   refuses ``NaN``, infinities and lone surrogates, which ``json`` reads. A text orjson refuses,
   or whose result holds an integral float of 2**63 or more, is decoded by ``json`` again.
 
-Floats may be spelled differently (``1e-07`` by ``json``, ``1e-7`` by orjson); they are the same
-number, and PostgreSQL's ``jsonb`` stores the number, not its spelling.
+Floats are spelled alike from 1e-4 up; a value holding a smaller non-zero float is encoded
+by ``json`` (orjson writes ``0.00001`` or ``1e-7`` where ``json`` writes ``1e-05``, ``1e-07``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan
 #: Types orjson and ``json`` encode alike (floats too, when finite).
 _LEAVES = frozenset({str, int, bool, type(None)})
 
+#: Non-zero floats smaller than this (in magnitude) orjson spells otherwise than ``json``.
+_SMALLEST_ALIKE = 1e-4
 #: Integral floats at least this large may be integers orjson could not hold exactly.
 _INEXACT = float(2**63)
 
@@ -57,7 +59,9 @@ def _plain(value: Any) -> bool:
     if kind in _LEAVES:
         return True
     if kind is float:
-        return bool(value - value == 0.0)  # False for NaN and infinities
+        # Finite (not NaN nor infinite), and not below 1e-4, where orjson writes 0.00001 or
+        # 1e-7 and json 1e-05 or 1e-07: the same number, a different text.
+        return bool(value - value == 0.0) and (value == 0.0 or abs(value) >= _SMALLEST_ALIKE)
     if kind is dict:
         items = value.values()
     elif kind is list or kind is tuple:
