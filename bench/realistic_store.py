@@ -22,15 +22,20 @@ hybrid (``run_pending()`` through cutover, then ``contract``); otherwise the sec
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 from common import Row, Section, Stats, databases, rotated, run_alone
+from concurrent_writes import State, expected, latency, read_log, writer
 from data_bench import Copies
 
 from brainmigrate import MigrationMetadata, MigrationStatus, Migrator
@@ -48,6 +53,9 @@ DIMENSIONS = 384
 MIGRATION_ID = "bench_realistic_sentiment_001"
 IN_PLACE = 'in place (strategy = "in_place")'
 REWRITE = 'rewrite (strategy = "rewrite"), through cutover'
+REWRITE_WRITER = "the same rewrite while a process writes"
+#: The writer's statements per second, and seconds it writes alone before the run and after it.
+WRITER_RATE, WRITER_ALONE, WRITER_AFTER = 50.0, 5.0, 3.0
 
 GENERATE = """
 CREATE EXTENSION IF NOT EXISTS vector;
@@ -125,6 +133,15 @@ SELECT id, content, metadata::text AS metadata,
 """
 PAGE = 10_000
 
+#: The migrated rows loaded into a new table, its indexes built after the load: the sizes to compare.
+FRESH_BUILD = (
+    "CREATE TABLE memories_fresh (LIKE memories INCLUDING DEFAULTS INCLUDING CONSTRAINTS) "
+    "WITH (autovacuum_enabled = off)",
+    "INSERT INTO memories_fresh SELECT * FROM memories",
+    "ALTER TABLE memories_fresh ADD PRIMARY KEY (id)",
+    INDEXES.format(prefix="fresh", table="memories_fresh"),
+)
+
 SIZES = """
 SELECT pg_relation_size('{table}'), pg_indexes_size('{table}'), pg_total_relation_size('{table}'),
        pg_relation_size('{hnsw}')
@@ -165,36 +182,59 @@ async def _pages(conn: asyncpg.Connection[Any], table: str) -> Any:
         last = page[-1]["id"]
 
 
-async def check_migrated(source_dsn: str, dsn: str, table: str = "memories") -> int:
-    """Row by row: every memory of the source, with its sentiment added, nothing else changed."""
-    source, target = await asyncpg.connect(source_dsn), await asyncpg.connect(dsn)
-    wrong: list[str] = []
-    count = 0
+#: Each memory of a table by key: content, metadata and a digest of its other columns.
+Rows = dict[str, tuple[str, dict[str, Any], str]]
+
+
+def with_sentiment(content: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The metadata the enrichment writes (it reads only memories without a sentiment)."""
+    return metadata if "sentiment" in metadata else {**metadata, "sentiment": sentiment(content)}
+
+
+async def load_rows(dsn: str, table: str = "memories") -> Rows:
+    conn = await asyncpg.connect(dsn)
     try:
-        rows = _pages(target, table)
-        async for before in _pages(source, "memories"):
-            after = await anext(rows, None)
-            count += 1
-            expected = {**json.loads(before["metadata"]), "sentiment": sentiment(before["content"])}
-            if (
-                after is None
-                or after["id"] != before["id"]
-                or after["content"] != before["content"]
-                or after["rest"] != before["rest"]
-                or json.loads(after["metadata"]) != expected
-            ):
-                wrong.append(str(before["id"]))
-                if after is None or after["id"] != before["id"]:
-                    break
-        extra = await anext(rows, None)
+        return {
+            str(row["id"]): (row["content"], json.loads(row["metadata"]), row["rest"])
+            async for row in _pages(conn, table)
+        }
     finally:
-        await source.close()
-        await target.close()
-    if wrong or extra is not None:
+        await conn.close()
+
+
+async def check_rows(
+    source: Rows, dsn: str, *, transformed: bool = True, touched: Mapping[str, State] | None = None
+) -> int:
+    """Row by row: each memory of ``source`` (enriched when ``transformed``) and nothing else,
+    except the rows in ``touched``, which must hold what it says (absent for None)."""
+    touched = touched or {}
+    conn = await asyncpg.connect(dsn)
+    wrong: list[str] = []
+    seen: set[str] = set()
+    try:
+        async for row in _pages(conn, "memories"):
+            key = str(row["id"])
+            seen.add(key)
+            metadata = json.loads(row["metadata"])
+            if key in touched:
+                ok = touched[key] == (row["content"], metadata)
+            elif key in source:
+                content, before, rest = source[key]
+                want = with_sentiment(content, before) if transformed else before
+                ok = (row["content"], metadata, row["rest"]) == (content, want, rest)
+            else:
+                ok = False
+            if not ok:
+                wrong.append(key)
+    finally:
+        await conn.close()
+    missing = [key for key in source if key not in seen and key not in touched]
+    missing += [key for key, state in touched.items() if state is not None and key not in seen]
+    if wrong or missing:
         raise RuntimeError(
-            f"{len(wrong)} memories wrong after the migration (first {wrong[:3]}), extra {extra}"
+            f"{len(wrong)} memories wrong (first {wrong[:3]}), {len(missing)} missing (first {missing[:3]})"
         )
-    return count
+    return len(seen)
 
 
 async def sizes(dsn: str, table: str, hnsw: str) -> tuple[int, int, int, int]:
@@ -236,30 +276,80 @@ async def run_in_place(dsn: str) -> float:
     return elapsed
 
 
-async def run_rewrite(dsn: str) -> dict[str, float] | str:
-    """Seconds of the rewrite through cutover and of its contract, or why it was not measured."""
-    if "rewrite" not in getattr(_SENTIMENT.MemoryDataMigration, "__dict__", {}) and not hasattr(
-        EnrichMemoriesWithSentiment, "strategy"
-    ):
-        return "the strategy attribute does not exist"
+async def run_rewrite(dsn: str) -> dict[str, float]:
+    """Seconds of the rewrite through cutover, of each of its steps, and of its contract."""
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     try:
         migrator = Migrator(pool, [migration_class("rewrite")])
         started = time.perf_counter()
         results = await migrator.run_pending()
         elapsed = time.perf_counter() - started
-        try:
-            phase = await migrator.hybrid_phase(MIGRATION_ID)
-        except Exception as exc:  # the engine ran it as a plain data migration
-            return f'strategy = "rewrite" was not run as a rewrite ({type(exc).__name__}: {exc}); results {results}'  # noqa: E501
-        if phase is None or phase.name != "READY_TO_CONTRACT":
-            return f"the rewrite stopped at {phase}: {results}"
+        await _ready_to_contract(migrator, results)
+        steps = await step_seconds(migrator)
         started = time.perf_counter()
         await migrator.contract(MIGRATION_ID)
         contract = time.perf_counter() - started
     finally:
         await pool.close()
-    return {"run": elapsed, "contract": contract}
+    return {"run": elapsed, "contract": contract, **steps}
+
+
+async def _ready_to_contract(migrator: Migrator, results: Any) -> None:
+    phase = await migrator.hybrid_phase(MIGRATION_ID)
+    if phase is None or phase.name != "READY_TO_CONTRACT":
+        raise RuntimeError(f"the rewrite stopped at {phase}: {results}")
+
+
+async def run_rewrite_under_writes(
+    source: Rows, dsn: str, rows: int, rate: float, log: Path
+) -> tuple[dict[str, float], list[str]]:
+    """The rewrite while ``writer.py`` writes, each row checked after the swap, then the swap back
+    timed and checked: seconds of the run and of the swap back, and lines on the writer."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        original_oid = int(await conn.fetchval("SELECT 'memories'::regclass::oid"))
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    try:
+        migrator = Migrator(pool, [migration_class("rewrite")])
+        with writer(dsn, log, rows=rows, rate=rate):
+            await asyncio.sleep(WRITER_ALONE)  # the writer's latency before the migration starts
+            run_from = time.time()
+            started = time.perf_counter()
+            results = await migrator.run_pending()
+            elapsed = time.perf_counter() - started
+            run_to = time.time()
+            await asyncio.sleep(WRITER_AFTER)  # writes to the table swapped in
+        await _ready_to_contract(migrator, results)
+        entries = read_log(log)
+        states = {key: (content, metadata) for key, (content, metadata, _) in source.items()}
+        wanted = expected(entries, states, original_oid, with_sentiment)
+        if not wanted.writes_after_swap:
+            raise RuntimeError("the writer wrote nothing after the swap: make WRITER_AFTER longer")
+        await check_rows(source, dsn, touched=wanted.after_swap)
+        started = time.perf_counter()
+        await migrator.rollback(MIGRATION_ID)
+        swap_back = time.perf_counter() - started
+        await check_rows(source, dsn, transformed=False, touched=wanted.after_swap_back)
+    finally:
+        await pool.close()
+    lines = [
+        f"writes before the swap {wanted.writes_before_swap:,}, after it {wanted.writes_after_swap:,}, "
+        f"failed {wanted.failed}; rows written by the writer checked: {len(wanted.after_swap):,}",
+        "alone: " + latency([e for e in entries if e["at"] < run_from]),
+        "during the rewrite: " + latency([e for e in entries if run_from <= e["at"] <= run_to]),
+    ]
+    return {"run": elapsed, "swap back": swap_back}, lines
+
+
+async def step_seconds(migrator: Migrator) -> dict[str, float]:
+    """Seconds of each applied step of the rewrite, from the history (``step <name>``)."""
+    return {
+        f"step {record.migration_id.rsplit('/', 1)[1]}": (record.duration_ms or 0.0) / 1000
+        for record in await migrator.history()
+        if record.hybrid_id == MIGRATION_ID and record.migration_id != MIGRATION_ID and record.applied_after
+    }
 
 
 def _mib(size: int) -> str:
@@ -267,79 +357,73 @@ def _mib(size: int) -> str:
 
 
 async def bench_realistic(admin_dsn: str, rows: int, rounds: int) -> list[Section]:
-    samples: dict[str, list[float]] = {IN_PLACE: [], REWRITE: []}
+    samples: dict[str, list[float]] = {IN_PLACE: [], REWRITE: [], REWRITE_WRITER: []}
+    details: dict[str, list[float]] = {}
     notes: list[str] = []
     measured: dict[str, tuple[int, int, int, int]] = {}
     async with databases(admin_dsn) as factory:
-        source = await factory.create()
+        source_dsn = await factory.create()
         started = time.perf_counter()
-        await _execute(source, GENERATE.format(rows=int(rows), dimensions=DIMENSIONS))
+        await _execute(source_dsn, GENERATE.format(rows=int(rows), dimensions=DIMENSIONS))
         await _execute(
-            source, INDEXES.format(prefix="idx_memories", table="memories"), "VACUUM ANALYZE memories"
+            source_dsn, INDEXES.format(prefix="idx_memories", table="memories"), "VACUUM ANALYZE memories"
         )
         _progress(f"store of {rows:,} memories built in {time.perf_counter() - started:.1f} s")
-        copies = Copies(factory, source)
-        hnsw = await hnsw_name(source)
-        rewrite_missing = ""
+        source = await load_rows(source_dsn)
+        copies = Copies(factory, source_dsn)
+        hnsw = await hnsw_name(source_dsn)
+
+        async def in_place(dsn: str) -> float:
+            seconds = await run_in_place(dsn)
+            await check_rows(source, dsn)
+            measured[IN_PLACE] = await sizes(dsn, "memories", hnsw)
+            if "fresh" not in measured:
+                await _execute(dsn, *FRESH_BUILD)
+                measured["fresh"] = await sizes(dsn, "memories_fresh", "fresh_embedding_hnsw")
+            return seconds
+
+        async def rewrite(dsn: str) -> float:
+            outcome = await run_rewrite(dsn)
+            await check_rows(source, dsn)
+            measured[REWRITE] = await sizes(dsn, "memories", hnsw)
+            for what, seconds in outcome.items():
+                details.setdefault(what, []).append(seconds)
+            return outcome["run"]
+
+        async def rewrite_under_writes(dsn: str, turn: int) -> float:
+            with tempfile.TemporaryDirectory() as scratch:
+                outcome, lines = await run_rewrite_under_writes(
+                    source, dsn, rows, WRITER_RATE, Path(scratch) / "writer.jsonl"
+                )
+            details.setdefault("swap back (rollback)", []).append(outcome["swap back"])
+            notes.extend(f"- round {turn + 1}, writer at {WRITER_RATE:.0f} statements/s: {x}" for x in lines)
+            return outcome["run"]
+
         try:
             for turn in range(rounds):
-                for tool in rotated([IN_PLACE, REWRITE], turn):
+                for tool in rotated(list(samples), turn):
                     if tool == IN_PLACE:
-
-                        async def timed(dsn: str) -> float:
-                            seconds = await run_in_place(dsn)
-                            await check_migrated(source, dsn)
-                            measured[IN_PLACE] = await sizes(dsn, "memories", hnsw)
-                            if "fresh" not in measured:
-                                await _execute(
-                                    dsn,
-                                    "CREATE TABLE memories_fresh (LIKE memories INCLUDING DEFAULTS "
-                                    "INCLUDING CONSTRAINTS) WITH (autovacuum_enabled = off)",
-                                    "INSERT INTO memories_fresh SELECT * FROM memories",
-                                    "ALTER TABLE memories_fresh ADD PRIMARY KEY (id)",
-                                    INDEXES.format(prefix="fresh", table="memories_fresh"),
-                                )
-                                measured["fresh"] = await sizes(dsn, "memories_fresh", "fresh_embedding_hnsw")
-                            return seconds
-
-                        samples[IN_PLACE].append(await copies.run(timed))
-                        _progress(f"round {turn + 1}: in place {rows / samples[IN_PLACE][-1]:,.0f} rows/s")
-                    elif not rewrite_missing:
-
-                        async def rewritten(dsn: str) -> dict[str, float] | str:
-                            outcome = await run_rewrite(dsn)
-                            if isinstance(outcome, dict):
-                                await check_migrated(source, dsn)
-                                measured[REWRITE] = await sizes(dsn, "memories", hnsw)
-                            return outcome
-
-                        outcome = await copies.run(rewritten)
-                        if isinstance(outcome, str):
-                            rewrite_missing = outcome
-                            _progress(f"rewrite NOT measured: {outcome}")
-                        else:
-                            samples[REWRITE].append(outcome["run"])
-                            notes.append(f"- round {turn + 1}: contract {outcome['contract']:.2f} s")
+                        samples[tool].append(await copies.run(in_place))
+                    elif tool == REWRITE:
+                        samples[tool].append(await copies.run(rewrite))
+                    else:
+                        samples[tool].append(await copies.run(partial(rewrite_under_writes, turn=turn)))
+                    _progress(f"round {turn + 1}: {tool} {samples[tool][-1]:.1f} s, checked row by row")
         finally:
-            await factory.drop(source)
-    rows_out = [Row(tool, Stats(tuple(times))) for tool, times in samples.items() if times]
-    if rewrite_missing:
-        notes.append(f"- rewrite NOT measured: {rewrite_missing}")
-    elif samples[REWRITE]:
-        ratio = statistics.median(a / b for a, b in zip(samples[IN_PLACE], samples[REWRITE], strict=True))
-        notes.append(f"- rewrite is {ratio:.1f}x faster than in place end to end (target: >= 10x)")
+            await factory.drop(source_dsn)
+    ratio = statistics.median(a / b for a, b in zip(samples[IN_PLACE], samples[REWRITE], strict=True))
+    notes.insert(0, f"- rewrite is {ratio:.1f}x faster than in place end to end (target: >= 10x)")
+    for what, seconds in details.items():
+        notes.append(f"- {what}: median {statistics.median(seconds):.2f} s")
     notes.append("- sizes (table / indexes / total / HNSW index):")
     for what, (table, indexes, total, vector) in measured.items():
         label = "fresh build of the migrated rows" if what == "fresh" else f"after {what}"
         notes.append(f"  - {label}: {_mib(table)} / {_mib(indexes)} / {_mib(total)} / {_mib(vector)}")
-    notes.append(
-        "- not measured yet: the concurrent writer process, the writer's latency, rollback by swap back"
-    )
     return [
         Section(
             title=f"sentiment enrichment over a realistic store of {rows:,} memories "
             f"({DIMENSIONS}-d embeddings, HNSW + GIN + 5 B-tree indexes)",
-            rows=rows_out,
+            rows=[Row(tool, Stats(tuple(times))) for tool, times in samples.items()],
             baselines=(IN_PLACE,),
             show_p90=False,
             items=rows,

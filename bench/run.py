@@ -10,6 +10,7 @@
     python bench/run.py --only impact --impact-rows 20000 --impact-rounds 3
     python bench/run.py --only model_throughput --model-rows 100000 --model-rounds 3
     python bench/run.py --only reembed --reembed-rows 100000 --reembed-rounds 3
+    python bench/run.py --only realistic --realistic-rows 100000 --realistic-rounds 3
     python bench/run.py --only checks --checks-migrations 200 --checks-rounds 1
 
 The DSN must name a maintenance database (such as ``postgres``) of a role allowed to create
@@ -41,6 +42,7 @@ from common import ENV_DSN, Section, markdown_table, raw_samples, server_version
 from data_bench import bench_data
 from model_throughput import bench_model_throughput
 from noop_bench import bench_noop
+from realistic_store import bench_realistic
 from reembed import bench_reembed
 from structure_bench import bench_structure
 from write_impact_bench import bench_write_impact
@@ -142,6 +144,13 @@ async def run_benchmarks(dsn: str, args: argparse.Namespace, workdir: Path) -> l
                 print(text_table(section), end="\n\n", flush=True)
         else:
             print("re-embedding: skipped, the server has no pgvector (extension `vector`)", end="\n\n")
+    if args.only in (None, "realistic"):
+        if await _has_pgvector(dsn):
+            for section in await bench_realistic(dsn, args.realistic_rows, args.realistic_rounds):
+                sections.append(section)
+                print(text_table(section), end="\n\n", flush=True)
+        else:
+            print("realistic store: skipped, the server has no pgvector (extension `vector`)", end="\n\n")
     if args.only in (None, "checks"):
         for section in await bench_checks(dsn, workdir, args.checks_migrations, args.checks_rounds):
             sections.append(section)
@@ -199,8 +208,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the re-embedding benchmark without its raw writes (in place and side table)",
     )
     parser.add_argument(
+        "--realistic-rows",
+        type=int,
+        default=100_000,
+        help="memories of the realistic store, in place against rewrite (default 100000)",
+    )
+    parser.add_argument("--realistic-rounds", type=int, default=3, help="rounds of the realistic store")
+    parser.add_argument(
         "--only",
-        choices=("noop", "apply", "data", "structure", "impact", "model_throughput", "reembed", "checks"),
+        choices=(
+            "noop",
+            "apply",
+            "data",
+            "structure",
+            "impact",
+            "model_throughput",
+            "reembed",
+            "realistic",
+            "checks",
+        ),
         help="run one benchmark only",
     )
     parser.add_argument(
@@ -225,6 +251,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.model_rounds,
         args.reembed_rows,
         args.reembed_rounds,
+        args.realistic_rows,
+        args.realistic_rounds,
         args.checks_migrations,
         args.checks_rounds,
     )
