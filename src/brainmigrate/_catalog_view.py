@@ -9,25 +9,17 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from ._catalog.graph import MigrationGraph
-from ._engine.state import RunState
 from ._errors import (
-    BrainMigrateError,
     DependencyError,
     DuplicateMigrationError,
     MigrationNotFoundError,
     MigrationStateError,
-    MigrationValidationError,
 )
 from ._ledger.history import MigrationState
-from ._ledger.hybrid import HybridLedger
-from ._model.config import MigrationConfig
-from ._model.data import DataMigration
 from ._model.hybrid import HybridMigration
 from ._model.metadata import MigrationType
 from ._model.migration import Migration
-from ._model.types import Connection
-from ._rewrite.migration import RewriteMigration, rewritable
-from ._rewrite.strategy import choose
+from ._rewrite.migration import RewriteMigration
 
 logger = logging.getLogger("brainmigrate")
 
@@ -89,64 +81,6 @@ class _Catalog:
                 migration_id=migration_id,
             )
         return migration
-
-
-async def rewrites_of(
-    loaded: list[tuple[Migration, str]],
-) -> tuple[list[tuple[Migration, str]], dict[str, RewriteMigration]]:
-    """The migrations as they run: those with ``strategy = "rewrite"`` as their rewrite; and the
-    rewrite of each with ``strategy = "auto"`` that could run as one. A migration declaring
-    ``"rewrite"`` that cannot be rewritten is refused, saying why."""
-    runs: list[tuple[Migration, str]] = []
-    rewrites: dict[str, RewriteMigration] = {}
-    for migration, label in loaded:
-        strategy = getattr(type(migration), "strategy", "in_place")
-        if not isinstance(migration, DataMigration) or strategy == "in_place":
-            runs.append((migration, label))
-            continue
-        why = await rewritable(migration)
-        if why is None:
-            rewrite = RewriteMigration.of(migration)
-            if strategy == "rewrite":
-                runs.append((rewrite, label))
-                continue
-            rewrites[migration.metadata.id] = rewrite
-        elif strategy == "rewrite":
-            raise MigrationValidationError(
-                f"data migration {migration.metadata.id!r} ({label}) declares strategy = 'rewrite', but it "
-                f"cannot be rewritten: {why}. Set strategy = 'in_place' (or 'auto')",
-                migration_id=migration.metadata.id,
-            )
-        runs.append((migration, label))
-    return runs, rewrites
-
-
-async def effective(
-    catalog: _Catalog,
-    migration: Migration,
-    conn: Connection,
-    schema: str,
-    *,
-    config: MigrationConfig | None = None,
-) -> Migration:
-    """The migration as it runs here: its rewrite when one was started (or, with ``config``, when
-    ``strategy = "auto"`` chooses one now, for a migration that never ran), else itself."""
-    rewrite = catalog.rewrites.get(migration.metadata.id)
-    if rewrite is None or migration is rewrite:
-        return migration
-    mid = migration.metadata.id
-    if await HybridLedger(schema).latest(conn, mid) is not None:
-        return rewrite
-    if config is None or await RunState(schema).run_row(conn, mid) is not None:
-        return migration
-    assert isinstance(migration, DataMigration)
-    try:
-        choice = await choose(conn, schema, migration, config)
-    except BrainMigrateError as exc:  # its own run says what is wrong (a table missing, say)
-        logger.info("data migration %s runs in place: no rewrite could be chosen (%s)", mid, exc)
-        return migration
-    logger.info("data migration %s runs %s: %s", mid, choice.strategy.replace("_", " "), choice.reason)
-    return rewrite if choice.rewrite else migration
 
 
 def _hybrid_steps(loaded: Iterable[tuple[Migration, str]]) -> tuple[dict[str, Migration], dict[str, str]]:

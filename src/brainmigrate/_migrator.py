@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import attrs
 
 from ._authoring.squash import write_squash
 from ._catalog.graph import MigrationGraph
@@ -21,14 +20,11 @@ from ._catalog_view import (
     _Catalog,
     _hybrid_steps,
     _refuse_dependencies_on_steps,
-    effective,
-    rewrites_of,
 )
 from ._engine.executors import Executor, placed
 from ._engine.reshape import DESCRIBE_SAMPLE_ROWS, describe_structure
 from ._engine.runner import DataRunner
 from ._errors import (
-    BrainMigrateError,
     ChecksumMismatchError,
     ConfigError,
     DependencyError,
@@ -71,8 +67,7 @@ from ._model.statistics import HistoryStatistics, summarise, window_start
 from ._model.types import Connection
 from ._review.check import review
 from ._review.report import CheckReport
-from ._rewrite.migration import RewriteMigration, rewritable
-from ._rewrite.strategy import choose
+from ._rewrite.migration import RewriteMigration
 from ._runners.base import Deferred, Runners, not_run
 from ._runners.data import DataMigrationRunner
 from ._runners.dry_run import dry_run
@@ -82,6 +77,7 @@ from ._runners.schema import SchemaRunner
 from ._runners.structure import StructureMigrationRunner
 from ._runtime import telemetry as telemetry
 from ._runtime.steps import now
+from ._strategies import RunsAs, as_they_run, sampled
 
 logger = logging.getLogger("brainmigrate")
 
@@ -176,7 +172,8 @@ class Migrator:
                 migration_id=migration_id,
             )
         async with connection(self.pool) as conn:
-            return await self._data.progress(conn, await self._data_run_id(catalog, migration_id, conn))
+            run_id = await self._runs_as(catalog).data_run_id(migration_id, conn)
+            return await self._data.progress(conn, run_id)
 
     async def failed_items(self, migration_id: str) -> list[ItemError]:
         """The items of a data migration that failed (with ``continue_on_error``), from its error ledger."""
@@ -235,7 +232,7 @@ class Migrator:
         catalog = await self._load()
         migration = catalog.get(migration_id)
         async with connection(self.pool) as conn:
-            migration_id = await self._data_run_id(catalog, migration_id, conn)
+            migration_id = await self._runs_as(catalog).data_run_id(migration_id, conn)
             if (
                 not isinstance(migration, DataMigration | RewriteMigration)
                 or await self._data.set_status(conn, migration_id, RunStatus.CANCELLING, ACTIVE_RUN_STATUSES)
@@ -265,7 +262,7 @@ class Migrator:
         migration = catalog.get(migration_id)
         if migration_id in catalog.rewrites:
             async with connection(self.pool) as conn:
-                migration = await effective(catalog, migration, conn, self.schema)
+                migration = await self._runs_as(catalog).effective(migration, conn)
         if isinstance(migration, HybridMigration):
             return await self._hybrid_migration_status(migration)
         async with connection(self.pool) as conn:
@@ -377,10 +374,10 @@ class Migrator:
                     if not settled:
                         span.set_attribute(telemetry.ATTR_PENDING_COUNT, len(plan))
                     if cfg.dry_run:
-                        sampled = await dry_run(
-                            self._runners, [(_sampled(m), APPLY) for m in plan], cfg, session
+                        dry_results = await dry_run(
+                            self._runners, [(sampled(m), APPLY) for m in plan], cfg, session
                         )
-                        return await self._strategies(catalog, sampled, cfg, session)
+                        return await self._runs_as(catalog).shown(dry_results, cfg, session)
                     if plan:
                         await self._prepare_writes(session, states)
                     claimed = await self._apply_plan(plan, states, catalog, cfg, session, results, settled)
@@ -435,12 +432,12 @@ class Migrator:
                     migration_id=migration_id,
                 )
             if cfg.dry_run:
-                sampled = await dry_run(self._runners, [(_sampled(migration), APPLY)], cfg, session)
-                return (await self._strategies(catalog, sampled, cfg, session))[0]
+                dry_results = await dry_run(self._runners, [(sampled(migration), APPLY)], cfg, session)
+                return (await self._runs_as(catalog).shown(dry_results, cfg, session))[0]
             await self._prepare_writes(session, states)
             if migration_id in catalog.rewrites:
-                migration = await effective(
-                    catalog, migration, await session.work_connection(), self.schema, config=cfg
+                migration = await self._runs_as(catalog).effective(
+                    migration, await session.work_connection(), config=cfg
                 )
             outcome = await self._runners.of(migration).apply(
                 migration, catalog.checksums[migration_id], cfg, session, resume=True
@@ -472,7 +469,7 @@ class Migrator:
         target = catalog.top_level(migration_id, "roll back")
         async with runner_session(self.pool, self.schema, cfg) as session:
             states = await self._checked_states(catalog, cfg, session)
-            target = await effective(catalog, target, session.lock.conn, self.schema)
+            target = await self._runs_as(catalog).effective(target, session.lock.conn)
             if not _applied(states, migration_id) and not await self._runners.of(target).stopped_midway(
                 session.lock.conn, target
             ):
@@ -498,7 +495,7 @@ class Migrator:
                 )
             targets = [
                 *[
-                    await effective(catalog, catalog.migrations[mid], session.lock.conn, self.schema)
+                    await self._runs_as(catalog).effective(catalog.migrations[mid], session.lock.conn)
                     for mid in dependents
                 ],
                 target,
@@ -644,7 +641,7 @@ class Migrator:
         hybrid = catalog.hybrid(migration_id, "contract", rewritten=True)
         async with runner_session(self.pool, self.schema, cfg) as session:
             await self._checked_states(catalog, cfg, session)
-            hybrid = await self._rewritten(catalog, hybrid, session.lock.conn, "contract")
+            hybrid = await self._runs_as(catalog).hybrid(hybrid, session.lock.conn, "contract")
             work = await self._hybrid_runner.contract(hybrid, catalog.checksums[migration_id], cfg, session)
         return await work()
 
@@ -663,7 +660,7 @@ class Migrator:
         catalog = await self._load()
         hybrid = catalog.hybrid(migration_id, "abandon", rewritten=True)
         async with runner_session(self.pool, self.schema, self.config) as session:
-            hybrid = await self._rewritten(catalog, hybrid, session.lock.conn, "abandon")
+            hybrid = await self._runs_as(catalog).hybrid(hybrid, session.lock.conn, "abandon")
             attempt_id = await self._hybrid_runner.abandon(hybrid, session, reason_text=reason, actor=who)
             return await self._ledger.record(await session.work_connection(), attempt_id)
 
@@ -673,7 +670,7 @@ class Migrator:
         catalog = await self._load()
         hybrid = catalog.hybrid(migration_id, "report the phase of", rewritten=True)
         async with connection(self.pool) as conn:
-            hybrid = await self._rewritten(catalog, hybrid, conn, "report the phase of")
+            hybrid = await self._runs_as(catalog).hybrid(hybrid, conn, "report the phase of")
             states = await self._ledger.states(conn)
             run = await HybridLedger(self.schema).latest(conn, migration_id)
         applied = _applied(states, migration_id)
@@ -733,67 +730,12 @@ class Migrator:
 
     # -- machinery -----------------------------------------------------------------------------
 
-    async def _rewritten(
-        self, catalog: _Catalog, hybrid: HybridMigration, conn: Connection, operation: str
-    ) -> HybridMigration:
-        """``hybrid``, unless it is the rewrite of a ``strategy = "auto"`` migration that runs in
-        place (refused: only hybrids have phases)."""
-        mid = hybrid.metadata.id
-        if (
-            catalog.migrations.get(mid) is hybrid
-            or await effective(catalog, catalog.migrations[mid], conn, self.schema) is hybrid
-        ):
-            return hybrid
-        raise MigrationStateError(
-            f"cannot {operation} migration {mid!r}: it is not a hybrid migration (it runs in place, "
-            "not as a rewrite); only hybrids have phases",
-            migration_id=mid,
-        )
-
-    async def _strategies(
-        self, catalog: _Catalog, results: list[MigrationResult], cfg: MigrationConfig, session: RunnerSession
-    ) -> list[MigrationResult]:
-        """A dry run's results, each data migration's with how its run would write, and why."""
-        shown = []
-        for result in results:
-            migration = catalog.migrations.get(result.migration_id)
-            if isinstance(migration, RewriteMigration):
-                strategy, why = "rewrite", "it declares strategy = 'rewrite'"
-            elif isinstance(migration, DataMigration) and result.migration_id in catalog.rewrites:
-                conn = await session.work_connection()
-                if await effective(catalog, migration, conn, self.schema) is not migration:
-                    strategy, why = "rewrite", "its rewrite has started"
-                else:
-                    try:
-                        choice = await choose(conn, self.schema, migration, cfg)
-                        strategy, why = choice.strategy, choice.reason
-                    except BrainMigrateError as exc:  # a table its run's dependencies create
-                        strategy, why = "in_place", f"no rewrite could be chosen now: {exc}"
-            elif isinstance(migration, DataMigration):
-                strategy = "in_place"
-                why = (
-                    "it declares strategy = 'in_place'"
-                    if type(migration).strategy == "in_place"
-                    else f"it cannot be rewritten: {await rewritable(migration)}"
-                )
-            else:
-                shown.append(result)
-                continue
-            shown.append(attrs.evolve(result, strategy=strategy, strategy_reason=why))
-        return shown
-
-    async def _data_run_id(self, catalog: _Catalog, migration_id: str, conn: Connection) -> str:
-        """The id whose data run reports ``migration_id``'s progress: its own, or for a rewrite,
-        that of the backfill step at work (the copy, then the fill)."""
-        migration = await effective(catalog, catalog.get(migration_id), conn, self.schema)
-        if not isinstance(migration, RewriteMigration):
-            return migration_id
-        copy, fill = (step.id for step in migration.steps_of(HybridPhase.BACKFILLING))
-        return fill if await self._data.run_row(conn, fill) is not None else copy
-
     async def _stopped_midway(self, catalog: _Catalog, migration_id: str, conn: Connection) -> bool:
-        migration = await effective(catalog, catalog.migrations[migration_id], conn, self.schema)
+        migration = await self._runs_as(catalog).effective(catalog.migrations[migration_id], conn)
         return await self._runners.of(migration).stopped_midway(conn, migration)
+
+    def _runs_as(self, catalog: _Catalog) -> RunsAs:
+        return RunsAs(catalog, self.schema)
 
     def _config(self, config: MigrationConfig | None) -> MigrationConfig:
         if config is None:
@@ -808,7 +750,7 @@ class Migrator:
             loaded = load_migrations(self._source, self.pool)
             for migration, _ in loaded:
                 await check_definition(migration)
-            loaded, rewrites = await rewrites_of(loaded)
+            loaded, rewrites = await as_they_run(loaded)
             _refuse_dependencies_on_steps(loaded)
             graph = MigrationGraph.build((migration.metadata, label) for migration, label in loaded)
             for migration, _ in loaded:
@@ -905,8 +847,8 @@ class Migrator:
                 continue
             try:
                 if meta.id in catalog.rewrites:
-                    migration = await effective(
-                        catalog, migration, await session.work_connection(), self.schema, config=cfg
+                    migration = await self._runs_as(catalog).effective(
+                        migration, await session.work_connection(), config=cfg
                     )
                 outcome = await self._runners.of(migration).apply(
                     migration, catalog.checksums[meta.id], cfg, session, resume=False
@@ -924,12 +866,6 @@ class Migrator:
             if outcome.status is MigrationStatus.COMPLETED:
                 applied.add(meta.id)
         return None
-
-
-def _sampled(migration: Migration) -> Migration:
-    """What a dry run samples of ``migration``: a rewrite's own migration, whose changes it shows
-    (the copy it would build is not built in a dry run)."""
-    return migration.inner if isinstance(migration, RewriteMigration) else migration
 
 
 def _actor(actor: str | None) -> str:

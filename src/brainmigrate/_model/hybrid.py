@@ -17,8 +17,8 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
-from .._errors import MigrationValidationError
-from .metadata import MigrationType
+from .._errors import MigrationStateError, MigrationValidationError
+from .metadata import MigrationMetadata, MigrationType
 from .migration import Migration, MigrationKind, check_definition
 from .states import HybridPhase
 from .types import Connection
@@ -99,6 +99,48 @@ class HybridStatus:
         if self.error:
             text += f": {self.error.splitlines()[0]}"
         return text
+
+
+class ReadyMadeStep:
+    """What every step of a ready-made hybrid (a re-embedding, a table rewrite) shares: its id and
+    version are the hybrid's, its name says what it does to what.
+
+    Mixed in before a migration class, which provides the pool and the step's work.
+    """
+
+    #: The step's part of the hybrid's id (``<hybrid id>/<suffix>``) and its title.
+    suffix: ClassVar[str]
+    title: ClassVar[str]
+    step_type: ClassVar[MigrationType] = MigrationType.DATABASE_SCHEMA
+    step_reversible: ClassVar[bool] = True
+
+    @property
+    def hybrid_metadata(self) -> MigrationMetadata:
+        """The metadata of the hybrid the step belongs to."""
+        raise NotImplementedError
+
+    @property
+    def subject(self) -> str:
+        """What the step works on, shown in its name (``memories``, ``memories.embedding to ...``)."""
+        raise NotImplementedError
+
+    def _get_metadata(self) -> MigrationMetadata:
+        hybrid = self.hybrid_metadata
+        return MigrationMetadata(
+            id=f"{hybrid.id}/{self.suffix}",
+            name=f"{self.title} ({self.subject})",
+            version=hybrid.version,
+            migration_type=self.step_type,
+            reversible=self.step_reversible,
+        )
+
+    def outside_a_migrator(self, hybrid: str) -> MigrationStateError:
+        """The error for a step run on its own, where the migrator's own schema is unknown."""
+        return MigrationStateError(
+            f"step {self.suffix!r} of {hybrid} runs only through a Migrator (run_pending, execute or "
+            "rollback)",
+            migration_id=self.hybrid_metadata.id,
+        )
 
 
 class HybridMigration(Migration):

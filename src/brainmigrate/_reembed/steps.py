@@ -8,7 +8,7 @@ data migration writing only the new column. The switch-over steps are in :mod:`.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -17,6 +17,7 @@ from .._ledger.embeddings import EmbeddingLedger
 from .._ledger.session import own_schema
 from .._model.data import DatabaseDataMigration
 from .._model.embedding import EmbeddingModel, GenerationStatus
+from .._model.hybrid import ReadyMadeStep
 from .._model.items import DataSource
 from .._model.metadata import MigrationMetadata, MigrationType
 from .._model.migration import Migration
@@ -38,13 +39,8 @@ logger = logging.getLogger("brainmigrate")
 IN_LOCK_MAX = 256
 
 
-class StepOf:
-    """What every step of a re-embedding shares: its re-embedding, plan and metadata."""
-
-    suffix: ClassVar[str]
-    title: ClassVar[str]
-    step_type: ClassVar[MigrationType] = MigrationType.DATABASE_SCHEMA
-    step_reversible: ClassVar[bool] = True
+class StepOf(ReadyMadeStep):
+    """What every step of a re-embedding shares: its re-embedding and plan."""
 
     reembed: ReembedMigration
 
@@ -52,8 +48,14 @@ class StepOf:
         super().__init__(reembed.pool)  # type: ignore[call-arg]  # the Migration class after it
         self.reembed = reembed
 
-    def _get_metadata(self) -> MigrationMetadata:
-        return self._step_metadata()
+    @property
+    def hybrid_metadata(self) -> MigrationMetadata:
+        return self.reembed.metadata
+
+    @property
+    def subject(self) -> str:
+        plan = self.plan
+        return f"{plan.table}.{plan.column} to {plan.model.name}"
 
     async def checksum_material(self) -> str:
         """What the step does: its part and the re-embedding's plan (its model, names, types)."""
@@ -63,25 +65,10 @@ class StepOf:
     def plan(self) -> ReembedPlan:
         return self.reembed.plan
 
-    def _step_metadata(self) -> MigrationMetadata:
-        hybrid = self.reembed.metadata
-        plan = self.plan
-        return MigrationMetadata(
-            id=f"{hybrid.id}/{self.suffix}",
-            name=f"{self.title} ({plan.table}.{plan.column} to {plan.model.name})",
-            version=hybrid.version,
-            migration_type=self.step_type,
-            reversible=self.step_reversible,
-        )
-
     def _ledger(self) -> EmbeddingLedger:
         schema = own_schema()
         if schema is None:
-            raise MigrationStateError(
-                f"step {self.suffix!r} of re-embedding {self.reembed.metadata.id!r} runs only through "
-                "a Migrator (run_pending, execute or rollback)",
-                migration_id=self.reembed.metadata.id,
-            )
+            raise self.outside_a_migrator(f"re-embedding {self.reembed.metadata.id!r}")
         return EmbeddingLedger(schema)
 
     def _pool(self) -> Pool:

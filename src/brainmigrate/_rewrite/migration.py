@@ -66,6 +66,7 @@ class RewriteMigration(HybridMigration):
     def __init__(self, inner: DataMigration) -> None:
         super().__init__(inner.pool)
         self.inner = inner
+        self._checksum: str | None = None
 
     @classmethod
     def of(cls, inner: DataMigration) -> RewriteMigration:
@@ -106,8 +107,11 @@ class RewriteMigration(HybridMigration):
             )
 
     async def checksum(self) -> str:
-        """The migration's own checksum: how it writes (in place or by rewrite) is not drift."""
-        return await self.inner.checksum()
+        """The migration's own checksum: how it writes (in place or by rewrite) is not drift.
+        Computed once: each of the steps' checksums includes it."""
+        if self._checksum is None:
+            self._checksum = await self.inner.checksum()
+        return self._checksum
 
     async def checksum_material(self) -> str:
         return await self.inner.checksum_material()

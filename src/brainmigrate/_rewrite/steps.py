@@ -23,10 +23,11 @@ from .._engine.structure_sql import new_value
 from .._engine.table import TableShape
 from .._engine.table_lock import TableBusy, under_table_lock
 from .._engine.transform import TransformCaller
-from .._errors import MigrationStateError, MigrationValidationError
+from .._errors import MigrationValidationError
 from .._ledger.session import own_schema
 from .._model.config import MigrationConfig
 from .._model.data import DatabaseDataMigration, DataMigration
+from .._model.hybrid import ReadyMadeStep
 from .._model.items import DataSource
 from .._model.memory_structure import MemoryStructureMigration
 from .._model.metadata import MigrationMetadata, MigrationType
@@ -55,29 +56,21 @@ CATCH_UP_PASSES = 20
 IN_LOCK_MAX = 5_000
 
 
-class StepOf:
-    """What every step of a rewrite shares: its rewrite, names and metadata."""
-
-    suffix: ClassVar[str]
-    title: ClassVar[str]
-    step_type: ClassVar[MigrationType] = MigrationType.DATABASE_SCHEMA
-    step_reversible: ClassVar[bool] = True
+class StepOf(ReadyMadeStep):
+    """What every step of a rewrite shares: its rewrite and names."""
 
     rewrite: RewriteMigration
 
-    def _get_metadata(self) -> MigrationMetadata:
-        hybrid = self.rewrite.metadata
-        source = self.table_source
-        return MigrationMetadata(
-            id=f"{hybrid.id}/{self.suffix}",
-            name=f"{self.title} ({source.table})",
-            version=hybrid.version,
-            migration_type=self.step_type,
-            reversible=self.step_reversible,
-        )
+    @property
+    def hybrid_metadata(self) -> MigrationMetadata:
+        return self.rewrite.metadata
+
+    @property
+    def subject(self) -> str:
+        return self.table_source.table
 
     async def checksum_material(self) -> str:
-        return f"{self.suffix}\n{await self.rewrite.inner.checksum()}"
+        return f"{self.suffix}\n{await self.rewrite.checksum()}"
 
     @property
     def table_source(self) -> DataSource:
@@ -92,11 +85,7 @@ class StepOf:
     async def names(self, conn: Connection) -> RewriteNames:
         schema = own_schema()
         if schema is None:
-            raise MigrationStateError(
-                f"step {self.suffix!r} of the rewrite of {self.migration_id!r} runs only through a "
-                "Migrator (run_pending, execute or rollback)",
-                migration_id=self.migration_id,
-            )
+            raise self.outside_a_migrator(f"the rewrite of {self.migration_id!r}")
         source = self.table_source
         table_schema = source.schema or await conn.fetchval("SELECT current_schema()")
         return RewriteNames(self.migration_id, table_schema, source.table, schema)
