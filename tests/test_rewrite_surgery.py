@@ -15,7 +15,7 @@ import anyio
 import asyncpg
 import pytest
 
-from brainmigrate import MigrationValidationError, TableLockTimeout
+from brainmigrate import MigrationStateError, MigrationValidationError, TableLockTimeout
 from brainmigrate._engine.table_lock import under_table_lock
 from brainmigrate._rewrite.definition import TableDefinition, check_rewritable, read_definition
 from brainmigrate._rewrite.names import RewriteNames
@@ -252,7 +252,7 @@ async def test_the_rewritten_table_takes_the_originals_place_with_its_whole_cata
 ) -> None:
     defn, names, before = await rich_table_rewritten(conn, schema)
 
-    await validate_foreign_keys(conn, defn, names)
+    await validate_foreign_keys(conn, names)
     after = await catalog(conn, schema)
     assert after == before
     new_oid = await conn.fetchval("SELECT to_regclass($1)::oid", names.qualified_table)
@@ -272,7 +272,7 @@ def _positions(defn: TableDefinition) -> list[int]:
 async def test_foreign_keys_are_carried_over_not_valid_then_validated(
     conn: asyncpg.Connection[Any], schema: str
 ) -> None:
-    defn, names, _before = await rich_table_rewritten(conn, schema)
+    _defn, names, _before = await rich_table_rewritten(conn, schema)
     state = (
         "SELECT conname, convalidated FROM pg_constraint "
         "WHERE conrelid = $1::text::regclass AND contype = 'f'"
@@ -282,17 +282,143 @@ async def test_foreign_keys_are_carried_over_not_valid_then_validated(
         "Memories_owner_id_fkey": False,
         "memories_parent": False,
     }
-    assert sorted(await validate_foreign_keys(conn, defn, names)) == [
-        "Memories_owner_id_fkey",
-        "memories_parent",
+    # The old table keeps none: nothing it holds answers to the owners, or to itself.
+    assert await conn.fetch(state, names.in_table_schema(names.old)) == []
+    table = await conn.fetchval("SELECT $1::regclass::text", names.qualified_table)
+    assert await validate_foreign_keys(conn, names) == [
+        f"Memories_owner_id_fkey on {table}",
+        f"memories_parent on {table}",
     ]
     assert dict(await conn.fetch(state, names.qualified_table)) == {
         "Memories_owner_id_fkey": True,
         "memories_parent": True,
     }
-    assert await validate_foreign_keys(conn, defn, names) == []
+    assert await validate_foreign_keys(conn, names) == []
     with pytest.raises(asyncpg.ForeignKeyViolationError):
         await conn.execute(f"INSERT INTO {names.qualified_table} (slug, owner_id) VALUES ('orphan', 99)")
+
+
+INBOUND = """
+CREATE TABLE {s}.t (
+    id int PRIMARY KEY, parent int, CONSTRAINT t_parent FOREIGN KEY (parent) REFERENCES {s}.t
+);
+INSERT INTO {s}.t SELECT i, nullif(i - 1, 0) FROM generate_series(1, 10) AS i;
+CREATE TABLE {s}.links (t_id int REFERENCES {s}.t ON DELETE CASCADE);
+CREATE TABLE {s}.notes (
+    t_id int,
+    CONSTRAINT notes_t FOREIGN KEY (t_id) REFERENCES {s}.t ON DELETE SET NULL DEFERRABLE INITIALLY DEFERRED
+);
+COMMENT ON CONSTRAINT notes_t ON {s}.notes IS 'a note may outlive its row';
+INSERT INTO {s}.links SELECT generate_series(1, 10);
+INSERT INTO {s}.notes SELECT generate_series(1, 10, 3);
+"""
+
+
+async def foreign_keys(conn: asyncpg.Connection[Any], schema: str) -> list[tuple[Any, ...]]:
+    """Every foreign key of the schema's tables: its name, table, the table it references,
+    definition, validation and comment."""
+    rows = await conn.fetch(
+        "SELECT conname::text, conrelid::regclass::text, confrelid, pg_get_constraintdef(oid), "
+        "       convalidated, obj_description(oid, 'pg_constraint') "
+        "  FROM pg_constraint WHERE contype = 'f' AND connamespace = $1::regnamespace ORDER BY 1, 2",
+        schema,
+    )
+    return [tuple(r) for r in rows]
+
+
+async def test_other_tables_foreign_keys_move_not_valid_are_validated_and_move_back(
+    conn: asyncpg.Connection[Any], schema: str
+) -> None:
+    await conn.execute(INBOUND.format(s=schema))
+    defn = await define(conn, schema, "t")
+    names = names_in(schema, "t")
+    before = await foreign_keys(conn, schema)
+    await check_rewritable(conn, defn)
+    await create_shadow(conn, defn, names)
+    await copy_rows(conn, defn, names)
+    await build_indexes(conn, defn, names)
+
+    await swap_locked(conn, defn, names)
+
+    new_oid = await conn.fetchval("SELECT to_regclass($1)::oid", names.qualified_table)
+    table = f"{schema}.t"
+    moved = [(n, t, new_oid, f"{d} NOT VALID", False, c) for n, t, _, d, _, c in before]
+    assert await foreign_keys(conn, schema) == moved  # the old table keeps none
+    assert await validate_foreign_keys(conn, names) == [
+        f"t_parent on {table}",
+        f"links_t_id_fkey on {schema}.links",
+        f"notes_t on {schema}.notes",
+    ]
+    validated = [(n, t, new_oid, d, True, c) for n, t, _, d, _, c in before]
+    assert await foreign_keys(conn, schema) == validated
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await conn.execute(f"INSERT INTO {schema}.links VALUES (11)")
+    await conn.execute(f"DELETE FROM {table} WHERE id = 10")
+    assert await conn.fetchval(f"SELECT count(*) FROM {schema}.links") == 9
+    assert await conn.fetchval(f"SELECT count(*) FROM {schema}.notes WHERE t_id IS NULL") == 1
+
+    async def change() -> None:
+        await swap_back(conn, await define(conn, schema, names.old), names)
+
+    await under_table_lock(
+        conn,
+        names.qualified_table,
+        change,
+        lock_timeout_ms=2000,
+        attempts=3,
+        what="swap back",
+        migration_id=MIGRATION,
+    )
+
+    assert await foreign_keys(conn, schema) == [
+        (n, t, defn.oid, f"{d} NOT VALID", False, c) for n, t, _, d, _, c in before
+    ]
+    assert len(await validate_foreign_keys(conn, names)) == 3
+    assert await foreign_keys(conn, schema) == before
+    await drop_shadow(conn, names)
+
+
+async def test_a_swap_that_could_not_move_a_dependent_added_since_the_start_swaps_nothing(
+    conn: asyncpg.Connection[Any], schema: str
+) -> None:
+    migrator, other = (f"bm_rewrite_{side}_{uuid.uuid4().hex[:8]}" for side in ("migrator", "other"))
+    await conn.execute(f'CREATE ROLE "{migrator}" NOLOGIN; CREATE ROLE "{other}" NOLOGIN')
+    try:
+        await conn.execute(
+            f'GRANT ALL ON SCHEMA {schema} TO "{migrator}", "{other}";'
+            f"CREATE TABLE {schema}.t (id int PRIMARY KEY); INSERT INTO {schema}.t VALUES (1), (2);"
+            f'ALTER TABLE {schema}.t OWNER TO "{migrator}"'
+        )
+        names = names_in(schema, "t")
+        await conn.execute(f'SET ROLE "{migrator}"')
+        defn = await define(conn, schema, "t")
+        await check_rewritable(conn, defn)
+        await create_shadow(conn, defn, names)
+        await copy_rows(conn, defn, names)
+        await build_indexes(conn, defn, names)
+        # Another role's view on the table, created meanwhile: the migrator could not replace it.
+        await conn.execute("RESET ROLE")
+        await conn.execute(
+            f"CREATE VIEW {schema}.theirs AS SELECT id FROM {schema}.t;"
+            f'ALTER VIEW {schema}.theirs OWNER TO "{other}"'
+        )
+        await conn.execute(f'SET ROLE "{migrator}"')
+
+        with pytest.raises(MigrationStateError) as caught:
+            await swap_locked(conn, defn, names)
+
+        assert caught.value.migration_id == MIGRATION
+        assert (
+            f"the swap cannot move what depends on {schema}.t: views the current role does not own "
+            f"read {schema}.t ({schema}.theirs)"
+        ) in str(caught.value)
+        assert "Nothing was swapped" in str(caught.value)
+        assert await conn.fetchval("SELECT to_regclass($1)::oid", names.qualified_table) == defn.oid
+        assert names.shadow in await relations(conn, schema)
+        assert names.old not in await relations(conn, schema)
+    finally:
+        await conn.execute("RESET ROLE")
+        await conn.execute(f'DROP OWNED BY "{migrator}", "{other}"; DROP ROLE "{migrator}", "{other}"')
 
 
 async def test_inserts_after_the_swap_continue_the_serial_and_identity_sequences(
@@ -348,9 +474,18 @@ async def test_swapping_back_restores_the_original_table_exactly(
     )
 
     assert await conn.fetchval("SELECT to_regclass($1)::oid", names.qualified_table) == defn.oid
+    # Its foreign keys are back, NOT VALID until validated (outside the swap back's lock).
+    not_valid = await conn.fetch(
+        "SELECT conname FROM pg_constraint WHERE conrelid = $1 AND contype = 'f' AND NOT convalidated "
+        "ORDER BY 1",
+        defn.oid,
+    )
+    assert [r[0] for r in not_valid] == ["Memories_owner_id_fkey", "memories_parent"]
+    assert len(await validate_foreign_keys(conn, names)) == 2
     assert await catalog(conn, schema) == before | {"sequences": (await catalog(conn, schema))["sequences"]}
     shadow_catalog = await catalog(conn, schema, names.shadow)
     assert {r[0] for r in shadow_catalog["indexes"]} == {names.index(p, "new") for p in _positions(defn)}
+    assert "f" not in {r[1] for r in shadow_catalog["constraints"]}
     assert names.old not in await relations(conn, schema)
     # The old table's sequences continue after the values the rewritten table handed out.
     row = await conn.fetchrow(
@@ -497,17 +632,30 @@ REFUSALS: dict[str, tuple[str, str]] = {
         "CREATE TYPE {s}.ty AS (id int); CREATE TABLE {s}.t OF {s}.ty (PRIMARY KEY (id));",
         "is a typed table",
     ),
-    "inbound foreign key": (
-        "CREATE TABLE {s}.t (id int PRIMARY KEY); CREATE TABLE {s}.o (t_id int REFERENCES {s}.t);",
-        "other tables' foreign keys reference",
+    "inbound foreign key not validated": (
+        "CREATE TABLE {s}.t (id int PRIMARY KEY); CREATE TABLE {s}.o (t_id int);"
+        "ALTER TABLE {s}.o ADD CONSTRAINT o_t FOREIGN KEY (t_id) REFERENCES {s}.t NOT VALID;",
+        "are not validated (o_t on {s}.o)",
     ),
-    "view": (
-        "CREATE TABLE {s}.t (id int PRIMARY KEY); CREATE VIEW {s}.v AS SELECT id FROM {s}.t;",
-        "views or materialized views depend on",
+    "foreign key not validated": (
+        "CREATE TABLE {s}.o (id int PRIMARY KEY); CREATE TABLE {s}.t (id int PRIMARY KEY, o_id int);"
+        "ALTER TABLE {s}.t ADD CONSTRAINT t_o FOREIGN KEY (o_id) REFERENCES {s}.o NOT VALID;",
+        "are not validated (t_o on {s}.t)",
+    ),
+    "inbound foreign key of a partitioned table": (
+        "CREATE TABLE {s}.t (id int PRIMARY KEY);"
+        "CREATE TABLE {s}.o (t_id int REFERENCES {s}.t) PARTITION BY RANGE (t_id);"
+        "CREATE TABLE {s}.o1 PARTITION OF {s}.o FOR VALUES FROM (0) TO (10);",
+        "foreign keys of partitioned tables or partitions reference",
     ),
     "materialized view": (
         "CREATE TABLE {s}.t (id int PRIMARY KEY); CREATE MATERIALIZED VIEW {s}.m AS SELECT id FROM {s}.t;",
-        "views or materialized views depend on",
+        "materialized views depend on {s}.t ({s}.m); their rows were computed from the old table",
+    ),
+    "rule of another table": (
+        "CREATE TABLE {s}.t (id int PRIMARY KEY); CREATE TABLE {s}.o (id int);"
+        "CREATE RULE copy AS ON INSERT TO {s}.o DO ALSO INSERT INTO {s}.t VALUES (NEW.id);",
+        "rules of other tables read or write {s}.t (copy on {s}.o)",
     ),
     "rule": (
         "CREATE TABLE {s}.t (id int PRIMARY KEY); CREATE RULE r AS ON INSERT TO {s}.t DO ALSO NOTIFY t;",
@@ -526,10 +674,6 @@ REFUSALS: dict[str, tuple[str, str]] = {
     "policy": (
         "CREATE TABLE {s}.t (id int PRIMARY KEY); CREATE POLICY mine ON {s}.t USING (true);",
         "row-level security and policies (mine)",
-    ),
-    "publication": (
-        "CREATE TABLE {s}.t (id int PRIMARY KEY); CREATE PUBLICATION {s}_pub FOR TABLE {s}.t;",
-        "is published for logical replication",
     ),
     "key not unique": ("CREATE TABLE {s}.t (id int NOT NULL);", "is not unique and NOT NULL"),
     "key nullable": ("CREATE TABLE {s}.t (id int UNIQUE);", "is not unique and NOT NULL"),
@@ -554,7 +698,7 @@ async def test_a_table_that_cannot_be_rewritten_safely_is_refused_and_nothing_is
         await check_rewritable(conn, defn)
 
     assert caught.value.migration_id == MIGRATION
-    assert message in str(caught.value)
+    assert message.format(s=schema) in str(caught.value)
     assert f"cannot rewrite {schema}.t" in str(caught.value) and "Nothing was created" in str(caught.value)
     assert await relations(conn, schema) == before
     assert names_in(schema, "t").shadow not in before

@@ -92,6 +92,8 @@ class ConstraintDefinition:
     definition: str
     validated: bool
     comment: str | None
+    #: False for a ``NOT ENFORCED`` constraint (PostgreSQL 18), which is never validated.
+    enforced: bool = True
 
 
 @attrs.frozen
@@ -113,6 +115,70 @@ class SequenceDefinition:
     @property
     def qualified(self) -> str:
         return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+
+@attrs.frozen
+class ViewDefinition:
+    """A view reading the table directly, as ``CREATE OR REPLACE VIEW`` would define it again."""
+
+    schema: str
+    name: str
+    #: ``pg_get_viewdef``, every name in it schema-qualified.
+    definition: str
+    #: ``pg_class.reloptions`` (``security_barrier``, ``security_invoker``, ``check_option``).
+    options: tuple[str, ...]
+    #: Whether the current role owns it (may replace its definition).
+    owned: bool
+
+    @property
+    def qualified(self) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+
+@attrs.frozen
+class InboundForeignKey:
+    """A foreign key of another table referencing this one."""
+
+    schema: str
+    table: str
+    name: str
+    #: ``pg_get_constraintdef``, which ends with ``NOT VALID`` when it is not validated.
+    definition: str
+    validated: bool
+    #: False for a ``NOT ENFORCED`` constraint (PostgreSQL 18), which is never validated.
+    enforced: bool
+    comment: str | None
+    #: Whether the current role owns its table (may drop and add the constraint).
+    owned: bool
+    #: Whether its table is partitioned or a partition (the constraint is the partitioned table's).
+    partitioned: bool
+
+    @property
+    def qualified_table(self) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(self.table)}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} on {self.schema}.{self.table}"
+
+
+@attrs.frozen
+class PublicationMember:
+    """A publication listing the table by name (``FOR TABLE``), with what it publishes of it."""
+
+    publication: str
+    #: The published columns (None: all of them; PostgreSQL 15 and later).
+    columns: tuple[str, ...] | None
+    #: The row filter (PostgreSQL 15 and later), schema-qualified.
+    row_filter: str | None
+    #: Whether the current role owns the publication (may add and drop tables).
+    owned: bool
+
+    def listing(self, table: str) -> str:
+        """``table`` (quoted, qualified) as ``ALTER PUBLICATION ... ADD TABLE`` lists it here."""
+        columns = f" ({', '.join(quote_ident(c) for c in self.columns)})" if self.columns else ""
+        where = f" WHERE ({self.row_filter})" if self.row_filter is not None else ""
+        return f"{table}{columns}{where}"
 
 
 @attrs.frozen
@@ -146,13 +212,21 @@ class TableDefinition:
     typed: bool
     inheritance_parents: tuple[str, ...]
     inheritance_children: tuple[str, ...]
-    inbound_foreign_keys: tuple[str, ...]
-    dependent_views: tuple[str, ...]
+    #: Other tables' foreign keys referencing it (moved by the swap).
+    inbound_foreign_keys: tuple[InboundForeignKey, ...]
+    #: The views reading it directly (moved by the swap; views on them follow).
+    dependent_views: tuple[ViewDefinition, ...]
+    materialized_views: tuple[str, ...]
+    #: Rules of other tables or views that read or write it, other than a view's own.
+    other_rules: tuple[str, ...]
     rules: tuple[str, ...]
     triggers: tuple[str, ...]
     row_security: bool
     policies: tuple[str, ...]
+    #: Every publication publishing it, however (FOR ALL TABLES and TABLES IN SCHEMA included).
     publications: tuple[str, ...]
+    #: The publications listing it by name (moved by the swap; the others follow its name).
+    publication_members: tuple[PublicationMember, ...]
     logical_slots: tuple[str, ...]
     key_exists: bool
     key_not_null: bool
@@ -261,7 +335,7 @@ SELECT i.relname AS name, i.oid, pg_get_indexdef(i.oid) AS definition,
 
 _CONSTRAINTS = """
 SELECT k.conname, k.contype::text, pg_get_constraintdef(k.oid) AS definition, k.convalidated,
-       obj_description(k.oid, 'pg_constraint') AS comment
+       obj_description(k.oid, 'pg_constraint') AS comment, {enforced} AS enforced
   FROM pg_constraint k
  WHERE k.conrelid = $1 AND k.contype IN ('c', 'f')
  ORDER BY k.contype, k.conname
@@ -286,11 +360,15 @@ SELECT
          WHERE h.inhrelid = $1 ORDER BY 1) AS parents,
   ARRAY(SELECT h.inhrelid::regclass::text FROM pg_inherits h WHERE h.inhparent = $1 ORDER BY 1)
     AS children,
-  ARRAY(SELECT k.conname || ' on ' || k.conrelid::regclass::text FROM pg_constraint k
-         WHERE k.contype = 'f' AND k.confrelid = $1 AND k.conrelid <> $1 ORDER BY 1) AS inbound,
-  ARRAY(SELECT DISTINCT r.ev_class::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+  ARRAY(SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+           JOIN pg_class v ON v.oid = r.ev_class
          WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-           AND d.refobjid = $1 AND r.ev_class <> $1 ORDER BY 1) AS views,
+           AND d.refobjid = $1 AND v.relkind = 'm' ORDER BY 1) AS materialized,
+  ARRAY(SELECT DISTINCT r.rulename || ' on ' || v.oid::regclass::text
+          FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
+         WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+           AND d.refobjid = $1 AND r.ev_class <> $1 AND v.relkind NOT IN ('v', 'm') ORDER BY 1)
+    AS other_rules,
   ARRAY(SELECT r.rulename::text FROM pg_rewrite r WHERE r.ev_class = $1 ORDER BY 1) AS rules,
   ARRAY(SELECT t.tgname::text FROM pg_trigger t
          WHERE t.tgrelid = $1 AND NOT t.tgisinternal AND t.tgname <> $2 ORDER BY 1) AS triggers,
@@ -300,6 +378,50 @@ SELECT
   ARRAY(SELECT s.slot_name::text FROM pg_replication_slots s
          WHERE s.slot_type = 'logical' AND s.database = current_database() ORDER BY 1) AS slots
 """
+
+
+#: Other tables' foreign keys referencing the table (``conenforced`` from PostgreSQL 18).
+_INBOUND = """
+SELECT n.nspname, c.relname, k.conname, pg_get_constraintdef(k.oid) AS definition, k.convalidated,
+       {enforced} AS enforced,
+       obj_description(k.oid, 'pg_constraint') AS comment,
+       pg_has_role(c.relowner, 'USAGE') AS owned,
+       (c.relkind = 'p' OR c.relispartition OR k.conparentid <> 0) AS partitioned
+  FROM pg_constraint k
+  JOIN pg_class c ON c.oid = k.conrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE k.contype = 'f' AND k.confrelid = $1 AND k.conrelid <> $1
+ ORDER BY n.nspname, c.relname, k.conname
+"""
+
+#: The views whose query reads the table itself.
+_VIEWS = """
+SELECT n.nspname, v.relname, pg_get_viewdef(v.oid) AS definition,
+       coalesce(v.reloptions, '{}') AS options, pg_has_role(v.relowner, 'USAGE') AS owned
+  FROM pg_class v
+  JOIN pg_namespace n ON n.oid = v.relnamespace
+ WHERE v.relkind = 'v' AND v.oid IN (
+       SELECT r.ev_class FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+        WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+          AND d.refobjid = $1 AND r.ev_class <> $1)
+ ORDER BY n.nspname, v.relname
+"""
+
+#: The publications listing the table by name; column lists and row filters from PostgreSQL 15.
+_PUBLICATION_MEMBERS = """
+SELECT p.pubname, pg_has_role(p.pubowner, 'USAGE') AS owned, {extra}
+  FROM pg_publication_rel pr
+  JOIN pg_publication p ON p.oid = pr.prpubid
+ WHERE pr.prrelid = $1
+ ORDER BY p.pubname
+"""
+_PUBLISHED_SINCE_15 = """
+       CASE WHEN pr.prattrs IS NOT NULL THEN
+         ARRAY(SELECT a.attname::text FROM unnest(pr.prattrs::int2[]) WITH ORDINALITY AS x(attnum, i)
+                 JOIN pg_attribute a ON a.attrelid = pr.prrelid AND a.attnum = x.attnum ORDER BY x.i)
+       END AS columns,
+       pg_get_expr(pr.prqual, pr.prrelid) AS row_filter"""
+_PUBLISHED_BEFORE_15 = "NULL::text[] AS columns, NULL::text AS row_filter"
 
 
 async def read_definition(
@@ -375,6 +497,8 @@ async def _read(conn: Connection, oid: int, key: str, migration_id: str) -> Tabl
     key_index = next((index for index in indexes if index.is_key), None)
     others = [attrs.evolve(index, is_key=False) for index in indexes if index is not key_index]
     ordered = ([key_index] if key_index else []) + others
+    version = int(await conn.fetchval("SELECT current_setting('server_version_num')"))
+    enforced = "k.conenforced" if version >= 180000 else "true"
     constraints = tuple(
         ConstraintDefinition(
             name=r["conname"],
@@ -382,8 +506,9 @@ async def _read(conn: Connection, oid: int, key: str, migration_id: str) -> Tabl
             definition=r["definition"],
             validated=r["convalidated"],
             comment=r["comment"],
+            enforced=r["enforced"],
         )
-        for r in await conn.fetch(_CONSTRAINTS, oid)
+        for r in await conn.fetch(_CONSTRAINTS.format(enforced=enforced), oid)
     )
     sequences = tuple(
         SequenceDefinition(
@@ -399,6 +524,40 @@ async def _read(conn: Connection, oid: int, key: str, migration_id: str) -> Tabl
             cycle=r["seqcycle"],
         )
         for r in await conn.fetch(_SEQUENCES, oid)
+    )
+    inbound = tuple(
+        InboundForeignKey(
+            schema=r["nspname"],
+            table=r["relname"],
+            name=r["conname"],
+            definition=r["definition"],
+            validated=r["convalidated"],
+            enforced=r["enforced"],
+            comment=r["comment"],
+            owned=r["owned"],
+            partitioned=r["partitioned"],
+        )
+        for r in await conn.fetch(_INBOUND.format(enforced=enforced), oid)
+    )
+    views = tuple(
+        ViewDefinition(
+            schema=r["nspname"],
+            name=r["relname"],
+            definition=r["definition"],
+            options=tuple(r["options"]),
+            owned=r["owned"],
+        )
+        for r in await conn.fetch(_VIEWS, oid)
+    )
+    published = _PUBLISHED_SINCE_15 if version >= 150000 else _PUBLISHED_BEFORE_15
+    members = tuple(
+        PublicationMember(
+            publication=r["pubname"],
+            columns=tuple(r["columns"]) if r["columns"] is not None else None,
+            row_filter=r["row_filter"],
+            owned=r["owned"],
+        )
+        for r in await conn.fetch(_PUBLICATION_MEMBERS.format(extra=published), oid)
     )
     capture = RewriteNames(migration_id, schema, table, "").capture_trigger
     hazards = await conn.fetchrow(_HAZARDS, oid, capture, schema, table)
@@ -426,13 +585,16 @@ async def _read(conn: Connection, oid: int, key: str, migration_id: str) -> Tabl
         typed=row["typed"],
         inheritance_parents=tuple(hazards["parents"]),
         inheritance_children=tuple(hazards["children"]),
-        inbound_foreign_keys=tuple(hazards["inbound"]),
-        dependent_views=tuple(hazards["views"]),
+        inbound_foreign_keys=inbound,
+        dependent_views=views,
+        materialized_views=tuple(hazards["materialized"]),
+        other_rules=tuple(hazards["other_rules"]),
         rules=tuple(hazards["rules"]),
         triggers=tuple(hazards["triggers"]),
         row_security=row["relrowsecurity"],
         policies=tuple(hazards["policies"]),
         publications=tuple(hazards["publications"]),
+        publication_members=members,
         logical_slots=tuple(hazards["slots"]),
         key_exists=key_column is not None,
         key_not_null=key_column is not None and key_column.not_null,
@@ -441,6 +603,47 @@ async def _read(conn: Connection, oid: int, key: str, migration_id: str) -> Tabl
 
 def _listed(names: Sequence[str]) -> str:
     return ", ".join(names)
+
+
+def dependent_refusals(defn: TableDefinition) -> list[str]:
+    """Why the swap could not move what depends on ``defn``'s table (other tables' foreign keys,
+    views, publications), one sentence each; empty when it can."""
+    table = f"{defn.schema}.{defn.table}"
+    reasons: list[str] = []
+    unowned = [k.label for k in defn.inbound_foreign_keys if not k.owned]
+    if unowned:
+        reasons.append(
+            f"foreign keys of tables the current role does not own reference {table} "
+            f"({_listed(unowned)}); the swap drops them and adds them again on their tables, which "
+            "takes their owner."
+        )
+    partitioned = [k.label for k in defn.inbound_foreign_keys if k.partitioned]
+    if partitioned:
+        reasons.append(
+            f"foreign keys of partitioned tables or partitions reference {table} ({_listed(partitioned)}); "
+            "the swap does not move those (such a key belongs to every partition, and PostgreSQL "
+            "before 18 cannot add one NOT VALID)."
+        )
+    views = [f"{v.schema}.{v.name}" for v in defn.dependent_views if not v.owned]
+    if views:
+        reasons.append(
+            f"views the current role does not own read {table} ({_listed(views)}); the swap replaces "
+            "their definitions, which takes their owner."
+        )
+    if defn.materialized_views:
+        reasons.append(
+            f"materialized views depend on {table} ({_listed(defn.materialized_views)}); their rows were "
+            "computed from the old table: drop them first, and create them again after the rewrite."
+        )
+    if defn.other_rules:
+        reasons.append(f"rules of other tables read or write {table} ({_listed(defn.other_rules)}).")
+    publications = [m.publication for m in defn.publication_members if not m.owned]
+    if publications:
+        reasons.append(
+            f"publications the current role does not own list {table} ({_listed(publications)}); the "
+            "swap moves the table in them, which takes their owner."
+        )
+    return reasons
 
 
 def refusals(defn: TableDefinition) -> list[str]:
@@ -461,15 +664,15 @@ def refusals(defn: TableDefinition) -> list[str]:
         reasons.append(f"{table} is a typed table (CREATE TABLE ... OF type).")
     if defn.persistence == "t":
         reasons.append(f"{table} is a temporary table, which only its own session can see.")
-    if defn.inbound_foreign_keys:
+    reasons += dependent_refusals(defn)
+    unvalidated = [
+        f"{c.name} on {table}" for c in defn.constraints if c.type == "f" and c.enforced and not c.validated
+    ] + [k.label for k in defn.inbound_foreign_keys if k.enforced and not k.validated]
+    if unvalidated:
         reasons.append(
-            f"other tables' foreign keys reference {table} ({_listed(defn.inbound_foreign_keys)}); "
-            "they would keep pointing at the old table."
-        )
-    if defn.dependent_views:
-        reasons.append(
-            f"views or materialized views depend on {table} ({_listed(defn.dependent_views)}); they "
-            "would keep reading the old table."
+            f"foreign keys of or to {table} are not validated ({_listed(unvalidated)}); the swap adds "
+            "every foreign key it carries over or moves NOT VALID, and validates them all afterwards: "
+            "validate them first, or drop them."
         )
     if defn.rules:
         reasons.append(f"{table} has rules ({_listed(defn.rules)}).")
@@ -481,11 +684,6 @@ def refusals(defn: TableDefinition) -> list[str]:
     if defn.row_security or defn.policies:
         policies = f" and policies ({_listed(defn.policies)})" if defn.policies else ""
         reasons.append(f"{table} has row-level security{policies}.")
-    if defn.publications:
-        reasons.append(
-            f"{table} is published for logical replication ({_listed(defn.publications)}); the swap "
-            "would leave the publication on the old table."
-        )
     if defn.logical_slots:
         reasons.append(
             f"this database has logical replication slots ({_listed(defn.logical_slots)}), whose "

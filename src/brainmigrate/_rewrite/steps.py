@@ -4,7 +4,8 @@ expand (:class:`ShadowStep`) creates the shadow table and starts capturing the o
 changes; backfill copies every row, transformed (:func:`copy_step`: the migration's own transform
 writing the rows it changes, then :class:`FillStep` copying the rest as they are); cutover builds
 the shadow's indexes and replays the change log (:class:`IndexStep`), swaps the tables under a
-short lock (:class:`SwapStep`) and validates the foreign keys it carried over
+short lock (:class:`SwapStep`, which moves the views, other tables' foreign keys and the
+publications depending on the table) and validates the foreign keys it carried over or moved
 (:class:`ValidateKeysStep`); contract drops the original (:class:`DropOldStep`).
 """
 
@@ -396,7 +397,10 @@ class IndexStep(_SchemaStep):
                 break
 
     async def down(self, conn: Connection) -> None:
-        """Nothing to undo here: the shadow, with its indexes, is dropped by rolling back expand."""
+        """The shadow, with its indexes, is dropped by rolling back expand. Rolled back after the
+        swap back (outside its lock), this validates the foreign keys it gave the original again
+        NOT VALID, its own and other tables'."""
+        await surgery.validate_foreign_keys(conn, await self.names(conn))
 
 
 class SwapStep(_SchemaStep):
@@ -435,7 +439,7 @@ class SwapStep(_SchemaStep):
 
         await under_table_lock(
             conn,
-            names.qualified_table,
+            _locked(definition, names.qualified_table),
             change,
             lock_timeout_ms=self.lock_timeout_ms,
             attempts=self.attempts,
@@ -451,6 +455,7 @@ class SwapStep(_SchemaStep):
         table's name again."""
         names = await self.names(conn)
         definition = await self.definition(conn, names, table=names.old)
+        current = await self.definition(conn, names)
         replayer = Replayer(self, names)
 
         async def change() -> None:
@@ -462,29 +467,38 @@ class SwapStep(_SchemaStep):
 
         await under_table_lock(
             conn,
-            names.qualified_table,
+            _locked(current, names.qualified_table),
             change,
             lock_timeout_ms=self.lock_timeout_ms,
             attempts=self.attempts,
             what=f"the swap back of rewrite {self.migration_id!r}",
             migration_id=self.migration_id,
             advice="Nothing was changed; roll it back again once the table is quieter",
+            oid=current.oid,
         )
 
 
+def _locked(definition: TableDefinition, table: str) -> str:
+    """What a swap of ``definition``'s table (``table``, quoted and qualified) locks, in order: the
+    views reading it and the tables whose foreign keys reference it first, as a query or a write
+    locks them before the table (taken the other way, the two would deadlock), the table last."""
+    first = [view.qualified for view in definition.dependent_views]
+    first += dict.fromkeys(key.qualified_table for key in definition.inbound_foreign_keys)
+    return ", ".join([*first, table])
+
+
 class ValidateKeysStep(_SchemaStep):
-    """Validate the foreign keys the swap added NOT VALID (without blocking writes)."""
+    """Validate the foreign keys the swap added NOT VALID, the table's own and other tables'
+    referencing it (without blocking writes)."""
 
     suffix = "validate-keys"
     title = "validate the foreign keys carried over"
 
     async def up(self, conn: Connection) -> None:
-        names = await self.names(conn)
-        definition = await self.definition(conn, names, table=names.old)
-        await surgery.validate_foreign_keys(conn, definition, names)
+        await surgery.validate_foreign_keys(conn, await self.names(conn))
 
     async def down(self, conn: Connection) -> None:
-        """Validated constraints need no undoing; swapping back drops them with the rewritten table."""
+        """Validated constraints need no undoing; swapping back gives them to the original again."""
 
 
 class DropOldStep(_SchemaStep):

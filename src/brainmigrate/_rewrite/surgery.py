@@ -23,6 +23,7 @@ from .definition import (
     IndexDefinition,
     SequenceDefinition,
     TableDefinition,
+    dependent_refusals,
     read_definition,
 )
 from .names import RewriteNames
@@ -46,6 +47,13 @@ SELECT x.indisvalid FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
  WHERE x.indrelid = $1 AND i.relname = $2
 """
 _HAS_CONSTRAINT = "SELECT convalidated FROM pg_constraint WHERE conrelid = $1 AND conname = $2"
+#: The foreign keys of the table and of other tables referencing it, enforced and not validated.
+_NOT_VALID_KEYS = """
+SELECT k.conrelid::regclass::text AS "table", k.conname, k.conrelid = $1 AS own
+  FROM pg_constraint k
+ WHERE k.contype = 'f' AND (k.conrelid = $1 OR k.confrelid = $1) AND NOT k.convalidated {enforced}
+ ORDER BY 3 DESC, 1, 2
+"""
 _ACL = """
 SELECT CASE WHEN e.grantee = 0 THEN NULL ELSE pg_get_userbyid(e.grantee) END AS grantee,
        e.privilege_type, e.is_grantable
@@ -342,6 +350,83 @@ async def _carry_table_facts(conn: Connection, live: TableDefinition, target: st
         )
 
 
+async def _add_constraints(
+    conn: Connection, live: TableDefinition, table: str, oid: int, *, checks: bool
+) -> None:
+    """Add ``live``'s foreign keys (and, with ``checks``, its CHECKs not validated) to ``table``
+    (relation ``oid``), NOT VALID, with their comments; one it has already is left as it is."""
+    for constraint in live.constraints:
+        if constraint.type == "c" and (constraint.validated or not checks):
+            continue  # created with the shadow, or kept by the old table
+        if await conn.fetchval(_HAS_CONSTRAINT, oid, constraint.name) is not None:
+            continue
+        not_valid = " NOT VALID" if constraint.validated else ""  # else its definition says so
+        await conn.execute(
+            f"ALTER TABLE {table} ADD CONSTRAINT {quote_ident(constraint.name)} "
+            f"{constraint.definition}{not_valid}"
+        )
+        if constraint.comment is not None:
+            await conn.execute(
+                f"COMMENT ON CONSTRAINT {quote_ident(constraint.name)} ON {table} "
+                f"IS {quote_literal(constraint.comment)}"
+            )
+
+
+async def _drop_foreign_keys(conn: Connection, live: TableDefinition, table: str) -> None:
+    """Drop ``live``'s foreign keys from ``table``, the one of the two tables that steps aside."""
+    for constraint in live.constraints:
+        if constraint.type == "f":
+            await conn.execute(
+                f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {quote_ident(constraint.name)}"
+            )
+
+
+def _check_movable(live: TableDefinition, what: str) -> None:
+    """MigrationStateError when what depends on ``live``'s table cannot be moved (it has changed
+    since the rewrite began): nothing is renamed."""
+    reasons = dependent_refusals(live)
+    if reasons:
+        raise MigrationStateError(
+            f"rewrite {live.migration_id!r}: {what} cannot move what depends on "
+            f"{live.schema}.{live.table}: " + " ".join(reasons) + " Nothing was swapped.",
+            migration_id=live.migration_id,
+        )
+
+
+async def _move_dependents(conn: Connection, live: TableDefinition, table: str, away: str) -> None:
+    """Make what depended on ``live``'s table, now named ``away``, depend on ``table``, which has
+    taken its name (both quoted and qualified): the views reading it are defined again (their
+    owner, grants, comments and the views on them stay), other tables' foreign keys dropped and
+    added again ``NOT VALID``, the publications listing it list ``table`` instead.
+
+    Run with a search path of ``pg_catalog`` alone, as the definitions were read.
+    """
+    if not (live.dependent_views or live.inbound_foreign_keys or live.publication_members):
+        return
+    search_path = await conn.fetchval("SELECT current_setting('search_path')")
+    await conn.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+    for view in live.dependent_views:
+        options = f" WITH ({_options(view.options)})" if view.options else ""
+        query = view.definition.rstrip().removesuffix(";")
+        await conn.execute(f"CREATE OR REPLACE VIEW {view.qualified}{options} AS {query}")
+    for key in live.inbound_foreign_keys:
+        name = quote_ident(key.name)
+        await conn.execute(f"ALTER TABLE {key.qualified_table} DROP CONSTRAINT {name}")
+        not_valid = " NOT VALID" if key.enforced and key.validated else ""  # else it says so
+        await conn.execute(
+            f"ALTER TABLE {key.qualified_table} ADD CONSTRAINT {name} {key.definition}{not_valid}"
+        )
+        if key.comment is not None:
+            await conn.execute(
+                f"COMMENT ON CONSTRAINT {name} ON {key.qualified_table} IS {quote_literal(key.comment)}"
+            )
+    for member in live.publication_members:
+        publication = quote_ident(member.publication)
+        await conn.execute(f"ALTER PUBLICATION {publication} ADD TABLE {member.listing(table)}")
+        await conn.execute(f"ALTER PUBLICATION {publication} DROP TABLE {away}")
+    await conn.execute("SELECT set_config('search_path', $1, true)", search_path)
+
+
 async def swap(conn: Connection, defn: TableDefinition, names: RewriteNames) -> None:
     """Put the shadow in the place of ``defn``'s table, in the caller's transaction (which holds the
     table's ACCESS EXCLUSIVE lock).
@@ -350,12 +435,16 @@ async def swap(conn: Connection, defn: TableDefinition, names: RewriteNames) -> 
     names; the shadow takes the table's name, and its indexes, constraints and identity sequences
     the original's; identity sequences continue after the old ones, serial sequences are owned by
     the new table's columns; outbound foreign keys (and CHECKs not validated) are added NOT VALID;
-    owner, grants, comment and replica identity are carried over, as they are now.
+    owner, grants, comment and replica identity are carried over, as they are now, and the old
+    table's foreign keys dropped; the views
+    reading the table, other tables' foreign keys (NOT VALID) and the publications listing it
+    move to the new table.
     """
     live = await read_definition(
         conn, schema=defn.schema, table=defn.table, key=defn.key, migration_id=defn.migration_id
     )
     _check_positions(live)
+    _check_movable(live, "the swap")
     shadow_oid = await _relation(conn, names.schema, names.shadow)
     if shadow_oid is None or live.oid == shadow_oid:
         raise MigrationStateError(
@@ -399,40 +488,26 @@ async def swap(conn: Connection, defn: TableDefinition, names: RewriteNames) -> 
             await conn.execute(
                 f"ALTER SEQUENCE {sequence.qualified} OWNED BY {table}.{quote_ident(sequence.column)}"
             )
-    new_oid = shadow_oid
-    for constraint in live.constraints:
-        if constraint.type == "c" and constraint.validated:
-            continue  # created with the shadow
-        if await conn.fetchval(_HAS_CONSTRAINT, new_oid, constraint.name) is not None:
-            continue
-        not_valid = " NOT VALID" if constraint.validated else ""  # else its definition says so
-        await conn.execute(
-            f"ALTER TABLE {table} ADD CONSTRAINT {quote_ident(constraint.name)} "
-            f"{constraint.definition}{not_valid}"
-        )
-        if constraint.comment is not None:
-            await conn.execute(
-                f"COMMENT ON CONSTRAINT {quote_ident(constraint.name)} ON {table} "
-                f"IS {quote_literal(constraint.comment)}"
-            )
+    await _add_constraints(conn, live, table, shadow_oid, checks=True)
+    # The old table keeps no foreign keys: the swap back's replay writes to it in any order, and
+    # the tables it referenced must not answer to its rows (a delete refused, a cascade).
+    await _drop_foreign_keys(conn, live, names.in_table_schema(names.old))
     await _carry_privileges(conn, live, table, owner_first=True)
     await _carry_table_facts(conn, live, table)
+    await _move_dependents(conn, live, table, names.in_table_schema(names.old))
 
 
-async def validate_foreign_keys(conn: Connection, defn: TableDefinition, names: RewriteNames) -> list[str]:
-    """Validate the foreign keys the swap added NOT VALID to the table now in place (those that
-    were validated on ``defn``'s table, the original or the old one); return their names."""
+async def validate_foreign_keys(conn: Connection, names: RewriteNames) -> list[str]:
+    """Validate the foreign keys of the table in place and of other tables referencing it that
+    are not validated: those a swap (or a swap back) added NOT VALID, since a rewrite refuses to
+    start while one is not. Return them as ``constraint on table``."""
     table_oid = await _relation(conn, names.schema, names.table)
+    version = int(await conn.fetchval("SELECT current_setting('server_version_num')"))
+    enforced = "AND k.conenforced" if version >= 180000 else ""
     validated: list[str] = []
-    for constraint in defn.constraints:
-        if constraint.type != "f" or not constraint.validated:
-            continue
-        state = await conn.fetchval(_HAS_CONSTRAINT, table_oid, constraint.name)
-        if state is False:
-            await conn.execute(
-                f"ALTER TABLE {names.qualified_table} VALIDATE CONSTRAINT {quote_ident(constraint.name)}"
-            )
-            validated.append(constraint.name)
+    for row in await conn.fetch(_NOT_VALID_KEYS.format(enforced=enforced), table_oid):
+        await conn.execute(f"ALTER TABLE {row['table']} VALIDATE CONSTRAINT {quote_ident(row['conname'])}")
+        validated.append(f"{row['conname']} on {row['table']}")
     return validated
 
 
@@ -441,8 +516,10 @@ async def swap_back(conn: Connection, defn: TableDefinition, names: RewriteNames
     the table's name and every name back, the rewritten one becomes ``names.shadow`` again with its
     ``new`` names; sequences are owned by, and continue on, the old table's columns.
 
-    ``defn`` may describe the old table or the original before the swap; the tables as they are
-    now are read again.
+    The rewritten table's foreign keys go back to the old one NOT VALID, other tables' foreign
+    keys are moved back to it NOT VALID (validate both with :func:`validate_foreign_keys`), and so
+    are the views reading it and the publications listing it. ``defn`` may describe the old table
+    or the original before the swap; the tables as they are now are read again.
     """
     old_oid = await _relation(conn, names.schema, names.old)
     if old_oid is None:
@@ -454,6 +531,7 @@ async def swap_back(conn: Connection, defn: TableDefinition, names: RewriteNames
     current = await read_definition(
         conn, schema=names.schema, table=names.table, key=defn.key, migration_id=defn.migration_id
     )
+    _check_movable(current, "the swap back")
     previous = await read_definition(
         conn, schema=names.schema, table=names.old, key=defn.key, migration_id=defn.migration_id
     )
@@ -486,8 +564,11 @@ async def swap_back(conn: Connection, defn: TableDefinition, names: RewriteNames
             await conn.execute(
                 f"ALTER SEQUENCE {sequence.qualified} OWNED BY {table}.{quote_ident(sequence.column)}"
             )
+    await _add_constraints(conn, current, table, old_oid, checks=False)
+    await _drop_foreign_keys(conn, current, names.in_table_schema(names.shadow))
     await _carry_privileges(conn, current, table, owner_first=True)
     await _carry_table_facts(conn, current, table)
+    await _move_dependents(conn, current, table, names.in_table_schema(names.shadow))
 
 
 async def drop_old(conn: Connection, names: RewriteNames) -> None:

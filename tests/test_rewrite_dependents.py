@@ -1,0 +1,449 @@
+"""What depends on a rewritten table moves with the swap: the views reading it (their owner,
+grants, comments, options and the views on them kept), other tables' foreign keys (moved NOT
+VALID, validated by the next step, actions and deferrability kept), the publications listing it
+(column lists and row filters kept); a rollback moves them back to the original. What the
+migrator's role could not move (another role's referencing table, view or publication) is refused
+before anything is created.
+
+Each test runs full rewrites through ``Migrator.run_pending`` on a database of its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar
+
+import asyncpg
+import pytest
+
+from brainmigrate import (
+    BulkMemoryItem,
+    HybridPhase,
+    MemoryDataMigration,
+    MigrationMetadata,
+    MigrationStatus,
+    MigrationType,
+    MigrationValidationError,
+    Migrator,
+)
+
+pytestmark = pytest.mark.anyio
+
+ROWS = 60
+
+STORE = """
+CREATE TABLE memories (
+    id        bigserial PRIMARY KEY,
+    content   text NOT NULL,
+    metadata  jsonb NOT NULL DEFAULT '{{}}',
+    parent_id bigint,
+    CONSTRAINT memories_parent FOREIGN KEY (parent_id) REFERENCES memories (id)
+);
+INSERT INTO memories (content, metadata, parent_id)
+SELECT CASE WHEN i % 3 = 0 THEN 'a sad memory ' ELSE 'a happy memory ' END || i,
+       jsonb_build_object('n', i), CASE WHEN i > 1 THEN i - 1 END
+  FROM generate_series(1, {rows}) AS i;
+"""
+
+VIEWS = """
+CREATE VIEW recent AS SELECT id, content, metadata FROM memories WHERE id > 10;
+CREATE VIEW recent_sentiment AS SELECT id, metadata ->> 'sentiment' AS sentiment FROM recent;
+CREATE VIEW guarded WITH (security_barrier = true, security_invoker = true)
+    AS SELECT id, metadata FROM memories WHERE id % 2 = 0;
+CREATE VIEW short_ids AS SELECT id, content FROM memories WHERE id < 1000 WITH LOCAL CHECK OPTION;
+GRANT SELECT ON guarded TO {reader};
+COMMENT ON VIEW guarded IS 'the even memories, for the reader';
+"""
+
+KEYS = """
+CREATE TABLE links (
+    id        bigserial PRIMARY KEY,
+    memory_id bigint NOT NULL REFERENCES memories (id) ON DELETE CASCADE ON UPDATE RESTRICT
+);
+CREATE TABLE notes (
+    memory_id bigint,
+    CONSTRAINT notes_memory FOREIGN KEY (memory_id) REFERENCES memories (id)
+        ON DELETE SET NULL DEFERRABLE INITIALLY DEFERRED
+);
+COMMENT ON CONSTRAINT notes_memory ON notes IS 'a note may outlive its memory';
+INSERT INTO links (memory_id) SELECT i FROM generate_series(1, {rows}) AS i;
+INSERT INTO notes SELECT i FROM generate_series(1, {rows}, 2) AS i;
+"""
+
+
+def sentiment(content: str) -> str:
+    return "negative" if "sad" in content else "positive"
+
+
+class Enrich(MemoryDataMigration):
+    strategy: ClassVar[Any] = "rewrite"
+
+    def _get_metadata(self) -> MigrationMetadata:
+        return MigrationMetadata(
+            id="enrich_001",
+            name="add a sentiment label",
+            version="1.0.0",
+            migration_type=MigrationType.MEMORY_DATA,
+            reversible=True,
+        )
+
+    async def transform_memory(self, memory: dict[str, Any]) -> BulkMemoryItem | None:
+        metadata = dict(memory["metadata"])
+        if "sentiment" in metadata:
+            return None
+        metadata["sentiment"] = sentiment(memory["content"])
+        return BulkMemoryItem(memory_id=memory["id"], metadata=metadata)
+
+
+@asynccontextmanager
+async def temporary_role(pool: asyncpg.Pool[Any]) -> AsyncIterator[str]:
+    """A role with a unique name (roles are cluster-wide), dropped with what it owns afterwards."""
+    role = f"bm_dep_{uuid.uuid4().hex[:12]}"
+    await pool.execute(f'CREATE ROLE "{role}" NOLOGIN')
+    try:
+        yield role
+    finally:
+        await pool.execute(f'DROP OWNED BY "{role}"')
+        await pool.execute(f'DROP ROLE "{role}"')
+
+
+async def oid_of(pool: asyncpg.Pool[Any], name: str) -> int:
+    oid: int | None = await pool.fetchval("SELECT to_regclass($1)::oid", name)
+    assert oid is not None, f"no relation {name}"
+    return oid
+
+
+async def old_table(pool: asyncpg.Pool[Any]) -> str:
+    names = await pool.fetch(
+        "SELECT relname::text FROM pg_class WHERE relname LIKE 'bm\\_old\\_%' AND relkind = 'r'"
+    )
+    assert len(names) == 1
+    return f'"{names[0][0]}"'
+
+
+async def leftovers(pool: asyncpg.Pool[Any]) -> list[str]:
+    """The rewrite's tables, left anywhere in the database."""
+    return [
+        r[0]
+        for r in await pool.fetch(
+            "SELECT relname::text FROM pg_class WHERE relname LIKE 'bm\\_%' AND relkind = 'r' ORDER BY 1"
+        )
+    ]
+
+
+async def viewers(pool: asyncpg.Pool[Any], oid: int) -> list[str]:
+    """The views whose query reads relation ``oid`` directly."""
+    return [
+        r[0]
+        for r in await pool.fetch(
+            "SELECT DISTINCT r.ev_class::regclass::text FROM pg_depend d "
+            "JOIN pg_rewrite r ON r.oid = d.objid "
+            "WHERE d.classid = 'pg_rewrite'::regclass AND d.refobjid = $1 AND r.ev_class <> $1 ORDER BY 1",
+            oid,
+        )
+    ]
+
+
+async def dependents(pool: asyncpg.Pool[Any], oid: int) -> list[str]:
+    """Everything of other relations that depends on relation ``oid`` (views, foreign keys,
+    publication memberships)."""
+    return [
+        r[0]
+        for r in await pool.fetch(
+            "SELECT pg_describe_object(d.classid, d.objid, d.objsubid) FROM pg_depend d "
+            "WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = $1"
+            "  AND (d.deptype = 'n' OR d.classid = 'pg_publication_rel'::regclass)"
+            "  AND NOT (d.classid = 'pg_rewrite'::regclass"
+            "           AND (SELECT ev_class FROM pg_rewrite WHERE oid = d.objid) = $1)"
+            "  AND NOT (d.classid = 'pg_constraint'::regclass"
+            "           AND (SELECT conrelid FROM pg_constraint WHERE oid = d.objid) = $1)"
+            " ORDER BY 1",
+            oid,
+        )
+    ]
+
+
+async def view_facts(pool: asyncpg.Pool[Any]) -> dict[str, tuple[Any, ...]]:
+    """Each view's oid, owner, grants, comment and options."""
+    rows = await pool.fetch(
+        "SELECT c.relname::text, c.oid, pg_get_userbyid(c.relowner), c.relacl::text[], "
+        "       obj_description(c.oid, 'pg_class'), c.reloptions "
+        "  FROM pg_class c WHERE c.relkind = 'v' AND c.relnamespace = 'public'::regnamespace"
+    )
+    return {r[0]: tuple(r[1:]) for r in rows}
+
+
+async def keys(pool: asyncpg.Pool[Any]) -> dict[str, tuple[Any, ...]]:
+    """Every foreign key referencing the memories in place or the old table: its table, the
+    table it references, definition, validation, deferrability and comment."""
+    rows = await pool.fetch(
+        "SELECT conname::text, conrelid::regclass::text, confrelid, pg_get_constraintdef(oid), "
+        "       convalidated, condeferrable, condeferred, obj_description(oid, 'pg_constraint') "
+        "  FROM pg_constraint WHERE contype = 'f' AND connamespace = 'public'::regnamespace ORDER BY 1, 2"
+    )
+    return {f"{r[0]} on {r[1]}": tuple(r[2:]) for r in rows}
+
+
+async def sentiments(pool: asyncpg.Pool[Any], relation: str) -> dict[int, str | None]:
+    return {
+        r[0]: r[1]
+        for r in await pool.fetch(f"SELECT id, metadata ->> 'sentiment' FROM {relation} ORDER BY id")
+    }
+
+
+async def store_with_views(pool: asyncpg.Pool[Any], reader: str) -> None:
+    await pool.execute(STORE.format(rows=ROWS))
+    await pool.execute(VIEWS.format(reader=f'"{reader}"'))
+
+
+async def test_the_views_read_the_rewritten_table_after_the_swap_and_keep_their_grants_and_comments(
+    brainmigrate_pool: asyncpg.Pool[Any],
+) -> None:
+    pool = brainmigrate_pool
+    async with temporary_role(pool) as reader:
+        await store_with_views(pool, reader)
+        original = await oid_of(pool, "memories")
+        facts = await view_facts(pool)
+        migrator = Migrator(pool, [Enrich])
+
+        await migrator.run_pending()
+
+        assert await migrator.hybrid_phase("enrich_001") is HybridPhase.READY_TO_CONTRACT
+        rewritten = await oid_of(pool, "memories")
+        assert rewritten != original
+        contents = {r[0]: r[1] for r in await pool.fetch("SELECT id, content FROM memories")}
+        assert await sentiments(pool, "recent") == {
+            key: sentiment(text) for key, text in contents.items() if key > 10
+        }
+        assert dict(await pool.fetch("SELECT id, sentiment FROM recent_sentiment")) == {
+            key: sentiment(text) for key, text in contents.items() if key > 10
+        }
+        assert await sentiments(pool, "guarded") == {
+            key: sentiment(text) for key, text in contents.items() if key % 2 == 0
+        }
+        assert await viewers(pool, rewritten) == ["guarded", "recent", "short_ids"]
+        assert await viewers(pool, await oid_of(pool, "recent")) == ["recent_sentiment"]
+        old = await old_table(pool)
+        assert await dependents(pool, await oid_of(pool, old)) == []
+        # Replaced, not created again: the same views, owner, grants, comment and options.
+        assert await view_facts(pool) == facts
+        assert facts["guarded"][4] == ["security_barrier=true", "security_invoker=true"]
+        assert facts["short_ids"][4] == ["check_option=local"]
+        assert await pool.fetchval("SELECT has_table_privilege($1, 'guarded', 'SELECT')", reader)
+        with pytest.raises(asyncpg.WithCheckOptionViolationError):
+            await pool.execute("INSERT INTO short_ids (id, content) VALUES (5000, 'too far')")
+
+        await migrator.contract("enrich_001")
+
+        assert await migrator.status("enrich_001") is MigrationStatus.COMPLETED
+        assert await leftovers(pool) == []
+        assert await pool.fetchval("SELECT count(sentiment) FROM recent_sentiment") == ROWS - 10
+        assert await view_facts(pool) == facts
+
+
+async def test_after_a_rollback_the_views_read_the_original_again(
+    brainmigrate_pool: asyncpg.Pool[Any],
+) -> None:
+    pool = brainmigrate_pool
+    async with temporary_role(pool) as reader:
+        await store_with_views(pool, reader)
+        original = await oid_of(pool, "memories")
+        facts = await view_facts(pool)
+        migrator = Migrator(pool, [Enrich])
+        await migrator.run_pending()
+        assert set((await sentiments(pool, "recent")).values()) == {"positive", "negative"}
+
+        await migrator.rollback("enrich_001")
+
+        assert await migrator.status("enrich_001") is MigrationStatus.ROLLED_BACK
+        assert await oid_of(pool, "memories") == original
+        assert await viewers(pool, original) == ["guarded", "recent", "short_ids"]
+        assert set((await sentiments(pool, "recent")).values()) == {None}
+        assert set((await sentiments(pool, "guarded")).values()) == {None}
+        assert await view_facts(pool) == facts
+        assert await leftovers(pool) == []
+
+
+async def test_other_tables_foreign_keys_move_to_the_rewritten_table_and_are_validated(
+    brainmigrate_pool: asyncpg.Pool[Any],
+) -> None:
+    pool = brainmigrate_pool
+    await pool.execute(STORE.format(rows=ROWS))
+    await pool.execute(KEYS.format(rows=ROWS))
+    original = await oid_of(pool, "memories")
+    before = await keys(pool)
+    migrator = Migrator(pool, [Enrich])
+
+    await migrator.run_pending()
+
+    rewritten = await oid_of(pool, "memories")
+    after = await keys(pool)
+    old = (await old_table(pool)).strip('"')
+    moved = {name: facts for name, facts in after.items() if not name.endswith(f"on {old}")}
+    # The same constraints, by name and definition, validated, now referencing the rewritten table
+    # (the table's own key to its parent included).
+    assert moved == {name: (rewritten, *facts[1:]) for name, facts in before.items()}
+    assert all(facts[2] for facts in moved.values())
+    assert before["notes_memory on notes"][3:] == (True, True, "a note may outlive its memory")
+    assert "ON DELETE CASCADE" in before["links_memory_id_fkey on links"][1]
+    assert await dependents(pool, await oid_of(pool, f'"{old}"')) == []
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await pool.execute("INSERT INTO links (memory_id) VALUES ($1)", ROWS + 100)
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await pool.execute("INSERT INTO memories (content, parent_id) VALUES ('orphan', $1)", ROWS + 100)
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        await conn.execute("INSERT INTO notes VALUES ($1)", ROWS + 100)  # checked at the commit
+        with pytest.raises(asyncpg.ForeignKeyViolationError):
+            await transaction.commit()
+    await pool.execute("UPDATE memories SET parent_id = NULL WHERE parent_id = 5")
+    await pool.execute("DELETE FROM memories WHERE id = 5")
+    assert await pool.fetchval("SELECT count(*) FROM links WHERE memory_id = 5") == 0
+    assert await pool.fetchval("SELECT count(*) FROM notes WHERE memory_id IS NULL") == 1
+
+    await migrator.rollback("enrich_001")
+
+    assert await oid_of(pool, "memories") == original
+    assert await keys(pool) == before
+    assert await leftovers(pool) == []
+    assert await pool.fetchval("SELECT count(*) FROM links") == ROWS - 1  # what was written stays
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await pool.execute("INSERT INTO links (memory_id) VALUES (5)")
+
+
+async def test_contract_drops_the_original_once_the_foreign_keys_have_moved(
+    brainmigrate_pool: asyncpg.Pool[Any],
+) -> None:
+    pool = brainmigrate_pool
+    await pool.execute(STORE.format(rows=ROWS))
+    await pool.execute(KEYS.format(rows=ROWS))
+    migrator = Migrator(pool, [Enrich])
+    await migrator.run_pending()
+
+    await migrator.contract("enrich_001")
+
+    assert await leftovers(pool) == []
+    rewritten = await oid_of(pool, "memories")
+    assert {facts[0] for facts in (await keys(pool)).values()} == {rewritten}
+    await pool.execute("DELETE FROM memories WHERE id = $1", ROWS)
+    assert await pool.fetchval("SELECT count(*) FROM links WHERE memory_id = $1", ROWS) == 0
+
+
+PUBLISHED = """
+SELECT p.pubname::text, pr.prrelid,
+       ARRAY(SELECT a.attname::text FROM unnest(pr.prattrs::int2[]) AS x(n)
+               JOIN pg_attribute a ON a.attrelid = pr.prrelid AND a.attnum = x.n ORDER BY 1),
+       pg_get_expr(pr.prqual, pr.prrelid)
+  FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+ ORDER BY 1
+"""
+
+
+async def test_the_publications_listing_the_table_list_the_rewritten_one_then_the_original_again(
+    brainmigrate_pool: asyncpg.Pool[Any],
+) -> None:
+    pool = brainmigrate_pool
+    await pool.execute(STORE.format(rows=ROWS))
+    await pool.execute(
+        "CREATE PUBLICATION listed FOR TABLE memories;"
+        "CREATE PUBLICATION filtered FOR TABLE memories (id, content, metadata) WHERE (id > 10);"
+        "CREATE PUBLICATION whole_schema FOR TABLES IN SCHEMA public;"
+        "CREATE PUBLICATION everything FOR ALL TABLES"
+    )
+    original = await oid_of(pool, "memories")
+    migrator = Migrator(pool, [Enrich])
+
+    await migrator.run_pending()
+
+    rewritten = await oid_of(pool, "memories")
+    assert [tuple(r) for r in await pool.fetch(PUBLISHED)] == [
+        ("filtered", rewritten, ["content", "id", "metadata"], "(id > 10)"),
+        ("listed", rewritten, [], None),
+    ]
+    # The publications of a schema or of every table follow the table's name by themselves.
+    published_query = (
+        "SELECT pubname::text FROM pg_publication_tables WHERE schemaname = 'public' "
+        "AND tablename = 'memories' ORDER BY 1"
+    )
+    published = await pool.fetch(published_query)
+    assert [r[0] for r in published] == ["everything", "filtered", "listed", "whole_schema"]
+
+    await migrator.rollback("enrich_001")
+
+    assert [tuple(r) for r in await pool.fetch(PUBLISHED)] == [
+        ("filtered", original, ["content", "id", "metadata"], "(id > 10)"),
+        ("listed", original, [], None),
+    ]
+    assert await pool.fetch(published_query) == published
+    assert await leftovers(pool) == []
+
+
+@asynccontextmanager
+async def pool_as(dsn: str, role: str) -> AsyncIterator[asyncpg.Pool[Any]]:
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3, server_settings={"role": role})
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+#: What another role owns, depending on the memories (the role is ``{other}``).
+OTHERS = {
+    "foreign key": (
+        "CREATE TABLE links (memory_id bigint REFERENCES memories (id)); ALTER TABLE links OWNER TO {other}",
+        "foreign keys of tables the current role does not own reference public.memories "
+        "(links_memory_id_fkey on public.links)",
+    ),
+    "view": (
+        "CREATE VIEW theirs AS SELECT id FROM memories; ALTER VIEW theirs OWNER TO {other}",
+        "views the current role does not own read public.memories (public.theirs)",
+    ),
+    "publication": (
+        "CREATE PUBLICATION theirs FOR TABLE memories; ALTER PUBLICATION theirs OWNER TO {other}",
+        "publications the current role does not own list public.memories (theirs)",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(OTHERS))
+async def test_what_another_role_owns_on_the_table_is_refused_before_anything_is_created(
+    brainmigrate_pool: asyncpg.Pool[Any], brainmigrate_database: str, kind: str
+) -> None:
+    admin = brainmigrate_pool
+    setup, message = OTHERS[kind]
+    async with temporary_role(admin) as migrator_role, temporary_role(admin) as other:
+        database = await admin.fetchval("SELECT current_database()")
+        await admin.execute(
+            f'GRANT CREATE ON DATABASE "{database}" TO "{migrator_role}", "{other}";'
+            f'GRANT ALL ON SCHEMA public TO "{migrator_role}", "{other}"'
+        )
+        async with admin.acquire() as conn:
+            await conn.execute(f'SET ROLE "{migrator_role}"')
+            await conn.execute(STORE.format(rows=ROWS))
+            await conn.execute("RESET ROLE")
+        await admin.execute(setup.format(other=f'"{other}"'))
+        before = await sentiments(admin, "memories")
+        async with pool_as(brainmigrate_database, migrator_role) as pool:
+            with pytest.raises(MigrationValidationError) as raised:
+                await Migrator(pool, [Enrich]).run_pending()
+
+        assert type(raised.value) is MigrationValidationError
+        assert raised.value.migration_id == "enrich_001"
+        assert message in str(raised.value) and "Nothing was created" in str(raised.value)
+        assert await sentiments(admin, "memories") == before
+        assert await leftovers(admin) == []
+        assert (
+            await admin.fetchval(
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'memories'::regclass AND NOT tgisinternal"
+            )
+            == 0
+        )
+        assert (
+            await admin.fetchval(
+                "SELECT count(*) FROM pg_class WHERE relname LIKE 'rewrite\\_%' OR relname LIKE 'bm\\_%'"
+            )
+            == 0
+        )
