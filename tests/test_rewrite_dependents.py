@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 
+import anyio
 import asyncpg
 import pytest
 
@@ -330,6 +331,42 @@ async def test_contract_drops_the_original_once_the_foreign_keys_have_moved(
     assert {facts[0] for facts in (await keys(pool)).values()} == {rewritten}
     await pool.execute("DELETE FROM memories WHERE id = $1", ROWS)
     assert await pool.fetchval("SELECT count(*) FROM links WHERE memory_id = $1", ROWS) == 0
+
+
+async def test_a_write_to_a_referencing_table_under_way_holds_the_swap_back_without_a_deadlock(
+    brainmigrate_pool: asyncpg.Pool[Any], brainmigrate_database: str
+) -> None:
+    pool = brainmigrate_pool
+    await pool.execute(STORE.format(rows=ROWS))
+    await pool.execute(KEYS.format(rows=ROWS))
+    migrator = Migrator(pool, [Enrich])
+    waiting = (
+        "SELECT EXISTS (SELECT FROM pg_locks WHERE relation = 'links'::regclass "
+        "AND mode = 'AccessExclusiveLock' AND NOT granted)"
+    )
+    application = await asyncpg.connect(brainmigrate_database)
+    try:
+        transaction = application.transaction()
+        await transaction.start()
+        await application.execute("INSERT INTO links (memory_id) VALUES (1)")
+        async with anyio.create_task_group() as group:
+            group.start_soon(migrator.run_pending)
+            with anyio.fail_after(120):
+                while not await pool.fetchval(waiting):  # noqa: ASYNC110 - polls the server
+                    await anyio.sleep(0.05)
+            # The swap waits for the referencing table before it locks the memories, so this
+            # write's check of its memory goes through.
+            await application.execute("INSERT INTO links (memory_id) VALUES (2)")
+            await transaction.commit()
+    finally:
+        await application.close()
+
+    assert await migrator.hybrid_phase("enrich_001") is HybridPhase.READY_TO_CONTRACT
+    assert await pool.fetchval("SELECT count(*) FROM links") == ROWS + 2
+    assert await pool.fetchval(
+        "SELECT confrelid = 'memories'::regclass AND convalidated FROM pg_constraint "
+        "WHERE conname = 'links_memory_id_fkey'"
+    )
 
 
 PUBLISHED = """

@@ -480,10 +480,12 @@ class SwapStep(_SchemaStep):
 
 def _locked(definition: TableDefinition, table: str) -> str:
     """What a swap of ``definition``'s table (``table``, quoted and qualified) locks, in order: the
-    views reading it and the tables whose foreign keys reference it first, as a query or a write
-    locks them before the table (taken the other way, the two would deadlock), the table last."""
+    views reading it (and, as PostgreSQL locks a view, what they read) and the tables whose
+    foreign keys reference it first, as a query through a view or a write to a referencing table
+    locks them before the table (taken the other way round, the two would deadlock); the table
+    last."""
     first = [view.qualified for view in definition.dependent_views]
-    first += dict.fromkeys(key.qualified_table for key in definition.inbound_foreign_keys)
+    first += dict.fromkeys(f"ONLY {key.qualified_table}" for key in definition.inbound_foreign_keys)
     return ", ".join([*first, table])
 
 
