@@ -1,9 +1,10 @@
 """What depends on a rewritten table moves with the swap: the views reading it (their owner,
 grants, comments, options and the views on them kept), other tables' foreign keys (moved NOT
 VALID, validated by the next step, actions and deferrability kept), the publications listing it
-(column lists and row filters kept); a rollback moves them back to the original. What the
-migrator's role could not move (another role's referencing table, view or publication) is refused
-before anything is created.
+(column lists and row filters kept); a rollback moves them back to the original, and the table's
+own foreign keys with them. The swap locks the referencing tables before the table, as a write to
+them does. What the migrator's role could not move (another role's referencing table, view or
+publication) is refused before anything is created.
 
 Each test runs full rewrites through ``Migrator.run_pending`` on a database of its own.
 """

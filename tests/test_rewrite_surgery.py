@@ -1,6 +1,7 @@
 """The table surgery of an online rewrite, against real PostgreSQL with pgvector: a shadow made like
 the table, its indexes built once, swapped in under the lock with every name, grant, comment,
-option and sequence of the original, swapped back exactly, and the tables it refuses.
+option and sequence of the original and other tables' foreign keys moved to it, swapped back
+exactly, and the tables it refuses.
 
 The module shares one database; each test works in a schema of its own.
 """
