@@ -19,6 +19,7 @@ import pytest
 
 from brainmigrate import (
     BulkMemoryItem,
+    DatabaseDataMigration,
     DataSource,
     MemoryDataMigration,
     MigrationConfig,
@@ -727,3 +728,35 @@ async def test_a_source_table_of_63_bytes_is_accepted(brainmigrate_pool: Any) ->
     [result] = await migrator.run_pending()
 
     assert (result.status, result.items_processed) == (MigrationStatus.COMPLETED, 10)
+
+
+class _BumpCounters(DatabaseDataMigration):
+    """A batch statement that is not idempotent: running it twice on a row would show."""
+
+    strategy: ClassVar[Any] = "in_place"
+    source = DataSource(table="counters", key="id")
+    writes = ("n",)
+
+    def _get_metadata(self) -> MigrationMetadata:
+        return MigrationMetadata(
+            id="bump_counters_001", name="bump", version="1", migration_type=MigrationType.DATABASE_DATA
+        )
+
+    async def get_batch_statement(self) -> str | None:
+        return "UPDATE counters SET n = n + 1 WHERE id BETWEEN $1 AND $2"
+
+
+async def test_a_batch_statement_runs_once_on_each_row_when_some_keys_have_more_digits(
+    brainmigrate_pool: Any,
+) -> None:
+    # The ranges' cursor is the last key as text; it must follow the key's order (10 after 9),
+    # not the text's ("50" before "9"), or ranges overlap and rows are written twice.
+    await brainmigrate_pool.execute(
+        "CREATE TABLE counters (id bigint PRIMARY KEY, n int NOT NULL DEFAULT 0);"
+        "INSERT INTO counters (id) SELECT generate_series(1, 300)"
+    )
+    config = MigrationConfig(batch_size=50, checkpoint_frequency=50)
+    [result] = await Migrator(brainmigrate_pool, [_BumpCounters], config=config).run_pending()
+    counts = await brainmigrate_pool.fetch("SELECT n, count(*) FROM counters GROUP BY n")
+    assert {row[0]: row[1] for row in counts} == {1: 300}
+    assert result.items_processed == 300

@@ -350,7 +350,7 @@ def key_range(
 WITH batch AS MATERIALIZED ({inner})
 SELECT (SELECT {key} FROM batch ORDER BY {key} LIMIT 1),
        (SELECT {key} FROM batch ORDER BY {key} DESC LIMIT 1),
-       (SELECT {key}::text FROM batch ORDER BY {key} DESC LIMIT 1),
+       (SELECT b.{key}::text FROM batch AS b ORDER BY b.{key} DESC LIMIT 1),
        (SELECT count(*) FROM batch)
 """
 
