@@ -41,6 +41,13 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def bench_ray(session: nox.Session) -> None:
+    """The Ray executor's 2 actors against 2 processes on the same data run (bench/ray_bench.py)."""
+    session.install("-e", ".[ray,bench]")
+    session.run("python", "bench/ray_bench.py", *session.posargs)
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """Migrate a Second Brain memory store on an embedded PostgreSQL, with a progress bar."""
     session.install("-e", ".[embedded,rich]")

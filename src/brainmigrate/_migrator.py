@@ -661,7 +661,9 @@ class Migrator:
         hybrid = catalog.hybrid(migration_id, "abandon", rewritten=True)
         async with runner_session(self.pool, self.schema, self.config) as session:
             hybrid = await self._runs_as(catalog).hybrid(hybrid, session.lock.conn, "abandon")
-            attempt_id = await self._hybrid_runner.abandon(hybrid, session, reason_text=reason, actor=who)
+            attempt_id = await self._hybrid_runner.abandon(
+                hybrid, session, self.config, reason_text=reason, actor=who
+            )
             return await self._ledger.record(await session.work_connection(), attempt_id)
 
     async def hybrid_status(self, migration_id: str) -> HybridStatus:

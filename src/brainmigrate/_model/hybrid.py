@@ -11,7 +11,7 @@ steps keep their own ids, checksums and rollbacks; they are not loaded as migrat
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
@@ -210,6 +210,12 @@ class HybridMigration(Migration):
 
     def steps_of(self, phase: HybridPhase) -> tuple[HybridStep, ...]:
         return tuple(step for step in self.steps if step.phase is phase)
+
+    def rolled_back_when_abandoned(self, applied: Collection[str]) -> bool:
+        """Whether abandoning a run first rolls back its steps applied (or stopped midway), given
+        the ids of the steps applied. A hybrid's abandon undoes nothing; a ready-made hybrid whose
+        steps leave what nothing else would remove (a table rewrite before its swap) says so."""
+        return False
 
     def _make_steps(self) -> Iterator[HybridStep]:
         for phase, attribute in STEP_PHASES:

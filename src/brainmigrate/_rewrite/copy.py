@@ -115,33 +115,28 @@ def fill_statement(
     )
 
 
-def upsert_statement(
+def replace_statements(
     *,
     source: str,
     target: str,
     key: str,
     key_type: str,
     columns: Sequence[str],
-    always: Sequence[str] = (),
+    overriding: bool,
     expressions: Mapping[str, str] | None = None,
-) -> str:
-    """Write the rows of keys ``$1`` (an array of ``key_type``) as ``source`` holds them now (each
-    column as it is, or its expression) into ``target``, inserted or updated."""
+) -> tuple[str, str]:
+    """Delete the rows of keys ``$1`` (an array of ``key_type``) from ``target``, then insert them
+    as ``source`` holds them now (each column as it is, or its expression); each returns the keys
+    it wrote, as text. Deleting every row first frees a unique value the application moved from
+    one of them to another (or exchanged between them), and writes identity ``ALWAYS`` columns
+    too, which an upsert cannot update."""
     k = quote_ident(key)
-    return (
-        f"{_insert(target, columns, bool(always))} SELECT {_selects(columns, expressions)} "
-        f"FROM {source} AS {ROW} WHERE {ROW}.{k} = ANY($1::{key_type}[]) "
-        f"{_on_conflict(key, columns, frozenset(always))}"
+    delete = f"DELETE FROM {target} AS s WHERE s.{k} = ANY($1::{key_type}[]) RETURNING s.{k}::text"
+    insert = (
+        f"{_insert(target, columns, overriding)} SELECT {_selects(columns, expressions)} "
+        f"FROM {source} AS {ROW} WHERE {ROW}.{k} = ANY($1::{key_type}[]) RETURNING {k}::text"
     )
-
-
-def delete_missing_statement(*, source: str, target: str, key: str, key_type: str) -> str:
-    """Delete from ``target`` the rows of keys ``$1`` that ``source`` no longer holds."""
-    k = quote_ident(key)
-    return (
-        f"DELETE FROM {target} AS s WHERE s.{k} = ANY($1::{key_type}[]) "
-        f"AND NOT EXISTS (SELECT 1 FROM {source} AS {ROW} WHERE {ROW}.{k} = s.{k})"
-    )
+    return delete, insert
 
 
 def _count(status: str) -> int:
@@ -181,9 +176,9 @@ async def apply_keys(
     keys: Sequence[Any],
     expressions: Mapping[str, str] | None = None,
 ) -> int:
-    """Make ``target`` hold, for each of ``keys``, what ``source`` holds now: rows gone from the
-    source deleted (first, so that a unique value moved to another row is free), the others
-    inserted or updated, each column as it is or as its expression. The rows written or deleted.
+    """Make ``target`` hold, for each of ``keys``, what ``source`` holds now: every row of the keys
+    deleted, then those the source still holds inserted again, each column as it is or as its
+    expression (see :func:`replace_statements`). The rows written or deleted.
 
     The replay's ``apply`` (forward: original into shadow; swap back: the rewritten table into the
     old one, rows copied back as they are), in the caller's transaction.
@@ -191,23 +186,18 @@ async def apply_keys(
     if not keys:
         return 0
     columns = await TargetColumns.read(conn, target)
-    key_type = columns.types[key]
-    deleted = await conn.execute(
-        delete_missing_statement(source=source, target=target, key=key, key_type=key_type), list(keys)
+    delete, insert = replace_statements(
+        source=source,
+        target=target,
+        key=key,
+        key_type=columns.types[key],
+        columns=columns.names,
+        overriding=columns.overriding,
+        expressions=expressions,
     )
-    upserted = await conn.execute(
-        upsert_statement(
-            source=source,
-            target=target,
-            key=key,
-            key_type=key_type,
-            columns=columns.names,
-            always=sorted(columns.always),
-            expressions=expressions,
-        ),
-        list(keys),
-    )
-    return _count(deleted) + _count(upserted)
+    deleted = await conn.fetch(delete, list(keys))
+    inserted = await conn.fetch(insert, list(keys))
+    return len({row[0] for row in deleted} | {row[0] for row in inserted})
 
 
 def overlay_statement(

@@ -8,7 +8,7 @@ migration decides what is written; the steps decide only where.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import ClassVar
 
 from .._errors import MigrationValidationError
@@ -98,6 +98,12 @@ class RewriteMigration(HybridMigration):
         yield HybridStep(HybridPhase.CUTTING_OVER, 1, SwapStep(self))
         yield HybridStep(HybridPhase.CUTTING_OVER, 2, ValidateKeysStep(self))
         yield HybridStep(HybridPhase.CONTRACTING, 0, DropOldStep(self))
+
+    def rolled_back_when_abandoned(self, applied: Collection[str]) -> bool:
+        """Before the swap, an abandoned rewrite is rolled back: nothing else would drop its shadow
+        or take its capture off the table (whose trigger would go on logging every write)."""
+        swap = next(step.id for step in self.steps if isinstance(step.migration, SwapStep))
+        return swap not in applied
 
     def _check_definition(self) -> None:
         if self.inner.source is None:

@@ -15,11 +15,13 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import asyncpg
 import attrs
 
 from .._engine.batches import decode_rows, write_entries
 from .._engine.entries import transform_items
 from .._engine.plan import RunPlan, make_plan
+from .._engine.reshape import reshape
 from .._engine.structure_sql import new_value
 from .._engine.table import TableShape
 from .._engine.table_lock import TableBusy, under_table_lock
@@ -55,6 +57,8 @@ REPLAY_LAG = 1_000
 CATCH_UP_PASSES = 20
 #: Changes the swap replays while it holds the lock, at most; more are replayed without it first.
 IN_LOCK_MAX = 5_000
+#: Builds of the shadow's indexes tried, each after a replay, while a unique index finds duplicates.
+UNIQUE_BUILD_ATTEMPTS = 3
 
 
 class StepOf(ReadyMadeStep):
@@ -237,11 +241,16 @@ class _StructureCopy(CopyStep, _RangeCopy):
         new = new_value(inner.checked_operations(), f"{ROW}.{quote_ident(column)}")
         shadow, table = _static_names(self)
         where = f" AND ({self.table_source.where})" if self.table_source.where else ""
+        # jsonb_populate_record reads a JSON null as SQL NULL: such a value (which no operation
+        # changes) is left to the fill, which copies the row as it is.
+        where += f" AND {ROW}.{quote_ident(column)} IS DISTINCT FROM 'null'::jsonb"
         key = quote_ident(self.table_source.key)
+        # The new row is the one column of a fenced subquery (evaluated once per row), so that the
+        # filter's column names name the original's columns only.
         return (
-            f"INSERT INTO {shadow} OVERRIDING SYSTEM VALUE SELECT r.* "
-            f"FROM {table} AS {ROW} CROSS JOIN LATERAL "
-            f"jsonb_populate_record({ROW}, jsonb_build_object({quote_literal(column)}, {new})) AS r "
+            f"INSERT INTO {shadow} OVERRIDING SYSTEM VALUE SELECT (x.bm_row).* "
+            f"FROM {table} AS {ROW} CROSS JOIN LATERAL (SELECT jsonb_populate_record({ROW}, "
+            f"jsonb_build_object({quote_literal(column)}, {new})) AS bm_row OFFSET 0) AS x "
             f"WHERE {ROW}.{key} BETWEEN $1 AND $2{where} ON CONFLICT DO NOTHING"
         )
 
@@ -387,8 +396,25 @@ class IndexStep(_SchemaStep):
     async def up(self, conn: Connection) -> None:
         names = await self.names(conn)
         definition = await self.definition(conn, names)
-        await surgery.build_indexes(conn, definition, names)
         replayer = Replayer(self, names)
+        # The shadow still holds rows the application deleted, re-keyed or changed since they were
+        # copied, so a unique index built over them could find duplicates the table never had: the
+        # changes logged so far are replayed first, and a unique build that fails all the same
+        # (changes logged meanwhile) is tried again after the next replay.
+        await self._catch_up(conn, names, replayer)
+        for attempt in range(1, UNIQUE_BUILD_ATTEMPTS + 1):
+            try:
+                await surgery.build_indexes(conn, definition, names)
+                break
+            except asyncpg.UniqueViolationError:
+                if attempt == UNIQUE_BUILD_ATTEMPTS:
+                    raise
+                await capture.replay(
+                    conn, names, Direction.FORWARD, replayer.forward, batch=REPLAY_BATCH, until_lag=0
+                )
+        await self._catch_up(conn, names, replayer)
+
+    async def _catch_up(self, conn: Connection, names: RewriteNames, replayer: Replayer) -> None:
         for _ in range(CATCH_UP_PASSES):
             await capture.replay(
                 conn, names, Direction.FORWARD, replayer.forward, batch=REPLAY_BATCH, until_lag=REPLAY_LAG
@@ -425,6 +451,7 @@ class SwapStep(_SchemaStep):
             await capture.remove_capture(conn, names, Direction.FORWARD)
             await surgery.swap(conn, definition, names)
             await self.capture(conn, names, definition, Direction.REVERSE)
+            await _check_expected_shape(conn, names, self.rewrite.inner)
             if not await self.rewrite.inner.validate_postconditions(conn):
                 raise MigrationValidationError(
                     f"rewrite of {self.migration_id!r}: validate_postconditions() returned False on the "
@@ -487,6 +514,22 @@ def _locked(definition: TableDefinition, table: str) -> str:
     first = [view.qualified for view in definition.dependent_views]
     first += dict.fromkeys(f"ONLY {key.qualified_table}" for key in definition.inbound_foreign_keys)
     return ", ".join([*first, table])
+
+
+async def _check_expected_shape(conn: Connection, names: RewriteNames, inner: DataMigration) -> None:
+    """MigrationValidationError when a structure migration's rewritten table, now under the
+    table's name, does not have its expected shape (as the structure runner checks in place)."""
+    if not isinstance(inner, MemoryStructureMigration) or not inner.expected:
+        return
+    plan = await make_plan(conn, names.history_schema, inner, "")
+    checked = await reshape(inner, plan.table).check(conn, conditions=False, shape="now", changes=False)
+    if checked.shape:
+        raise MigrationValidationError(
+            f"structure migration {inner.metadata.id!r} does not leave the expected shape: "
+            f"{'; '.join(str(violation) for violation in checked.shape)}. Fix `expected` or the "
+            "operations (a dry run shows both); the rewritten table was not swapped in",
+            migration_id=inner.metadata.id,
+        )
 
 
 class ValidateKeysStep(_SchemaStep):

@@ -483,7 +483,13 @@ class HybridRunner:
     # -- abandon, by hand ------------------------------------------------------------------------
 
     async def abandon(
-        self, migration: Migration, session: RunnerSession, *, reason_text: str, actor: str
+        self,
+        migration: Migration,
+        session: RunnerSession,
+        cfg: MigrationConfig,
+        *,
+        reason_text: str,
+        actor: str,
     ) -> int:
         """Under the runner lock: end the current run where it stands, and record who and why."""
-        return await self.compensation.abandon(migration, session, reason_text=reason_text, actor=actor)
+        return await self.compensation.abandon(migration, session, cfg, reason_text=reason_text, actor=actor)

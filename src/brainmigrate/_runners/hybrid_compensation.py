@@ -310,9 +310,18 @@ class HybridCompensation:
         return ended(meta, ROLLBACK, MigrationStatus.ROLLED_BACK, started, now())
 
     async def abandon(
-        self, migration: Migration, session: RunnerSession, *, reason_text: str, actor: str
+        self,
+        migration: Migration,
+        session: RunnerSession,
+        cfg: MigrationConfig,
+        *,
+        reason_text: str,
+        actor: str,
     ) -> int:
-        """Under the runner lock: end the current run where it stands, and record who and why."""
+        """Under the runner lock: end the current run where it stands, and record who and why.
+
+        Nothing is undone, unless the hybrid says its steps are rolled back when abandoned (a
+        table rewrite before its swap): then they are, first, and the note lists them."""
         hybrid = _hybrid(migration)
         meta = hybrid.metadata
         conn = await session.work_connection()
@@ -327,6 +336,21 @@ class HybridCompensation:
             )
         before = run.phase
         note = f"abandoned in phase {before.value} by {actor}: {reason_text}"
+        states = await self.ledger.states(session.lock.conn)
+        if hybrid.rolled_back_when_abandoned({step.id for step in hybrid.steps if _applied(states, step)}):
+            undone, failure = await self._undo(session, hybrid, run, cfg, before)
+            if failure is not None:
+                step, error = failure
+                raise MigrationExecutionError(
+                    f"abandoning hybrid migration {meta.id!r} failed while rolling back its step "
+                    f"{step.id!r}: {reason(error)}; the run is not abandoned. Fix the cause and "
+                    "abandon it again",
+                    migration_id=meta.id,
+                ) from error
+            if undone:
+                note += f" (rolled back: {', '.join(undone)})"
+            conn = await session.work_connection()
+            run = await self.runs.latest(conn, meta.id) or run
         async with conn.transaction():
             run = await self.runs.move(
                 conn, run, HybridPhase.ABANDONED, operation="abandon", step=run.current_step, error=note

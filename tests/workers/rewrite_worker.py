@@ -1,0 +1,69 @@
+"""Run ``run_pending()`` (or ``rollback(id)``) of a rewrite directory in a process of its own.
+
+Usage::
+
+    python rewrite_worker.py DSN MIGRATIONS_DIR [--rollback ID] [--batch-size N] [--concurrency N]
+                             [--lock-timeout-ms MS] [--transform-delay S]
+                             [--application-name NAME]
+
+``--transform-delay`` sets ``$BM_REWRITE_DELAY``, which the rewrite's transform honours before
+each batch (see ``rewrite_toy/migrations.py``); ``--lock-timeout-ms`` is the
+``statement_lock_timeout_ms`` of its steps (a minute by default: a test holding a lock catches the
+runner waiting for it; the swap waits as long as it decides itself). Every session of the process carries the
+application name, so that a test finds them on the server. One line of JSON goes to stdout:
+``{"pid": ..., "results": [[id, status], ...], "error": null}`` on success (exit status 0), or with
+``"error": {"type", "module", "message"}`` and ``"results": null`` on failure (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import asyncpg
+from reporting import results_report, run_and_report
+
+from brainmigrate import MigrationConfig, Migrator
+
+DELAY_VARIABLE = "BM_REWRITE_DELAY"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dsn")
+    parser.add_argument("migrations", type=Path)
+    parser.add_argument("--rollback", metavar="ID")
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--lock-timeout-ms", type=int, default=60_000)
+    parser.add_argument("--transform-delay", type=float, default=0.0)
+    parser.add_argument("--application-name", default="rewrite worker")
+    return parser.parse_args(argv)
+
+
+async def main(args: argparse.Namespace) -> dict[str, object]:
+    os.environ[DELAY_VARIABLE] = str(args.transform_delay)
+    config = MigrationConfig(
+        batch_size=args.batch_size,
+        checkpoint_frequency=args.batch_size,
+        concurrency=args.concurrency,
+        statement_lock_timeout_ms=args.lock_timeout_ms,
+    )
+    settings = {"application_name": args.application_name}
+    pool = await asyncpg.create_pool(args.dsn, min_size=2, max_size=4, server_settings=settings)
+    try:
+        migrator = Migrator(pool, args.migrations, config=config)
+        if args.rollback:
+            results = await migrator.rollback(args.rollback)
+        else:
+            results = await migrator.run_pending()
+    finally:
+        await pool.close()
+    return results_report(results)
+
+
+if __name__ == "__main__":
+    arguments = parse_args(sys.argv[1:])
+    run_and_report(lambda: main(arguments))
