@@ -50,13 +50,17 @@ logger = logging.getLogger("brainmigrate")
 
 #: The alias of the original's row in the statements copying it (the structure SQL's).
 ROW = "m"
-#: Keys replayed per transaction; the lag left before the swap takes the lock.
+#: Keys replayed per transaction; the lag the index step leaves to the swap.
 REPLAY_BATCH = 1_000
 REPLAY_LAG = 1_000
 #: Passes of replay without the lock before the swap tries anyway.
 CATCH_UP_PASSES = 20
+#: Changes left to replay when the swap asks for the table's lock: it replays down to this many
+#: without the lock first, so that it holds the lock for a few replays only (a replayed row
+#: enters every index of the shadow, an HNSW index included: milliseconds each).
+SWAP_LAG = 50
 #: Changes the swap replays while it holds the lock, at most; more are replayed without it first.
-IN_LOCK_MAX = 5_000
+IN_LOCK_MAX = 250
 #: Builds of the shadow's indexes tried, each after a replay, while a unique index finds duplicates.
 UNIQUE_BUILD_ATTEMPTS = 3
 
@@ -460,10 +464,14 @@ class SwapStep(_SchemaStep):
                 )
 
         async def catch_up() -> None:
-            await capture.replay(
-                conn, names, Direction.FORWARD, replayer.forward, batch=REPLAY_BATCH, until_lag=REPLAY_LAG
-            )
+            for _ in range(CATCH_UP_PASSES):
+                await capture.replay(
+                    conn, names, Direction.FORWARD, replayer.forward, batch=REPLAY_BATCH, until_lag=SWAP_LAG
+                )
+                if await capture.lag(conn, names, Direction.FORWARD) <= SWAP_LAG:
+                    break
 
+        await catch_up()
         await under_table_lock(
             conn,
             _locked(definition, names.qualified_table),
