@@ -146,7 +146,9 @@ async def run_benchmarks(dsn: str, args: argparse.Namespace, workdir: Path) -> l
             print("re-embedding: skipped, the server has no pgvector (extension `vector`)", end="\n\n")
     if args.only in (None, "realistic"):
         if await _has_pgvector(dsn):
-            for section in await bench_realistic(dsn, args.realistic_rows, args.realistic_rounds):
+            for section in await bench_realistic(
+                dsn, args.realistic_rows, args.realistic_rounds, in_place=not args.realistic_without_in_place
+            ):
                 sections.append(section)
                 print(text_table(section), end="\n\n", flush=True)
         else:
@@ -214,6 +216,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="memories of the realistic store, in place against rewrite (default 100000)",
     )
     parser.add_argument("--realistic-rounds", type=int, default=3, help="rounds of the realistic store")
+    parser.add_argument(
+        "--realistic-without-in-place",
+        action="store_true",
+        help="the realistic store's rewrites only (without the in-place run, the long one)",
+    )
     parser.add_argument(
         "--only",
         choices=(
