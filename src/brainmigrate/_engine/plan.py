@@ -77,7 +77,9 @@ class RunPlan:
     shape: TableShape | None
     read_columns: tuple[Column, ...] = attrs.field(converter=_tuple)
     image: str | None
-    reverse: str | None  # "images", "inverse", or None when not reversible
+    #: "images", "inverse", "dropped" (what it wrote goes with a table its rollback drops), or
+    #: None when not reversible.
+    reverse: str | None
     statement: str | None = None
     #: The statement reversing a server-side run per key range, when it is reversed by one.
     rollback_statement: str | None = None
@@ -229,7 +231,9 @@ async def make_plan(conn: Connection, schema: str, migration: DataMigration, che
                 migration_id=meta.id,
             )
     reverse = None
-    if meta.reversible:
+    if meta.reversible and type(migration)._dropped_on_rollback:
+        reverse = "dropped"
+    elif meta.reversible:
         reverse = "inverse" if _has_inverse(migration) else "images"
         if mode == STATEMENT and reverse == "images":
             assert isinstance(migration, DatabaseDataMigration)

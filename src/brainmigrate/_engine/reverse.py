@@ -167,6 +167,8 @@ async def restore_in_ranges(
 
 async def reverse(conn: Connection, plan: RunPlan, config: MigrationConfig) -> int:
     """Undo what the run wrote, inside the caller's transaction; return the rows restored."""
+    if plan.reverse == "dropped":
+        return 0
     shape = plan.table
     if plan.reverse == "images":
         assert plan.image is not None

@@ -47,6 +47,9 @@ class DataMigration(Migration):
     #: A rewrite keeps the original table until ``await migrator.contract(id)`` (``"manual"``,
     #: so that a rollback can still swap it back) or drops it right after the swap (``"auto"``).
     rewrite_contract_mode: ClassVar[Literal["auto", "manual"]] = "manual"
+    #: Whether what the run writes goes with a table the same rollback drops (a step of a
+    #: ready-made hybrid writing into a copy of a table): rolling it back then writes nothing.
+    _dropped_on_rollback: ClassVar[bool] = False
 
     async def throttle(self) -> float:
         """Seconds to pause before the next batch (0 to go on): back off while the database is busy."""

@@ -177,6 +177,7 @@ class _PythonCopy(CopyStep):
     """Mixed in before the migration's own class: its transform, written into the shadow."""
 
     strategy = "in_place"
+    _dropped_on_rollback = True  # it writes into the shadow, which rolling back expand drops
 
     def __init__(self, rewrite: RewriteMigration) -> None:
         Migration.__init__(self, rewrite.pool)  # type: ignore[arg-type]
@@ -202,14 +203,6 @@ class _PythonCopy(CopyStep):
     async def validate_postconditions(self, conn: Connection) -> bool:
         return True
 
-    async def reverse_memory(self, memory: dict[str, Any]) -> None:
-        """Nothing to restore: the shadow is dropped when the rewrite is rolled back."""
-        return None
-
-    async def reverse_row(self, row: dict[str, Any]) -> None:
-        """Nothing to restore: the shadow is dropped when the rewrite is rolled back."""
-        return None
-
     async def _batch_writer(self, conn: Connection, table: TableShape) -> RewriteWriter | None:
         """The writer into the shadow; None while there is no shadow (a rollback's plan, made
         once the rewritten table has taken the table's name: it writes nothing)."""
@@ -220,19 +213,16 @@ class _PythonCopy(CopyStep):
 
 
 class _RangeCopy(StepOf, DatabaseDataMigration):
-    """A backfill step copying key ranges into the shadow on the server; rolled back by deleting
-    the ranges from it."""
+    """A backfill step copying key ranges into the shadow on the server; its rollback writes
+    nothing: rolling back expand drops the shadow."""
 
     step_type = MigrationType.DATABASE_DATA
     strategy = "in_place"
+    _dropped_on_rollback = True
 
     def __init__(self, rewrite: RewriteMigration) -> None:
         DatabaseDataMigration.__init__(self, rewrite.pool)
         self.rewrite = rewrite
-
-    async def get_rollback_batch_statement(self) -> str | None:
-        shadow, _ = _static_names(self)
-        return f"DELETE FROM {shadow} WHERE {quote_ident(self.table_source.key)} BETWEEN $1 AND $2"
 
 
 class _StructureCopy(CopyStep, _RangeCopy):
