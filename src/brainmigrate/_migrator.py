@@ -473,6 +473,16 @@ class Migrator:
             if not _applied(states, migration_id) and not await self._runners.of(target).stopped_midway(
                 session.lock.conn, target
             ):
+                done = list(steps_done(target, states)) if isinstance(target, HybridMigration) else []
+                if done:
+                    raise MigrationStateError(
+                        f"hybrid migration {migration_id!r} cannot be rolled back now: its last run was "
+                        f"abandoned, and its steps {', '.join(done)} are still applied. `await "
+                        "migrator.run_pending()` starts a new run, which carries on from them (a rewrite "
+                        f"swapped in waits at READY_TO_CONTRACT again); then rollback({migration_id!r}) "
+                        "undoes them, or contract() finishes it; nothing was changed",
+                        migration_id=migration_id,
+                    )
                 raise MigrationStateError(
                     f"migration {migration_id!r} is not applied, so there is nothing to roll back",
                     migration_id=migration_id,
@@ -650,7 +660,10 @@ class Migrator:
 
         The run ends where it stands (phase ABANDONED): nothing is undone or applied. Its steps
         applied stay applied, as their history says; the next ``run_pending()`` starts a new run,
-        which carries on with the steps not applied. ``actor`` defaults to the operating-system user.
+        which carries on with the steps not applied. A table rewrite abandoned before its swap is
+        the exception: its steps are rolled back first (refused while one still runs elsewhere),
+        so that no copy, trigger or change log is left behind. ``actor`` defaults to the
+        operating-system user.
         """
         if not isinstance(reason, str) or not reason.strip():
             raise ConfigError(

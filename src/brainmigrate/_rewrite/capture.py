@@ -28,6 +28,8 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
+
 from .._engine.sql import MAX_IDENTIFIER_BYTES
 from .._errors import MigrationStateError
 from .._model.sqltext import quote_ident, quote_literal
@@ -238,10 +240,22 @@ async def replay(
     log = await _log(conn, names, direction)
     replayed = 0
     while await _more_than(conn, log, until_lag):
-        async with conn.transaction():
-            keys = await take_changes(conn, names, direction, batch)
-            if keys:
-                await apply(conn, keys)
+        limit = batch
+        while True:
+            try:
+                async with conn.transaction():
+                    keys = await take_changes(conn, names, direction, limit)
+                    if keys:
+                        await apply(conn, keys)
+                break
+            except asyncpg.UniqueViolationError:
+                # A unique value the batch writes is still held by a row whose change comes later
+                # in the log (values exchanged or moved by one transaction): everything logged so
+                # far is applied together, as the application committed it.
+                held = await lag(conn, names, direction)
+                if limit >= held:
+                    raise
+                limit = held
         replayed += len(keys)
         if not keys:
             break  # what is left is locked by another replayer: it is theirs to apply

@@ -83,6 +83,10 @@ class Runner(Protocol):
         """Whether a run of ``migration`` stopped midway, leaving work a rollback can undo."""
         ...
 
+    async def live_workers(self, conn: Connection, migration: Migration) -> int:
+        """The workers holding a live lease on a run of ``migration`` (0 for a kind without)."""
+        ...
+
 
 @attrs.frozen
 class Runners:

@@ -163,6 +163,10 @@ class DataMigrationRunner:
         counts, changes, impact = await self.engine.sample(conn, plan, config)
         return Sample(counts.processed, counts.skipped, counts.failed, tuple(changes), write_impact=impact)
 
+    async def live_workers(self, conn: Connection, migration: Migration) -> int:
+        """The workers whose lease on the current run of ``migration`` is live."""
+        return await self.engine.live_workers(conn, migration.metadata.id)
+
     async def stopped_midway(self, conn: Connection, migration: Migration) -> bool:
         """Whether its run stopped midway (failed, cancelled, or its workers all died)."""
         progress = await self.engine.progress(conn, migration.metadata.id)

@@ -211,6 +211,11 @@ class HybridRunner:
             changes += sample.changes
         return Sample(processed, skipped, failed, tuple(changes))
 
+    async def live_workers(self, conn: Connection, migration: Migration) -> int:
+        """The workers of its steps' runs holding a live lease."""
+        steps = _hybrid(migration).steps
+        return sum([await self.steps.of(step.migration).live_workers(conn, step.migration) for step in steps])
+
     async def stopped_midway(self, conn: Connection, migration: Migration) -> bool:
         """Whether a run of it is in progress or stopped before completing (a rollback undoes it)."""
         run = await self.runs.latest(conn, migration.metadata.id)

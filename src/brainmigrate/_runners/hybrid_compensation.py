@@ -338,6 +338,17 @@ class HybridCompensation:
         note = f"abandoned in phase {before.value} by {actor}: {reason_text}"
         states = await self.ledger.states(session.lock.conn)
         if hybrid.rolled_back_when_abandoned({step.id for step in hybrid.steps if _applied(states, step)}):
+            for step in hybrid.steps:
+                live = await self.steps.of(step.migration).live_workers(session.lock.conn, step.migration)
+                if live:
+                    raise HybridPhaseError(
+                        f"cannot abandon hybrid migration {meta.id!r} yet: its step {step.id!r} is "
+                        f"running in {live} worker(s) elsewhere, whose lease has not expired, and "
+                        "abandoning rolls the step back. Stop those workers, or wait for their lease "
+                        "to expire (lease_seconds), then abandon it again; nothing was changed",
+                        migration_id=meta.id,
+                        phase=before.value,
+                    )
             undone, failure = await self._undo(session, hybrid, run, cfg, before)
             if failure is not None:
                 step, error = failure

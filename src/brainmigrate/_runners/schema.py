@@ -147,6 +147,9 @@ class SchemaRunner:
     async def stopped_midway(self, conn: Connection, migration: Migration) -> bool:
         return False  # a dirty attempt is resolved by hand, never rolled back
 
+    async def live_workers(self, conn: Connection, migration: Migration) -> int:
+        return 0  # a schema migration runs under the runner lock, on no worker
+
     async def run(
         self,
         migration: Migration,
