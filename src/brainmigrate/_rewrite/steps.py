@@ -395,7 +395,7 @@ class IndexStep(_SchemaStep):
         # copied, so a unique index built over them could find duplicates the table never had: the
         # changes logged so far are replayed first, and a unique build that fails all the same
         # (changes logged meanwhile) is tried again after the next replay.
-        await self._catch_up(conn, names, replayer)
+        await _catch_up(conn, names, Direction.FORWARD, replayer.forward, until_lag=REPLAY_LAG)
         for attempt in range(1, UNIQUE_BUILD_ATTEMPTS + 1):
             try:
                 await surgery.build_indexes(conn, definition, names)
@@ -406,15 +406,7 @@ class IndexStep(_SchemaStep):
                 await capture.replay(
                     conn, names, Direction.FORWARD, replayer.forward, batch=REPLAY_BATCH, until_lag=0
                 )
-        await self._catch_up(conn, names, replayer)
-
-    async def _catch_up(self, conn: Connection, names: RewriteNames, replayer: Replayer) -> None:
-        for _ in range(CATCH_UP_PASSES):
-            await capture.replay(
-                conn, names, Direction.FORWARD, replayer.forward, batch=REPLAY_BATCH, until_lag=REPLAY_LAG
-            )
-            if await capture.lag(conn, names, Direction.FORWARD) <= REPLAY_LAG:
-                break
+        await _catch_up(conn, names, Direction.FORWARD, replayer.forward, until_lag=REPLAY_LAG)
 
     async def down(self, conn: Connection) -> None:
         """The shadow, with its indexes, is dropped by rolling back expand. Rolled back after the
@@ -454,12 +446,7 @@ class SwapStep(_SchemaStep):
                 )
 
         async def catch_up() -> None:
-            for _ in range(CATCH_UP_PASSES):
-                await capture.replay(
-                    conn, names, Direction.FORWARD, replayer.forward, batch=REPLAY_BATCH, until_lag=SWAP_LAG
-                )
-                if await capture.lag(conn, names, Direction.FORWARD) <= SWAP_LAG:
-                    break
+            await _catch_up(conn, names, Direction.FORWARD, replayer.forward)
 
         await catch_up()
         await under_table_lock(
@@ -484,12 +471,18 @@ class SwapStep(_SchemaStep):
         replayer = Replayer(self, names)
 
         async def change() -> None:
+            if await capture.lag(conn, names, Direction.REVERSE) > IN_LOCK_MAX:
+                raise TableBusy(f"more than {IN_LOCK_MAX:,} changes were still to replay")
             await capture.replay(
                 conn, names, Direction.REVERSE, replayer.backward, batch=REPLAY_BATCH, until_lag=0
             )
             await capture.remove_capture(conn, names, Direction.REVERSE)
             await surgery.swap_back(conn, definition, names)
 
+        async def catch_up() -> None:
+            await _catch_up(conn, names, Direction.REVERSE, replayer.backward)
+
+        await catch_up()
         await under_table_lock(
             conn,
             _locked(current, names.qualified_table),
@@ -498,9 +491,27 @@ class SwapStep(_SchemaStep):
             attempts=self.attempts,
             what=f"the swap back of rewrite {self.migration_id!r}",
             migration_id=self.migration_id,
+            catch_up=catch_up,
             advice="Nothing was changed; roll it back again once the table is quieter",
             oid=current.oid,
         )
+
+
+async def _catch_up(
+    conn: Connection,
+    names: RewriteNames,
+    direction: Direction,
+    apply: capture.Apply,
+    *,
+    until_lag: int = SWAP_LAG,
+) -> None:
+    """Replay ``direction``'s log without the table's lock, in passes, until at most
+    ``until_lag`` changes are left (by default so that the swap, or swap back, replays only a few
+    under it)."""
+    for _ in range(CATCH_UP_PASSES):
+        await capture.replay(conn, names, direction, apply, batch=REPLAY_BATCH, until_lag=until_lag)
+        if await capture.lag(conn, names, direction) <= until_lag:
+            break
 
 
 def _locked(definition: TableDefinition, table: str) -> str:
