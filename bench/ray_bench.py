@@ -1,6 +1,7 @@
 """The Ray executor with 2 actors against 2 processes joining the same data run, on one server.
 
-    python bench/ray_bench.py --dsn postgresql://postgres@127.0.0.1:5432/postgres [--rows 4000]
+    python bench/ray_bench.py --dsn postgresql://postgres@127.0.0.1:5432/postgres [--rows 4000] [--rounds 3]
+    nox -s bench_ray -- --dsn postgresql://postgres@127.0.0.1:5432/postgres
 
 Needs ``brainmigrate[ray]``. Each variant gets a fresh database (a ``DatabaseFactory``'s) with the
 same memories and runs the same memory migration, whose transform burns ``--work-ms`` of CPU per
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,27 +133,41 @@ async def _processes(dsn: str, migrations: str) -> float:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--dsn", required=True, help="a server whose user may create databases")
+    parser.add_argument(
+        "--dsn",
+        default=os.environ.get("BRAINMIGRATE_BENCH_DSN"),
+        help="a server whose user may create databases (default: $BRAINMIGRATE_BENCH_DSN)",
+    )
     parser.add_argument("--rows", type=int, default=4000)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each variant once, in turn")
     parser.add_argument("--work-ms", type=float, default=2.0, help="CPU per memory in the transform")
     args = parser.parse_args()
+    if not args.dsn:
+        parser.error("--dsn (or $BRAINMIGRATE_BENCH_DSN) is required")
     os.environ["RAY_BENCH_WORK_MS"] = str(args.work_ms)
     started = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     print(f"ray.init: {time.perf_counter() - started:.2f} s")
+    variants = [("ray, 2 actors", _ray), ("2 processes", _processes)]
+    samples: dict[str, list[float]] = {name: [] for name, _ in variants}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "m0001_bench_on_ray.py").write_text(MIGRATION)
         async with DatabaseFactory(args.dsn, prefix="ray_bench") as databases:
-            for name, variant in (("ray, 2 actors", _ray), ("2 processes", _processes)):
-                dsn = await databases.create()
-                await _memories(dsn, args.rows)
-                seconds = await variant(dsn, tmp)
-                print(
-                    f"{name:>14}: {seconds:6.2f} s for {args.rows} memories "
-                    f"({args.rows / seconds:7.1f} memories/s, {args.work_ms:g} ms CPU each)"
-                )
-                await databases.drop(dsn)
+            for turn in range(args.rounds):
+                for name, variant in variants[turn % 2 :] + variants[: turn % 2]:
+                    dsn = await databases.create()
+                    await _memories(dsn, args.rows)
+                    seconds = await variant(dsn, tmp)
+                    samples[name].append(seconds)
+                    print(f"round {turn + 1}, {name:>14}: {seconds:6.2f} s for {args.rows} memories")
+                    await databases.drop(dsn)
     ray.shutdown()
+    for name, seconds in samples.items():
+        median = statistics.median(seconds)
+        rate = args.rows / median
+        print(f"{name:>14}: median {median:6.2f} s ({rate:7.1f} memories/s, {args.work_ms:g} ms CPU each)")
+    ratios = [a / b for a, b in zip(samples["ray, 2 actors"], samples["2 processes"], strict=True)]
+    print(f"ray / processes: median {statistics.median(ratios):.2f}x of the per-round ratios")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ import pytest
 
 from brainmigrate import MigrationStateError, MigrationValidationError, TableLockTimeout
 from brainmigrate._engine.table_lock import under_table_lock
-from brainmigrate._rewrite.definition import TableDefinition, check_rewritable, read_definition
+from brainmigrate._rewrite.definition import TableDefinition, read_definition
 from brainmigrate._rewrite.names import RewriteNames
+from brainmigrate._rewrite.refusals import check_rewritable
 from brainmigrate._rewrite.surgery import (
     build_indexes,
     create_shadow,

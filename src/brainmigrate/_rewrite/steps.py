@@ -39,8 +39,9 @@ from .._model.sqltext import quote_ident, quote_literal
 from .._model.types import Connection
 from . import capture, copy, surgery
 from .capture import Direction
-from .definition import TableDefinition, check_rewritable, read_definition
+from .definition import TableDefinition, read_definition
 from .names import RewriteNames
+from .refusals import check_rewritable
 from .writer import RewriteWriter
 
 if TYPE_CHECKING:

@@ -28,7 +28,8 @@ from .._model.data import DataMigration
 from .._model.memory_structure import MemoryStructureMigration
 from .._model.sqltext import quote_ident
 from .._model.types import Connection
-from .definition import read_definition, refusals
+from .definition import read_definition
+from .refusals import refusals
 
 #: Index access methods whose per-row maintenance a rewrite avoids.
 COSTLY_METHODS = VECTOR_METHODS | {"gin"}

@@ -23,10 +23,10 @@ from .definition import (
     IndexDefinition,
     SequenceDefinition,
     TableDefinition,
-    dependent_refusals,
     read_definition,
 )
 from .names import RewriteNames
+from .refusals import dependent_refusals
 
 #: The privileges ``aclexplode`` names, which GRANT takes as they are.
 _PRIVILEGES = frozenset(
