@@ -81,7 +81,9 @@ class Moment:
         return pid or 0
 
 
-BETWEEN_WRITES = Moment("between writes", batch_delay=0.05, write_delay=0)
+#: Each batch's transform sleeps long enough that the worker's session sits idle between writes for
+#: most of the run, and the run lasts long enough (40 batches) to be caught there on a busy machine.
+BETWEEN_WRITES = Moment("between writes", batch_delay=0.2, write_delay=0)
 INSIDE_A_WRITE = Moment("inside a write", batch_delay=0, write_delay=0.1)
 MOMENTS = pytest.mark.parametrize("moment", [BETWEEN_WRITES, INSIDE_A_WRITE], ids=lambda m: m.name)
 
@@ -220,7 +222,7 @@ async def test_worker_killed_mid_run_is_resumed_from_its_checkpoints_writing_eac
     )
     try:
         await wait_until(
-            lambda: moment.reached(brainmigrate_pool), within=20, what=f"the worker to be {moment.name}"
+            lambda: moment.reached(brainmigrate_pool), within=60, what=f"the worker to be {moment.name}"
         )
         assert await sigkill(worker) == -signal.SIGKILL
     finally:
@@ -329,7 +331,7 @@ async def test_worker_whose_session_is_terminated_retries_from_its_checkpoint_in
     )
     try:
         terminated = await wait_until(
-            lambda: moment.reached(brainmigrate_pool), within=20, what=f"the worker to be {moment.name}"
+            lambda: moment.reached(brainmigrate_pool), within=60, what=f"the worker to be {moment.name}"
         )
         await end_sessions(brainmigrate_pool, [terminated])
         at_termination = await _committed(brainmigrate_pool)
