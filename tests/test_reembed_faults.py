@@ -32,7 +32,7 @@ import pytest
 
 from brainmigrate import GenerationStatus, HybridPhase, MigrationConfig, MigrationStatus, Migrator
 from reembed_support import columns, create_store, indexes, toy_vector, vectors
-from workers.harness import WORKERS, finish, migrations_dir, sigkill, stop, wait_until
+from workers.harness import WORKERS, applied, committed, finish, migrations_dir, sigkill, stop, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -165,28 +165,6 @@ async def _waiting_for_lock(pool: asyncpg.Pool[Any], query_prefix: str) -> bool:
     )
 
 
-async def _committed(pool: asyncpg.Pool[Any]) -> int:
-    """Rows of the backfill its checkpoints have committed so far."""
-    if not await pool.fetchval("SELECT to_regclass('brainmigrate.data_chunks') IS NOT NULL"):
-        return 0
-    committed: int = await pool.fetchval(
-        "SELECT coalesce(sum(processed), 0) FROM brainmigrate.data_chunks WHERE migration_id = $1", BACKFILL
-    )
-    return committed
-
-
-async def _applied(pool: asyncpg.Pool[Any], step: str) -> bool:
-    if not await pool.fetchval("SELECT to_regclass('brainmigrate.migration_history') IS NOT NULL"):
-        return False
-    return bool(
-        await pool.fetchval(
-            "SELECT count(*) FROM brainmigrate.migration_history WHERE migration_id = $1 "
-            "AND operation = 'apply' AND status = 'completed'",
-            step,
-        )
-    )
-
-
 async def _history(pool: asyncpg.Pool[Any]) -> list[tuple[Any, ...]]:
     rows = await pool.fetch(
         "SELECT migration_id, operation, status FROM brainmigrate.migration_history ORDER BY attempt_id"
@@ -259,7 +237,7 @@ async def _assert_as_if_never_killed(
     assert [tuple(run) for run in runs] == [("ready_to_contract", None)]  # one run, never compensated
     data_runs = await pool.fetch("SELECT migration_id, status FROM brainmigrate.data_runs ORDER BY run_id")
     assert [tuple(run) for run in data_runs] == [(BACKFILL, "completed")]
-    assert await _committed(pool) == ROWS
+    assert await committed(pool, BACKFILL) == ROWS
 
     migrator = _migrator(pool)
     assert await migrator.hybrid_phase(REEMBED) is HybridPhase.READY_TO_CONTRACT
@@ -356,7 +334,7 @@ async def test_a_runner_killed_mid_backfill_is_resumed_from_its_checkpoints_embe
     try:
 
         async def partly() -> bool:
-            return 4 * BATCH <= await _committed(pool) <= ROWS - 8 * BATCH
+            return 4 * BATCH <= await committed(pool, BACKFILL) <= ROWS - 8 * BATCH
 
         await wait_until(partly, within=30, what="the backfill to commit part of the rows")
         seen = await _migrator(pool).hybrid_status(REEMBED)
@@ -366,7 +344,7 @@ async def test_a_runner_killed_mid_backfill_is_resumed_from_its_checkpoints_embe
     await _end_sessions(pool)
 
     assert (seen.phase, seen.current_step) == (HybridPhase.BACKFILLING, BACKFILL)
-    at_kill = await _committed(pool)
+    at_kill = await committed(pool, BACKFILL)
     assert 0 < at_kill < ROWS
     done = {row[0] for row in await pool.fetch("SELECT id FROM memories WHERE embedding_next IS NOT NULL")}
     assert len(done) == at_kill
@@ -502,7 +480,7 @@ async def test_a_runner_killed_while_cutover_waits_for_the_table_switches_nothin
 
     worker = await _start_worker(brainmigrate_database, killed, "--embed-delay=0.02")
     try:
-        await wait_until(lambda: _applied(pool, EXPAND), within=30, what="expand to be applied")
+        await wait_until(lambda: applied(pool, EXPAND), within=30, what="expand to be applied")
         async with _transaction(pool, "LOCK TABLE memories IN ACCESS SHARE MODE"):
             await wait_until(
                 lambda: _waiting_for_lock(pool, "LOCK TABLE"), within=40, what="cutover to wait for the table"

@@ -32,7 +32,7 @@ import attrs
 import pytest
 
 from brainmigrate import HybridPhase, MigrationConfig, MigrationStatus, Migrator
-from workers.harness import WORKERS, migrations_dir, sigkill, stop, wait_until
+from workers.harness import WORKERS, applied, committed, migrations_dir, sigkill, stop, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -265,28 +265,6 @@ async def _waiting_for(pool: asyncpg.Pool[Any], table: str, application_name: st
     )
 
 
-async def _committed(pool: asyncpg.Pool[Any], step: str = COPY) -> int:
-    """Rows of a backfill step its checkpoints have committed so far."""
-    if not await pool.fetchval("SELECT to_regclass('brainmigrate.data_chunks') IS NOT NULL"):
-        return 0
-    committed: int = await pool.fetchval(
-        "SELECT coalesce(sum(processed), 0) FROM brainmigrate.data_chunks WHERE migration_id = $1", step
-    )
-    return committed
-
-
-async def _applied(pool: asyncpg.Pool[Any], step: str) -> bool:
-    if not await pool.fetchval("SELECT to_regclass('brainmigrate.migration_history') IS NOT NULL"):
-        return False
-    return bool(
-        await pool.fetchval(
-            "SELECT count(*) FROM brainmigrate.migration_history WHERE migration_id = $1 "
-            "AND operation = 'apply' AND status = 'completed'",
-            step,
-        )
-    )
-
-
 async def _history(pool: asyncpg.Pool[Any]) -> list[tuple[str, str, str]]:
     rows = await pool.fetch(
         "SELECT migration_id, operation, status FROM brainmigrate.migration_history ORDER BY attempt_id"
@@ -389,7 +367,7 @@ async def _shadow_created(pool: asyncpg.Pool[Any]) -> str:
     """The shadow's name, once the step creating it has committed."""
 
     async def created() -> bool:
-        return await _applied(pool, SHADOW)
+        return await applied(pool, SHADOW)
 
     await wait_until(created, within=30, what="the shadow to be created")
     return await _one(pool, "bm_new_")
@@ -409,7 +387,7 @@ async def test_a_runner_killed_mid_copy_is_resumed_from_its_checkpoints_and_swap
     try:
 
         async def partly() -> bool:
-            return 4 * BATCH <= await _committed(pool) <= ROWS - 8 * BATCH
+            return 4 * BATCH <= await committed(pool, COPY) <= ROWS - 8 * BATCH
 
         await wait_until(partly, within=40, what="the copy to commit part of the rows")
         seen = await _migrator(pool).hybrid_status(REWRITE)
@@ -423,7 +401,7 @@ async def test_a_runner_killed_mid_copy_is_resumed_from_its_checkpoints_and_swap
     assert await _oid(pool) == store.oid
     assert await _rows(pool) == store.rows
     assert _capture_installed(await _triggers(pool), "memories")
-    at_kill = await _committed(pool)
+    at_kill = await committed(pool, COPY)
     assert 0 < at_kill < ROWS
     cursor = int(
         await pool.fetchval("SELECT cursor_key FROM brainmigrate.data_chunks WHERE migration_id = $1", COPY)
@@ -657,7 +635,7 @@ async def test_a_run_abandoned_after_its_runner_was_killed_mid_copy_leaves_the_t
     try:
 
         async def partly() -> bool:
-            return 4 * BATCH <= await _committed(pool) <= ROWS - 8 * BATCH
+            return 4 * BATCH <= await committed(pool, COPY) <= ROWS - 8 * BATCH
 
         await wait_until(partly, within=40, what="the copy to commit part of the rows")
         await _kill(pool, worker)
@@ -788,7 +766,8 @@ async def test_what_the_application_writes_through_a_kill_and_the_resume_is_in_t
 
                     async def partly() -> bool:
                         return (
-                            4 * BATCH <= await _committed(pool) <= ROWS - 8 * BATCH and writer.writes() >= 30
+                            4 * BATCH <= await committed(pool, COPY) <= ROWS - 8 * BATCH
+                            and writer.writes() >= 30
                         )
 
                     await wait_until(partly, within=40, what="the copy and the application to write")

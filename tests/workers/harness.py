@@ -191,6 +191,30 @@ async def end_sessions(pool: asyncpg.Pool[Any], pids: list[int]) -> None:
     await wait_until(gone, within=10, what=f"sessions {pids} to end")
 
 
+async def committed(pool: asyncpg.Pool[Any], migration_id: str) -> int:
+    """Items the checkpoints of a data run (or a hybrid's data step) have committed so far."""
+    if not await pool.fetchval("SELECT to_regclass('brainmigrate.data_chunks') IS NOT NULL"):
+        return 0
+    count: int = await pool.fetchval(
+        "SELECT coalesce(sum(processed), 0) FROM brainmigrate.data_chunks WHERE migration_id = $1",
+        migration_id,
+    )
+    return count
+
+
+async def applied(pool: asyncpg.Pool[Any], migration_id: str) -> bool:
+    """Whether history holds a completed apply of a migration (or a hybrid's step)."""
+    if not await pool.fetchval("SELECT to_regclass('brainmigrate.migration_history') IS NOT NULL"):
+        return False
+    return bool(
+        await pool.fetchval(
+            "SELECT count(*) FROM brainmigrate.migration_history WHERE migration_id = $1 "
+            "AND operation = 'apply' AND status = 'completed'",
+            migration_id,
+        )
+    )
+
+
 async def history_rows(pool: asyncpg.Pool[Any]) -> list[dict[str, Any]]:
     """The history table's rows (the facts that matter here), or [] when it does not exist."""
     if not await pool.fetchval("SELECT to_regclass('brainmigrate.migration_history') IS NOT NULL"):
