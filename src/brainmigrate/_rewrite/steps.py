@@ -12,7 +12,7 @@ publications depending on the table) and validates the foreign keys it carried o
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import asyncpg
@@ -429,13 +429,7 @@ class SwapStep(_SchemaStep):
         definition = await self.definition(conn, names)
         replayer = Replayer(self, names)
 
-        async def change() -> None:
-            if await capture.lag(conn, names, Direction.FORWARD) > IN_LOCK_MAX:
-                raise TableBusy(f"more than {IN_LOCK_MAX:,} changes were still to replay")
-            await capture.replay(
-                conn, names, Direction.FORWARD, replayer.forward, batch=REPLAY_BATCH, until_lag=0
-            )
-            await capture.remove_capture(conn, names, Direction.FORWARD)
+        async def swap() -> None:
             await surgery.swap(conn, definition, names)
             await self.capture(conn, names, definition, Direction.REVERSE)
             await _check_expected_shape(conn, names, self.rewrite.inner)
@@ -446,21 +440,15 @@ class SwapStep(_SchemaStep):
                     migration_id=self.migration_id,
                 )
 
-        async def catch_up() -> None:
-            await _catch_up(conn, names, Direction.FORWARD, replayer.forward)
-
-        await catch_up()
-        await under_table_lock(
+        await self._switch(
             conn,
-            _locked(definition, names.qualified_table),
-            change,
-            lock_timeout_ms=self.lock_timeout_ms,
-            attempts=self.attempts,
+            names,
+            definition,
+            Direction.FORWARD,
+            replayer.forward,
+            swap,
             what=f"the swap of rewrite {self.migration_id!r}",
-            migration_id=self.migration_id,
-            catch_up=catch_up,
             advice="The shadow stays up to date; run the migration again once the table is quieter",
-            oid=definition.oid,
         )
 
     async def down(self, conn: Connection) -> None:
@@ -469,32 +457,60 @@ class SwapStep(_SchemaStep):
         names = await self.names(conn)
         definition = await self.definition(conn, names, table=names.old)
         current = await self.definition(conn, names)
-        replayer = Replayer(self, names)
 
-        async def change() -> None:
-            if await capture.lag(conn, names, Direction.REVERSE) > IN_LOCK_MAX:
-                raise TableBusy(f"more than {IN_LOCK_MAX:,} changes were still to replay")
-            await capture.replay(
-                conn, names, Direction.REVERSE, replayer.backward, batch=REPLAY_BATCH, until_lag=0
-            )
-            await capture.remove_capture(conn, names, Direction.REVERSE)
+        async def swap_back() -> None:
             await surgery.swap_back(conn, definition, names)
 
+        await self._switch(
+            conn,
+            names,
+            current,
+            Direction.REVERSE,
+            Replayer(self, names).backward,
+            swap_back,
+            what=f"the swap back of rewrite {self.migration_id!r}",
+            advice="Nothing was changed; roll it back again once the table is quieter",
+        )
+
+    async def _switch(
+        self,
+        conn: Connection,
+        names: RewriteNames,
+        live: TableDefinition,
+        direction: Direction,
+        apply: capture.Apply,
+        switch: Callable[[], Awaitable[None]],
+        *,
+        what: str,
+        advice: str,
+    ) -> None:
+        """Under the lock of ``live``'s table (and of what depends on it): replay the rest of
+        ``direction``'s log through ``apply``, take its capture off, then ``switch``. The log is
+        replayed down to :data:`SWAP_LAG` changes without the lock first, and again whenever more
+        than :data:`IN_LOCK_MAX` are left once the lock is held (which is then released)."""
+
+        async def change() -> None:
+            if await capture.lag(conn, names, direction) > IN_LOCK_MAX:
+                raise TableBusy(f"more than {IN_LOCK_MAX:,} changes were still to replay")
+            await capture.replay(conn, names, direction, apply, batch=REPLAY_BATCH, until_lag=0)
+            await capture.remove_capture(conn, names, direction)
+            await switch()
+
         async def catch_up() -> None:
-            await _catch_up(conn, names, Direction.REVERSE, replayer.backward)
+            await _catch_up(conn, names, direction, apply)
 
         await catch_up()
         await under_table_lock(
             conn,
-            _locked(current, names.qualified_table),
+            _locked(live, names.qualified_table),
             change,
             lock_timeout_ms=self.lock_timeout_ms,
             attempts=self.attempts,
-            what=f"the swap back of rewrite {self.migration_id!r}",
+            what=what,
             migration_id=self.migration_id,
             catch_up=catch_up,
-            advice="Nothing was changed; roll it back again once the table is quieter",
-            oid=current.oid,
+            advice=advice,
+            oid=live.oid,
         )
 
 
