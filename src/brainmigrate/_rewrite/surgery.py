@@ -483,18 +483,28 @@ async def swap(conn: Connection, defn: TableDefinition, names: RewriteNames) -> 
             f"{quote_ident(sequence.schema)}.{quote_ident(_side_name(names, sequence.name, 'old'))}",
             f"{quote_ident(names.schema)}.{quote_ident(sequence.name)}",
         )
+    await _take_over(conn, live, table, shadow_oid, names.in_table_schema(names.old), checks=True)
+
+
+async def _take_over(
+    conn: Connection, live: TableDefinition, table: str, oid: int, aside: str, *, checks: bool
+) -> None:
+    """What the table now named ``table`` (of relation ``oid``) takes over from ``live``'s, which
+    stepped aside as ``aside``: its serial sequences, its foreign keys (and, with ``checks``, its
+    ``CHECK``s not validated) added ``NOT VALID``, its owner, grants, comment and replica identity, and what
+    depends on it (views, other tables' foreign keys, publications). The table stepping aside
+    keeps no foreign keys: the replay of a swap back writes to it in any order, and the tables it
+    referenced must not answer to its rows (a delete refused, a cascade)."""
     for sequence in live.sequences:
         if not sequence.identity:
             await conn.execute(
                 f"ALTER SEQUENCE {sequence.qualified} OWNED BY {table}.{quote_ident(sequence.column)}"
             )
-    await _add_constraints(conn, live, table, shadow_oid, checks=True)
-    # The old table keeps no foreign keys: the swap back's replay writes to it in any order, and
-    # the tables it referenced must not answer to its rows (a delete refused, a cascade).
-    await _drop_foreign_keys(conn, live, names.in_table_schema(names.old))
+    await _add_constraints(conn, live, table, oid, checks=checks)
+    await _drop_foreign_keys(conn, live, aside)
     await _carry_privileges(conn, live, table, owner_first=True)
     await _carry_table_facts(conn, live, table)
-    await _move_dependents(conn, live, table, names.in_table_schema(names.old))
+    await _move_dependents(conn, live, table, aside)
 
 
 async def validate_foreign_keys(conn: Connection, names: RewriteNames) -> list[str]:
@@ -559,16 +569,7 @@ async def swap_back(conn: Connection, defn: TableDefinition, names: RewriteNames
             f"{quote_ident(sequence.schema)}.{quote_ident(_side_name(names, sequence.name, 'new'))}",
             f"{quote_ident(old_sequence.schema)}.{quote_ident(sequence.name)}",
         )
-    for sequence in current.sequences:
-        if not sequence.identity:
-            await conn.execute(
-                f"ALTER SEQUENCE {sequence.qualified} OWNED BY {table}.{quote_ident(sequence.column)}"
-            )
-    await _add_constraints(conn, current, table, old_oid, checks=False)
-    await _drop_foreign_keys(conn, current, names.in_table_schema(names.shadow))
-    await _carry_privileges(conn, current, table, owner_first=True)
-    await _carry_table_facts(conn, current, table)
-    await _move_dependents(conn, current, table, names.in_table_schema(names.shadow))
+    await _take_over(conn, current, table, old_oid, names.in_table_schema(names.shadow), checks=False)
 
 
 async def drop_old(conn: Connection, names: RewriteNames) -> None:
