@@ -32,7 +32,18 @@ import pytest
 
 from brainmigrate import GenerationStatus, HybridPhase, MigrationConfig, MigrationStatus, Migrator
 from reembed_support import columns, create_store, indexes, toy_vector, vectors
-from workers.harness import WORKERS, applied, committed, finish, migrations_dir, sigkill, stop, wait_until
+from workers.harness import (
+    WORKERS,
+    applied,
+    committed,
+    end_sessions_named,
+    finish,
+    migrations_dir,
+    sessions_named,
+    sigkill,
+    stop,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -132,25 +143,6 @@ async def _start_worker(
     return await asyncio.create_subprocess_exec(
         sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-
-
-async def _sessions(pool: asyncpg.Pool[Any], name: str) -> list[int]:
-    rows = await pool.fetch(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
-        name,
-    )
-    return [row[0] for row in rows]
-
-
-async def _end_sessions(pool: asyncpg.Pool[Any], name: str = WORKER_NAME) -> None:
-    """Terminate what is left of a dead worker on the server, and wait until none of it is left."""
-    for pid in await _sessions(pool, name):
-        await pool.execute("SELECT pg_terminate_backend($1)", pid)
-
-    async def gone() -> bool:
-        return not await _sessions(pool, name)
-
-    await wait_until(gone, within=15, what="the dead worker's sessions to end")
 
 
 async def _waiting_for_lock(pool: asyncpg.Pool[Any], query_prefix: str) -> bool:
@@ -304,7 +296,7 @@ async def test_a_runner_killed_while_expand_waits_for_the_table_is_resumed_as_if
             assert await sigkill(worker) == -signal.SIGKILL
         finally:
             await stop(worker)
-    await _end_sessions(pool)
+    await end_sessions_named(pool, WORKER_NAME)
 
     assert (seen.phase, seen.current_step) == (HybridPhase.EXPANDING, EXPAND)
     status = await _migrator(pool).hybrid_status(REEMBED)
@@ -341,7 +333,7 @@ async def test_a_runner_killed_mid_backfill_is_resumed_from_its_checkpoints_embe
         assert await sigkill(worker) == -signal.SIGKILL
     finally:
         await stop(worker)
-    await _end_sessions(pool)
+    await end_sessions_named(pool, WORKER_NAME)
 
     assert (seen.phase, seen.current_step) == (HybridPhase.BACKFILLING, BACKFILL)
     at_kill = await committed(pool, BACKFILL)
@@ -387,14 +379,14 @@ async def _kill_in_index_build(pool: asyncpg.Pool[Any], dsn: str, log: Path, *, 
         finally:
             await stop(worker)
         if not server_finishes:
-            await _end_sessions(pool)  # the build is cancelled while it waits
+            await end_sessions_named(pool, WORKER_NAME)  # the build is cancelled while it waits
     if server_finishes:
         await wait_until(
             lambda: _next_index_valid(pool),
             within=30,
             what="the server to finish the build of the dead runner",
         )
-        await _end_sessions(pool)
+        await end_sessions_named(pool, WORKER_NAME)
 
     assert (seen.phase, seen.current_step) == (HybridPhase.CUTTING_OVER, INDEX)
     assert await _build_phase(pool) is None
@@ -493,7 +485,7 @@ async def test_a_runner_killed_while_cutover_waits_for_the_table_switches_nothin
         async with anyio.create_task_group() as group:
             group.start_soon(watch)
             try:
-                await _end_sessions(pool)
+                await end_sessions_named(pool, WORKER_NAME)
                 assert await _layout(pool) == BEFORE_CUTOVER
                 status = await _migrator(pool).hybrid_status(REEMBED)
                 assert (status.phase, status.steps_done) == (
@@ -607,7 +599,7 @@ async def test_a_stopped_runner_loses_its_chunk_to_the_other_which_finishes_and_
             await anyio.sleep(0.07)
         else:
             raise AssertionError("the runner to stop was never caught between transactions")
-        pids = set(await _sessions(pool, names[0]))
+        pids = set(await sessions_named(pool, names[0]))
         chunk = held[0]
 
         outcome = await finish(other, within=60)  # it takes the chunk over once the lease is over
@@ -631,7 +623,7 @@ async def test_a_stopped_runner_loses_its_chunk_to_the_other_which_finishes_and_
     finally:
         for worker in workers:
             await stop(worker)
-    await _end_sessions(pool, names[0])
+    await end_sessions_named(pool, names[0])
 
     await _assert_as_if_never_killed(pool, store)
 

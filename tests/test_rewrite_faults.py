@@ -32,7 +32,16 @@ import attrs
 import pytest
 
 from brainmigrate import HybridPhase, MigrationConfig, MigrationStatus, Migrator
-from workers.harness import WORKERS, applied, committed, migrations_dir, sigkill, stop, wait_until
+from workers.harness import (
+    WORKERS,
+    applied,
+    committed,
+    end_sessions_named,
+    migrations_dir,
+    sigkill,
+    stop,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -215,29 +224,10 @@ async def _start_worker(dsn: str, *options: str) -> asyncio.subprocess.Process:
     )
 
 
-async def _sessions(pool: asyncpg.Pool[Any]) -> list[int]:
-    rows = await pool.fetch(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
-        WORKER_NAME,
-    )
-    return [row[0] for row in rows]
-
-
-async def _end_sessions(pool: asyncpg.Pool[Any]) -> None:
-    """Terminate what is left of a dead worker on the server, and wait until none of it is left."""
-    for pid in await _sessions(pool):
-        await pool.execute("SELECT pg_terminate_backend($1)", pid)
-
-    async def gone() -> bool:
-        return not await _sessions(pool)
-
-    await wait_until(gone, within=15, what="the dead worker's sessions to end")
-
-
 async def _kill(pool: asyncpg.Pool[Any], worker: asyncio.subprocess.Process) -> None:
     """SIGKILL the worker, then end what is left of it on the server."""
     assert await sigkill(worker) == -signal.SIGKILL
-    await _end_sessions(pool)
+    await end_sessions_named(pool, WORKER_NAME)
 
 
 async def _waiting(pool: asyncpg.Pool[Any], query_prefix: str) -> bool:

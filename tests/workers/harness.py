@@ -191,6 +191,26 @@ async def end_sessions(pool: asyncpg.Pool[Any], pids: list[int]) -> None:
     await wait_until(gone, within=10, what=f"sessions {pids} to end")
 
 
+async def sessions_named(pool: asyncpg.Pool[Any], application_name: str) -> list[int]:
+    """The server sessions of this database whose application name is ``application_name``."""
+    rows = await pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+        application_name,
+    )
+    return [row[0] for row in rows]
+
+
+async def end_sessions_named(pool: asyncpg.Pool[Any], application_name: str) -> None:
+    """Terminate what is left of a dead worker on the server, and wait until none of it is left."""
+    for pid in await sessions_named(pool, application_name):
+        await pool.execute("SELECT pg_terminate_backend($1)", pid)
+
+    async def gone() -> bool:
+        return not await sessions_named(pool, application_name)
+
+    await wait_until(gone, within=15, what="the dead worker's sessions to end")
+
+
 async def committed(pool: asyncpg.Pool[Any], migration_id: str) -> int:
     """Items the checkpoints of a data run (or a hybrid's data step) have committed so far."""
     if not await pool.fetchval("SELECT to_regclass('brainmigrate.data_chunks') IS NOT NULL"):
