@@ -139,8 +139,9 @@ async def test_a_run_over_two_actors_finishes_when_one_is_killed_mid_chunk_writi
                 progress = await migrator.progress(MIGRATION_ID)
                 return progress if progress is not None and progress.processed else None
 
-            progress = await wait_until(committed, within=HANG_GUARD_SECONDS, what="a committed checkpoint")
-            assert progress.workers == 2
+            await wait_until(committed, within=HANG_GUARD_SECONDS, what="a committed checkpoint")
+            # How many actors hold a lease at this moment depends on how fast the other one started
+            # and worked; that two took part is asserted from who wrote the memories, below.
             for actor in executor.actors:
                 if await actor.pid.remote() == victim:
                     ray.kill(actor)
