@@ -38,7 +38,7 @@ from common import Row, Section, Stats, databases, rotated, run_alone
 from concurrent_writes import State, expected, latency, read_log, writer
 from data_bench import Copies
 
-from brainmigrate import MigrationMetadata, MigrationStatus, Migrator
+from brainmigrate import AttemptStatus, MigrationMetadata, MigrationOperation, MigrationStatus, Migrator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 from second_brain.migrations import __name__ as _examples  # noqa: F401
@@ -276,8 +276,10 @@ async def run_in_place(dsn: str) -> float:
     return elapsed
 
 
-async def run_rewrite(dsn: str) -> dict[str, float]:
-    """Seconds of the rewrite through cutover, of each of its steps, and of its contract."""
+async def run_rewrite(source: Rows, dsn: str) -> dict[str, float]:
+    """Seconds of the rewrite through cutover and of each of its steps; then of a swap back with
+    nothing written since the swap (the original checked row by row again), of the same rewrite
+    run again, and of its contract."""
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     try:
         migrator = Migrator(pool, [migration_class("rewrite")])
@@ -286,12 +288,27 @@ async def run_rewrite(dsn: str) -> dict[str, float]:
         elapsed = time.perf_counter() - started
         await _ready_to_contract(migrator, results)
         steps = await step_seconds(migrator)
+        await check_rows(source, dsn)
+        started = time.perf_counter()
+        await migrator.rollback(MIGRATION_ID)
+        swap_back = time.perf_counter() - started
+        await check_rows(source, dsn, transformed=False)
+        started = time.perf_counter()
+        results = await migrator.run_pending()
+        again = time.perf_counter() - started
+        await _ready_to_contract(migrator, results)
         started = time.perf_counter()
         await migrator.contract(MIGRATION_ID)
         contract = time.perf_counter() - started
     finally:
         await pool.close()
-    return {"run": elapsed, "contract": contract, **steps}
+    return {
+        "run": elapsed,
+        "swap back, nothing written since the swap": swap_back,
+        "run again after the swap back": again,
+        "contract": contract,
+        **steps,
+    }
 
 
 async def _ready_to_contract(migrator: Migrator, results: Any) -> None:
@@ -331,6 +348,7 @@ async def run_rewrite_under_writes(
         started = time.perf_counter()
         await migrator.rollback(MIGRATION_ID)
         swap_back = time.perf_counter() - started
+        undone = await step_seconds(migrator, operation=MigrationOperation.ROLLBACK)
         await check_rows(source, dsn, transformed=False, touched=wanted.after_swap_back)
     finally:
         await pool.close()
@@ -340,16 +358,25 @@ async def run_rewrite_under_writes(
         "alone: " + latency([e for e in entries if e["at"] < run_from]),
         "during the rewrite: " + latency([e for e in entries if run_from <= e["at"] <= run_to]),
     ]
-    return {"run": elapsed, "swap back": swap_back}, lines
+    return {"run": elapsed, "swap back": swap_back, **undone}, lines
 
 
-async def step_seconds(migrator: Migrator) -> dict[str, float]:
-    """Seconds of each applied step of the rewrite, from the history (``step <name>``)."""
-    return {
-        f"step {record.migration_id.rsplit('/', 1)[1]}": (record.duration_ms or 0.0) / 1000
-        for record in await migrator.history()
-        if record.hybrid_id == MIGRATION_ID and record.migration_id != MIGRATION_ID and record.applied_after
-    }
+async def step_seconds(
+    migrator: Migrator, operation: MigrationOperation = MigrationOperation.APPLY
+) -> dict[str, float]:
+    """Seconds of each step's last ``operation`` in the rewrite, from the history (``step <name>``,
+    or ``swap back: step <name>`` for a rollback), its steps in the order they ran."""
+    label = "step" if operation is MigrationOperation.APPLY else "swap back: step"
+    seconds: dict[str, float] = {}
+    for record in sorted(await migrator.history(), key=lambda r: r.attempt_id):
+        if (
+            record.hybrid_id == MIGRATION_ID
+            and record.migration_id != MIGRATION_ID
+            and record.operation is operation
+            and record.status is AttemptStatus.COMPLETED
+        ):
+            seconds[f"{label} {record.migration_id.rsplit('/', 1)[1]}"] = (record.duration_ms or 0.0) / 1000
+    return seconds
 
 
 def _mib(size: int) -> str:
@@ -390,7 +417,7 @@ async def bench_realistic(admin_dsn: str, rows: int, rounds: int, *, in_place: b
             return seconds
 
         async def rewrite(dsn: str) -> float:
-            outcome = await run_rewrite(dsn)
+            outcome = await run_rewrite(source, dsn)
             await checked(dsn, REWRITE)
             for what, seconds in outcome.items():
                 details.setdefault(what, []).append(seconds)
@@ -402,6 +429,9 @@ async def bench_realistic(admin_dsn: str, rows: int, rounds: int, *, in_place: b
                     source, dsn, rows, WRITER_RATE, Path(scratch) / "writer.jsonl"
                 )
             details.setdefault("swap back (rollback)", []).append(outcome["swap back"])
+            for what, seconds in outcome.items():
+                if what.startswith("swap back: "):
+                    details.setdefault(what, []).append(seconds)
             notes.extend(f"- round {turn + 1}, writer at {WRITER_RATE:.0f} statements/s: {x}" for x in lines)
             return outcome["run"]
 
