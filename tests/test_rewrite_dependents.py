@@ -30,6 +30,7 @@ from brainmigrate import (
     MigrationValidationError,
     Migrator,
 )
+from workers.harness import wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -364,6 +365,73 @@ async def test_a_write_to_a_referencing_table_under_way_holds_the_swap_back_with
 
     assert await migrator.hybrid_phase("enrich_001") is HybridPhase.READY_TO_CONTRACT
     assert await pool.fetchval("SELECT count(*) FROM links") == ROWS + 2
+    assert await pool.fetchval(
+        "SELECT confrelid = 'memories'::regclass AND convalidated FROM pg_constraint "
+        "WHERE conname = 'links_memory_id_fkey'"
+    )
+
+
+class EnrichOnceLetThrough(Enrich):
+    """Enrich, whose copy waits at its first memory until the test lets it through."""
+
+    reached: ClassVar[anyio.Event]
+    let_through: ClassVar[anyio.Event]
+
+    async def transform_memory(self, memory: dict[str, Any]) -> BulkMemoryItem | None:
+        if not self.let_through.is_set():
+            self.reached.set()
+            await self.let_through.wait()
+        return await super().transform_memory(memory)
+
+
+async def test_a_deadlock_with_the_application_ends_the_swaps_try_and_the_next_try_swaps(
+    brainmigrate_pool: asyncpg.Pool[Any], brainmigrate_database: str
+) -> None:
+    # The application updates a memory, then writes a link to it, in one transaction; between the
+    # two the swap, holding the referencing tables, asks for the memories'. Neither can go on: the
+    # server ends the swap's try (the application's deadlock timeout is the longer), and the swap
+    # tries again once the application has committed.
+    pool = brainmigrate_pool
+    await pool.execute(STORE.format(rows=ROWS))
+    await pool.execute(KEYS.format(rows=ROWS))
+    EnrichOnceLetThrough.reached, EnrichOnceLetThrough.let_through = anyio.Event(), anyio.Event()
+    migrator = Migrator(pool, [EnrichOnceLetThrough])
+    swap_waits = (
+        "SELECT EXISTS (SELECT FROM pg_locks WHERE relation = 'memories'::regclass "
+        "AND mode = 'AccessExclusiveLock' AND NOT granted)"
+    )
+    deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+    await pool.execute("SELECT pg_stat_clear_snapshot()")
+    before = await pool.fetchval(deadlocks)
+    application = await asyncpg.connect(brainmigrate_database)
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(migrator.run_pending)
+            with anyio.fail_after(120):
+                await EnrichOnceLetThrough.reached.wait()  # the copy has begun: writes are captured
+                transaction = application.transaction()
+                await transaction.start()
+                await application.execute("SET LOCAL deadlock_timeout = '10min'")
+                await application.execute("UPDATE memories SET content = content || ' (edited)' WHERE id = 3")
+                EnrichOnceLetThrough.let_through.set()
+                while not await pool.fetchval(swap_waits):  # noqa: ASYNC110 - polls the server
+                    await anyio.sleep(0.01)
+                # Waits for the swap's lock on links, until the server ends the swap's try.
+                await application.execute("INSERT INTO links (memory_id) VALUES (3)")
+            await transaction.commit()
+    finally:
+        await application.close()
+
+    async def counted() -> int | None:
+        await pool.execute("SELECT pg_stat_clear_snapshot()")
+        seen: int = await pool.fetchval(deadlocks)
+        return seen if seen > before else None
+
+    assert await wait_until(counted, within=30, what="the deadlock counted") == before + 1
+    assert await migrator.hybrid_phase("enrich_001") is HybridPhase.READY_TO_CONTRACT
+    assert await pool.fetchval("SELECT count(*) FROM links WHERE memory_id = 3") == 2
+    edited = await pool.fetchrow("SELECT content, metadata ->> 'sentiment' AS s FROM memories WHERE id = 3")
+    assert tuple(edited) == ("a sad memory 3 (edited)", "negative")  # replayed into the copy
     assert await pool.fetchval(
         "SELECT confrelid = 'memories'::regclass AND convalidated FROM pg_constraint "
         "WHERE conname = 'links_memory_id_fkey'"

@@ -13,6 +13,7 @@ import anyio
 import asyncpg
 
 from .._errors import TableLockTimeout
+from .._model.sqltext import first_line
 from .._model.types import Connection
 
 _HOLDERS = """
@@ -69,8 +70,9 @@ async def under_table_lock(
     """Run ``change`` in a savepoint holding ``table``'s (a quoted, qualified name) ACCESS EXCLUSIVE
     lock, waiting at most ``lock_timeout_ms`` for it, up to ``attempts`` times.
 
-    Each try that cannot lock in time, or whose change raises TableBusy, is rolled back (nothing
-    of ``change`` stays; after TableBusy, ``catch_up`` runs without the lock); after the last,
+    Each try that cannot lock in time, that the server ends to break a deadlock, or whose change
+    raises TableBusy, is rolled back (nothing of ``change`` stays; after TableBusy, ``catch_up``
+    runs without the lock); after the last,
     TableLockTimeout says why: ``"{what}: {why}. {advice}"``, why being the transactions that held
     the table (``oid`` is its relation, looked up when not given), or what kept it busy.
     """
@@ -90,6 +92,12 @@ async def under_table_lock(
             holders = await lock_holders(conn, oid) if oid is not None else []
             if attempt + 1 < attempts:
                 await anyio.sleep(backoff(attempt))
+        except asyncpg.DeadlockDetectedError as exc:
+            # The server chose this change to end a deadlock (a transaction holding the table
+            # waited for something this one had locked): the other one goes on, this one waits.
+            last, busy, holders = exc, None, []
+            if attempt + 1 < attempts:
+                await anyio.sleep(backoff(attempt))
         except TableBusy as exc:
             last, busy = exc, exc.what
             if catch_up is not None and attempt + 1 < attempts:
@@ -98,6 +106,11 @@ async def under_table_lock(
             return
     if busy is not None:
         why = f"{busy}, every one of {attempts} tries"
+    elif isinstance(last, asyncpg.DeadlockDetectedError):
+        why = (
+            f"the last of {attempts} tries was ended by the server to break a deadlock with another "
+            f"transaction ({first_line(str(last))})"
+        )
     else:
         held = "; ".join(holders) if holders else "a transaction that has ended since"
         why = f"could not lock {table} within {lock_timeout_ms} ms in {attempts} tries; it was held by {held}"
