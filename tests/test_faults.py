@@ -23,6 +23,7 @@ from brainmigrate import (
     Migrator,
     RetryPolicy,
 )
+from brainmigrate._runtime.translate import advice
 from workers.harness import (
     backends_running,
     end_sessions,
@@ -318,6 +319,11 @@ async def test_ddl_behind_an_open_transaction_fails_with_lock_timeout_after_its_
         "ALTER TABLE memories ADD COLUMN embedding_model text",
     )
     assert "[55P03]" in str(error)
+    assert str(error).endswith(
+        "the database is as it was before it. Another transaction held a lock it needs for longer "
+        "than MigrationConfig(statement_lock_timeout_ms=...) allows, on every try: run it again once "
+        "that transaction has ended (pg_stat_activity shows it), or raise statement_lock_timeout_ms"
+    )
     assert len(calls) == 3
     assert 0.3 <= elapsed < 3  # three 100 ms lock waits plus short back-offs
     rows = await history_rows(brainmigrate_pool)
@@ -363,3 +369,19 @@ async def test_ddl_behind_an_open_transaction_succeeds_once_it_commits_during_re
     rows = await history_rows(brainmigrate_pool)
     assert [(r["operation"], r["status"], r["applied_after"]) for r in rows] == [("apply", "completed", True)]
     assert await _memories_columns(brainmigrate_pool) == ["embedding_model", "id"]
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (asyncpg.DeadlockDetectedError("deadlock detected"), "It deadlocked with another transaction"),
+        (asyncpg.SerializationError("could not serialize"), "It conflicted with a concurrent transaction"),
+        (asyncpg.LockNotAvailableError("lock timeout"), "Another transaction held a lock it needs"),
+        (asyncpg.UndefinedTableError('relation "x" does not exist'), "Fix the migration and run it again"),
+        (ValueError("a bug in the migration"), "Fix the migration and run it again"),
+    ],
+)
+def test_a_failed_run_advises_running_it_again_after_a_conflict_and_fixing_it_otherwise(
+    error: BaseException, says: str
+) -> None:
+    assert advice(error).startswith(says)

@@ -63,6 +63,23 @@ def is_own_failure(exc: BaseException) -> bool:
     return isinstance(exc, Exception) and not isinstance(exc, BrainMigrateError) and not is_timeout(exc)
 
 
+def advice(exc: BaseException) -> str:
+    """What to do about a failed run: wait and run it again after a conflict with other
+    transactions (which outlasted the retries), or fix the migration."""
+    state = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
+    if state == "55P03":
+        return (
+            "Another transaction held a lock it needs for longer than MigrationConfig("
+            "statement_lock_timeout_ms=...) allows, on every try: run it again once that transaction "
+            "has ended (pg_stat_activity shows it), or raise statement_lock_timeout_ms"
+        )
+    if state == "40P01":
+        return "It deadlocked with another transaction on every try: run it again"
+    if state == "40001":
+        return "It conflicted with a concurrent transaction on every try: run it again"
+    return "Fix the migration and run it again"
+
+
 def translate(
     exc: BaseException,
     *,
@@ -102,8 +119,7 @@ def translate(
         statement = statements[statement_index]
         where = f" at statement {statement_index + 1} of {len(statements)} ({first_line(statement)!r})"
     return execution_error(
-        f"could not {verb} migration {migration_id!r}{where}: {reason(exc)}; {undone}. "
-        "Fix the migration and run it again",
+        f"could not {verb} migration {migration_id!r}{where}: {reason(exc)}; {undone}. {advice(exc)}",
         exc,
         migration_id=migration_id,
         statement_index=statement_index,
