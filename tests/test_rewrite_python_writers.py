@@ -46,7 +46,7 @@ from brainmigrate import (
     MigrationType,
     Migrator,
 )
-from brainmigrate._rewrite.steps import REPLAY_BATCH
+from brainmigrate._rewrite.replay import REPLAY_BATCH
 from test_rewrite import tables
 from test_rewrite_faults import _nothing_of_the_rewrite_left as nothing_of_the_rewrite_left
 from test_rewrite_writers import (

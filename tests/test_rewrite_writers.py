@@ -40,7 +40,7 @@ from brainmigrate import (
     Migrator,
 )
 from brainmigrate import structure as s
-from brainmigrate._rewrite.steps import REPLAY_LAG
+from brainmigrate._rewrite.replay import REPLAY_LAG
 from test_rewrite import tables
 
 pytestmark = pytest.mark.anyio

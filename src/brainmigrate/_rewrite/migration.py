@@ -18,15 +18,8 @@ from .._model.memory_structure import MemoryStructureMigration
 from .._model.metadata import MigrationMetadata, MigrationType
 from .._model.states import HybridPhase
 from .._model.types import Connection
-from .steps import (
-    DropOldStep,
-    FillStep,
-    IndexStep,
-    ShadowStep,
-    SwapStep,
-    ValidateKeysStep,
-    copy_step,
-)
+from .steps import FillStep, IndexStep, ShadowStep, copy_step
+from .switch import DropOldStep, SwapStep, ValidateKeysStep
 
 
 async def rewritable(migration: DataMigration) -> str | None:
