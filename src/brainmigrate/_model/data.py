@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -14,6 +15,22 @@ from .migration import Migration, MigrationKind
 #: How a data migration writes its table (see :attr:`DataMigration.strategy`).
 Strategy = Literal["in_place", "rewrite", "auto"]
 STRATEGIES: tuple[Strategy, ...] = ("in_place", "rewrite", "auto")
+
+_MEMORY = re.compile(r"([0-9]{1,13})\s*(kB|MB|GB|TB)")
+_MEMORY_UNITS_KB = {"kB": 1, "MB": 1024, "GB": 1024**2, "TB": 1024**3}
+#: The bounds PostgreSQL puts on ``maintenance_work_mem``, in kB (1MB to 2TB less 1kB).
+MAINTENANCE_WORK_MEM_KB = (1024, 2_147_483_647)
+#: The most parallel maintenance workers PostgreSQL accepts.
+MAX_PARALLEL_WORKERS = 1024
+
+
+def memory_kb(text: object) -> int | None:
+    """``text`` (a size as PostgreSQL spells it: a whole number and kB, MB, GB or TB) in kB, or
+    None when it is not one."""
+    match = _MEMORY.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        return None
+    return int(match[1]) * _MEMORY_UNITS_KB[match[2]]
 
 
 class DataMigration(Migration):
@@ -47,6 +64,11 @@ class DataMigration(Migration):
     #: A rewrite keeps the original table until ``await migrator.contract(id)`` (``"manual"``,
     #: so that a rollback can still swap it back) or drops it right after the swap (``"auto"``).
     rewrite_contract_mode: ClassVar[Literal["auto", "manual"]] = "manual"
+    #: The ``maintenance_work_mem`` a rewrite builds the copy's indexes with (an HNSW build that
+    #: fits in it is many times faster); the session's own setting is kept when it is larger.
+    rewrite_maintenance_work_mem: ClassVar[str] = "512MB"
+    #: The ``max_parallel_maintenance_workers`` of those builds (None: the server's setting).
+    rewrite_parallel_workers: ClassVar[int | None] = None
     #: Whether what the run writes goes with a table the same rollback drops (a step of a
     #: ready-made hybrid writing into a copy of a table): rolling it back then writes nothing.
     _dropped_on_rollback: ClassVar[bool] = False
@@ -81,6 +103,26 @@ class DataMigration(Migration):
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
             raise MigrationValidationError(
                 f"{where}: rewrite_min_rows must be a non-negative int, got {rows!r}",
+                migration_id=self.metadata.id,
+            )
+        memory = memory_kb(cls.rewrite_maintenance_work_mem)
+        low, high = MAINTENANCE_WORK_MEM_KB
+        if memory is None or not low <= memory <= high:
+            raise MigrationValidationError(
+                f"{where}: rewrite_maintenance_work_mem must be a size from 1MB to 2047GB written "
+                f"as a whole number and kB, MB, GB or TB (e.g. '512MB'), got "
+                f"{cls.rewrite_maintenance_work_mem!r}",
+                migration_id=self.metadata.id,
+            )
+        workers = cls.rewrite_parallel_workers
+        if workers is not None and (
+            isinstance(workers, bool)
+            or not isinstance(workers, int)
+            or not 0 <= workers <= MAX_PARALLEL_WORKERS
+        ):
+            raise MigrationValidationError(
+                f"{where}: rewrite_parallel_workers must be None (the server's setting) or an int "
+                f"from 0 to {MAX_PARALLEL_WORKERS}, got {workers!r}",
                 migration_id=self.metadata.id,
             )
 

@@ -233,6 +233,14 @@ async def create_shadow(conn: Connection, defn: TableDefinition, names: RewriteN
         await conn.execute(f"ALTER TABLE {shadow} OWNER TO {quote_ident(defn.owner)}")
 
 
+#: Raise the transaction's maintenance_work_mem to $1 (a size such as '512MB'), never lower it.
+_BUILD_MEMORY = (
+    "SELECT set_config('maintenance_work_mem', "
+    "(greatest(pg_size_bytes($1), pg_size_bytes(current_setting('maintenance_work_mem'))) / 1024)::text "
+    "|| 'kB', true)"
+)
+
+
 async def build_indexes(
     conn: Connection,
     defn: TableDefinition,
@@ -245,7 +253,8 @@ async def build_indexes(
     one transaction each, then ANALYZE it; return the names of those built.
 
     An index already there and valid is kept (a resumed build), an invalid one dropped and built
-    again. ``parallel_workers`` sets ``max_parallel_maintenance_workers`` (None: the server's).
+    again. Each is built with ``maintenance_work_mem`` (the session's setting when larger);
+    ``parallel_workers`` sets ``max_parallel_maintenance_workers`` (None: the server's).
     """
     shadow_oid = await _relation(conn, names.schema, names.shadow)
     if shadow_oid is None:
@@ -264,7 +273,7 @@ async def build_indexes(
         async with conn.transaction():
             if valid is not None:  # an invalid leftover
                 await conn.execute(f"DROP INDEX {names.in_table_schema(name)}")
-            await conn.execute("SELECT set_config('maintenance_work_mem', $1, true)", maintenance_work_mem)
+            await conn.execute(_BUILD_MEMORY, maintenance_work_mem)
             if parallel_workers is not None:
                 await conn.execute(
                     "SELECT set_config('max_parallel_maintenance_workers', $1, true)",
