@@ -11,6 +11,7 @@
     python bench/run.py --only model_throughput --model-rows 100000 --model-rounds 3
     python bench/run.py --only reembed --reembed-rows 100000 --reembed-rounds 3
     python bench/run.py --only realistic --realistic-rows 100000 --realistic-rounds 3
+    python bench/run.py --only index_build --index-build-rows 100000 --index-build-rounds 3
     python bench/run.py --only checks --checks-migrations 200 --checks-rounds 1
 
 The DSN must name a maintenance database (such as ``postgres``) of a role allowed to create
@@ -40,6 +41,7 @@ from apply_bench import bench_apply
 from checks import bench_checks
 from common import ENV_DSN, Section, markdown_table, raw_samples, server_version, text_table, transport
 from data_bench import bench_data
+from index_build_bench import bench_index_build
 from model_throughput import bench_model_throughput
 from noop_bench import bench_noop
 from realistic_store import bench_realistic
@@ -153,6 +155,12 @@ async def run_benchmarks(dsn: str, args: argparse.Namespace, workdir: Path) -> l
                 print(text_table(section), end="\n\n", flush=True)
         else:
             print("realistic store: skipped, the server has no pgvector (extension `vector`)", end="\n\n")
+    if args.only in (None, "index_build"):
+        if await _has_pgvector(dsn):
+            sections.append(await bench_index_build(dsn, args.index_build_rows, args.index_build_rounds))
+            print(text_table(sections[-1]), end="\n\n", flush=True)
+        else:
+            print("index build: skipped, the server has no pgvector (extension `vector`)", end="\n\n")
     if args.only in (None, "checks"):
         for section in await bench_checks(dsn, workdir, args.checks_migrations, args.checks_rounds):
             sections.append(section)
@@ -222,6 +230,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the realistic store's rewrites only (without the in-place run, the long one)",
     )
     parser.add_argument(
+        "--index-build-rows",
+        type=int,
+        default=100_000,
+        help="embeddings of the index build benchmark, by the rewrite's build settings (default 100000)",
+    )
+    parser.add_argument(
+        "--index-build-rounds", type=int, default=3, help="rounds of the index build benchmark (default 3)"
+    )
+    parser.add_argument(
         "--only",
         choices=(
             "noop",
@@ -232,6 +249,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "model_throughput",
             "reembed",
             "realistic",
+            "index_build",
             "checks",
         ),
         help="run one benchmark only",
@@ -260,6 +278,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.reembed_rounds,
         args.realistic_rows,
         args.realistic_rounds,
+        args.index_build_rows,
+        args.index_build_rounds,
         args.checks_migrations,
         args.checks_rounds,
     )
