@@ -54,6 +54,7 @@ MIGRATION_ID = "bench_realistic_sentiment_001"
 IN_PLACE = 'in place (strategy = "in_place")'
 REWRITE = 'rewrite (strategy = "rewrite"), through cutover'
 REWRITE_WRITER = "the same rewrite while a process writes"
+REWRITE_WRITER_INSTANT = 'the same, rewrite_swap_back = "instant"'
 #: The writer's statements per second, and seconds it writes alone before the run and after it.
 WRITER_RATE, WRITER_ALONE, WRITER_AFTER = 50.0, 5.0, 3.0
 
@@ -148,8 +149,9 @@ SELECT pg_relation_size('{table}'), pg_indexes_size('{table}'), pg_total_relatio
 """
 
 
-def migration_class(strategy: str) -> type[Any]:
-    """The example's sentiment enrichment, on its own (no dependencies), with ``strategy``."""
+def migration_class(strategy: str, swap_back: str = "replay") -> type[Any]:
+    """The example's sentiment enrichment, on its own (no dependencies), with ``strategy`` (and,
+    for a rewrite, ``rewrite_swap_back``)."""
 
     class Sentiment(EnrichMemoriesWithSentiment):  # type: ignore[misc,valid-type]
         def _get_metadata(self) -> MigrationMetadata:
@@ -158,6 +160,7 @@ def migration_class(strategy: str) -> type[Any]:
             return attrs.evolve(super()._get_metadata(), id=MIGRATION_ID, dependencies=())
 
     Sentiment.strategy = strategy
+    Sentiment.rewrite_swap_back = swap_back
     Sentiment.__name__ = f"Sentiment_{strategy}"
     return Sentiment
 
@@ -318,10 +321,11 @@ async def _ready_to_contract(migrator: Migrator, results: Any) -> None:
 
 
 async def run_rewrite_under_writes(
-    source: Rows, dsn: str, rows: int, rate: float, log: Path
+    source: Rows, dsn: str, rows: int, rate: float, log: Path, swap_back: str = "replay"
 ) -> tuple[dict[str, float], list[str]]:
-    """The rewrite while ``writer.py`` writes, each row checked after the swap, then the swap back
-    timed and checked: seconds of the run and of the swap back, and lines on the writer."""
+    """The rewrite (with ``rewrite_swap_back = swap_back``) while ``writer.py`` writes, each row
+    checked after the swap, then the swap back timed and checked: seconds of the run and of the
+    swap back, and lines on the writer."""
     conn = await asyncpg.connect(dsn)
     try:
         original_oid = int(await conn.fetchval("SELECT 'memories'::regclass::oid"))
@@ -329,7 +333,7 @@ async def run_rewrite_under_writes(
         await conn.close()
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     try:
-        migrator = Migrator(pool, [migration_class("rewrite")])
+        migrator = Migrator(pool, [migration_class("rewrite", swap_back)])
         with writer(dsn, log, rows=rows, rate=rate):
             await asyncio.sleep(WRITER_ALONE)  # the writer's latency before the migration starts
             run_from = time.time()
@@ -357,6 +361,7 @@ async def run_rewrite_under_writes(
         f"failed {wanted.failed}; rows written by the writer checked: {len(wanted.after_swap):,}",
         "alone: " + latency([e for e in entries if e["at"] < run_from]),
         "during the rewrite: " + latency([e for e in entries if run_from <= e["at"] <= run_to]),
+        "after the swap: " + latency([e for e in entries if e["at"] > run_to]),
     ]
     return {"run": elapsed, "swap back": swap_back, **undone}, lines
 
@@ -385,7 +390,12 @@ def _mib(size: int) -> str:
 
 async def bench_realistic(admin_dsn: str, rows: int, rounds: int, *, in_place: bool = True) -> list[Section]:
     """The section; without ``in_place``, the two rewrites only (the in-place run is the long one)."""
-    samples: dict[str, list[float]] = {IN_PLACE: [], REWRITE: [], REWRITE_WRITER: []}
+    samples: dict[str, list[float]] = {
+        IN_PLACE: [],
+        REWRITE: [],
+        REWRITE_WRITER: [],
+        REWRITE_WRITER_INSTANT: [],
+    }
     if not in_place:
         del samples[IN_PLACE]
     details: dict[str, list[float]] = {}
@@ -423,16 +433,19 @@ async def bench_realistic(admin_dsn: str, rows: int, rounds: int, *, in_place: b
                 details.setdefault(what, []).append(seconds)
             return outcome["run"]
 
-        async def rewrite_under_writes(dsn: str, turn: int) -> float:
+        async def rewrite_under_writes(dsn: str, turn: int, swap_back: str) -> float:
             with tempfile.TemporaryDirectory() as scratch:
                 outcome, lines = await run_rewrite_under_writes(
-                    source, dsn, rows, WRITER_RATE, Path(scratch) / "writer.jsonl"
+                    source, dsn, rows, WRITER_RATE, Path(scratch) / "writer.jsonl", swap_back
                 )
-            details.setdefault("swap back (rollback)", []).append(outcome["swap back"])
+            details.setdefault(f"swap back (rollback), {swap_back}", []).append(outcome["swap back"])
             for what, seconds in outcome.items():
                 if what.startswith("swap back: "):
-                    details.setdefault(what, []).append(seconds)
-            notes.extend(f"- round {turn + 1}, writer at {WRITER_RATE:.0f} statements/s: {x}" for x in lines)
+                    details.setdefault(f"{swap_back}: {what}", []).append(seconds)
+            notes.extend(
+                f"- round {turn + 1}, {swap_back} swap back, writer at {WRITER_RATE:.0f} statements/s: {x}"
+                for x in lines
+            )
             return outcome["run"]
 
         try:
@@ -443,7 +456,9 @@ async def bench_realistic(admin_dsn: str, rows: int, rounds: int, *, in_place: b
                     elif tool == REWRITE:
                         samples[tool].append(await copies.run(rewrite))
                     else:
-                        samples[tool].append(await copies.run(partial(rewrite_under_writes, turn=turn)))
+                        swap_back = "instant" if tool == REWRITE_WRITER_INSTANT else "replay"
+                        run = partial(rewrite_under_writes, turn=turn, swap_back=swap_back)
+                        samples[tool].append(await copies.run(run))
                     _progress(f"round {turn + 1}: {tool} {samples[tool][-1]:.1f} s, checked row by row")
         finally:
             await factory.drop(source_dsn)

@@ -62,6 +62,7 @@ async def built_with(pool: asyncpg.Pool[Any], settings: str) -> None:
         ("rewrite_parallel_workers", 1025, "an int from 0 to 1024, got 1025"),
         ("rewrite_parallel_workers", "4", "got '4'"),
         ("rewrite_parallel_workers", False, "got False"),
+        ("rewrite_swap_back", "later", "rewrite_swap_back must be 'replay' or 'instant', got 'later'"),
     ],
 )
 async def test_a_bad_rewrite_setting_is_refused_naming_it_and_nothing_is_written(

@@ -129,7 +129,7 @@ def variant(i: int) -> Metadata:
     return copy.deepcopy(VARIANTS[i % len(VARIANTS)])
 
 
-def restructuring(migration_id: str = MIGRATION) -> type[MemoryStructureMigration]:
+def restructuring(migration_id: str = MIGRATION, **attributes: Any) -> type[MemoryStructureMigration]:
     class Restructure(MemoryStructureMigration):
         strategy: ClassVar[Any] = "rewrite"
 
@@ -145,7 +145,25 @@ def restructuring(migration_id: str = MIGRATION) -> type[MemoryStructureMigratio
                 reversible=True,
             )
 
+    for name, value in attributes.items():
+        setattr(Restructure, name, value)
     return Restructure
+
+
+async def the_old_table(pool: asyncpg.Pool[Any]) -> str:
+    """The name of the original table, kept beside the rewritten one since the swap."""
+    name: str = await pool.fetchval("SELECT relname FROM pg_class WHERE relname LIKE 'bm\\_old\\_%'")
+    return name
+
+
+async def reverse_logged(pool: asyncpg.Pool[Any]) -> int:
+    """The keys the reverse change log holds, for a swap back to replay."""
+    log = await pool.fetchval(
+        "SELECT format('%I.%I', relnamespace::regnamespace, relname) FROM pg_class "
+        "WHERE relname LIKE 'rewrite\\_back\\_%' AND relkind = 'r'"
+    )
+    count: int = await pool.fetchval(f"SELECT count(*) FROM {log}")
+    return count
 
 
 def encoded(metadata: Metadata) -> str | None:
@@ -494,12 +512,13 @@ async def test_memories_written_hundreds_of_times_during_the_copy_and_the_replay
     }
 
 
+@pytest.mark.parametrize("swap_back", ["replay", "instant"])
 async def test_rolling_back_after_the_swap_gives_the_original_the_applications_writes_since_as_written(
-    brainmigrate_pool: asyncpg.Pool[Any], brainmigrate_database: str
+    brainmigrate_pool: asyncpg.Pool[Any], brainmigrate_database: str, swap_back: str
 ) -> None:
     start = await create_store(brainmigrate_pool)
     original = await brainmigrate_pool.fetchval("SELECT 'memories'::regclass::oid")
-    migrator = Migrator(brainmigrate_pool, [restructuring()])
+    migrator = Migrator(brainmigrate_pool, [restructuring(rewrite_swap_back=swap_back)])
     await migrator.run_pending(config=CONFIG)
     assert await migrator.hybrid_phase(MIGRATION) is HybridPhase.READY_TO_CONTRACT
     rewritten = await stored(brainmigrate_pool)
@@ -518,11 +537,6 @@ async def test_rolling_back_after_the_swap_gives_the_original_the_applications_w
     finally:
         await conn.close()
     assert added == COUNT + 1
-
-    await migrator.rollback(MIGRATION)
-
-    assert await migrator.status(MIGRATION) is MigrationStatus.ROLLED_BACK
-    assert await brainmigrate_pool.fetchval("SELECT 'memories'::regclass::oid") == original
     expected = dict(start)
     del expected[9], expected[10]
     expected[7] = ("edited after the swap", restructured(metadata_of(7)))
@@ -530,6 +544,17 @@ async def test_rolling_back_after_the_swap_gives_the_original_the_applications_w
     expected[12] = (start[12][0], None)
     expected[6_000] = (start[10][0], restructured(metadata_of(10)))
     expected[added] = ("added after the swap", {"number": 1, "schema_version": 2})
+    if swap_back == "instant":
+        # Every write is in the original already, as written; nothing is left to replay.
+        assert await stored(brainmigrate_pool, await the_old_table(brainmigrate_pool)) == expected
+        assert await reverse_logged(brainmigrate_pool) == 0
+    else:
+        assert await reverse_logged(brainmigrate_pool) == 7
+
+    await migrator.rollback(MIGRATION)
+
+    assert await migrator.status(MIGRATION) is MigrationStatus.ROLLED_BACK
+    assert await brainmigrate_pool.fetchval("SELECT 'memories'::regclass::oid") == original
     assert await stored(brainmigrate_pool) == expected
     # Nothing of the rewrite is left: no shadow, no old table, no capture, no change log.
     assert await tables(brainmigrate_pool) == ["memories"]
@@ -663,11 +688,12 @@ async def test_unique_values_exchanged_between_memories_as_the_swap_waits_are_re
     assert all(after[key] == f"m{key}" for key in start if key not in (100, 200))
 
 
+@pytest.mark.parametrize("swap_back", ["replay", "instant"])
 async def test_unique_values_exchanged_after_the_swap_go_back_to_the_original_on_rollback(
-    brainmigrate_pool: asyncpg.Pool[Any],
+    brainmigrate_pool: asyncpg.Pool[Any], swap_back: str
 ) -> None:
     start = await create_store(brainmigrate_pool, unique_slugs=True)
-    migrator = Migrator(brainmigrate_pool, [restructuring()])
+    migrator = Migrator(brainmigrate_pool, [restructuring(rewrite_swap_back=swap_back)])
     await migrator.run_pending(config=CONFIG)
     async with brainmigrate_pool.acquire() as conn, conn.transaction():
         await conn.execute("UPDATE memories SET slug = 'moving' WHERE id = 100")

@@ -69,6 +69,12 @@ class DataMigration(Migration):
     rewrite_maintenance_work_mem: ClassVar[str] = "512MB"
     #: The ``max_parallel_maintenance_workers`` of those builds (None: the server's setting).
     rewrite_parallel_workers: ClassVar[int | None] = None
+    #: What a rewrite does with the application's writes between the swap and contract, for a
+    #: rollback (the swap back): ``"replay"`` logs their keys, and the swap back copies those rows
+    #: into the old table (it takes longer the more was written); ``"instant"`` writes each
+    #: statement's rows to the old table too, in the application's transaction (each write then
+    #: costs about twice as much until contract), so the swap back has nothing left to copy.
+    rewrite_swap_back: ClassVar[Literal["replay", "instant"]] = "replay"
     #: Whether what the run writes goes with a table the same rollback drops (a step of a
     #: ready-made hybrid writing into a copy of a table): rolling it back then writes nothing.
     _dropped_on_rollback: ClassVar[bool] = False
@@ -103,6 +109,11 @@ class DataMigration(Migration):
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
             raise MigrationValidationError(
                 f"{where}: rewrite_min_rows must be a non-negative int, got {rows!r}",
+                migration_id=self.metadata.id,
+            )
+        if cls.rewrite_swap_back not in ("replay", "instant"):
+            raise MigrationValidationError(
+                f"{where}: rewrite_swap_back must be 'replay' or 'instant', got {cls.rewrite_swap_back!r}",
                 migration_id=self.metadata.id,
             )
         memory = memory_kb(cls.rewrite_maintenance_work_mem)

@@ -3,9 +3,12 @@ a log in the history schema, and the replay that drains the log in batches.
 
 Forward, the original logs into ``forward_log`` while its shadow is built; after the swap, the
 rewritten table logs into ``reverse_log`` (so that swapping back can copy the application's
-writes back into the old table). Each log row is ``(seq, key)``: one row per changed key per
-statement row, in commit-independent ``seq`` order. TRUNCATE of a captured table is refused (it
-fires no row trigger, so the copy would silently keep rows the table no longer has).
+writes back into the old table) or, when the swap back is to be instant, mirrors: a statement
+trigger writes each statement's rows to the old table too, in the application's transaction,
+and logs their keys only when that fails (:func:`_mirror_sql`). Each log row is ``(seq, key)``:
+one row per changed key per statement row, in commit-independent ``seq`` order. TRUNCATE of a
+captured table is refused (it fires no row trigger, so the copy would silently keep rows the
+table no longer has).
 
 Why a replayed key is never lost, and never applied from a stale read:
 
@@ -34,6 +37,7 @@ from .._engine.sql import MAX_IDENTIFIER_BYTES
 from .._errors import MigrationStateError
 from .._model.sqltext import quote_ident, quote_literal
 from .._model.types import Connection
+from .copy import TargetColumns
 from .names import RewriteNames
 
 #: Applies a batch of keys (in the caller's transaction); returns the rows it wrote or deleted.
@@ -72,6 +76,15 @@ def capture_triggers(names: RewriteNames) -> tuple[str, str]:
     return names.capture_trigger, truncate_trigger(names)
 
 
+#: The events whose rows a mirror writes to the old table, each by a statement trigger of its own.
+MIRRORED_EVENTS = ("INSERT", "UPDATE", "DELETE")
+
+
+def _all_triggers(names: RewriteNames) -> tuple[str, ...]:
+    """Every trigger a capture, logging or mirroring, may have put on its table."""
+    return (*capture_triggers(names), *(names.mirror_trigger(event) for event in MIRRORED_EVENTS))
+
+
 def _replay_lock_key(names: RewriteNames, direction: Direction) -> int:
     """A stable 64-bit advisory lock key for the replayers of one log."""
     source = f"brainmigrate:rewrite-replay:{names.history_schema}.{log_name(names, direction)}"
@@ -103,6 +116,58 @@ $capture$
 """
 
 
+def _mirror_sql(
+    log: str, function: str, key: str, message: str, *, old: str, columns: TargetColumns, lock: int
+) -> str:
+    """The function of a mirror's statement triggers: each statement's rows (its transition
+    tables ``bm_before`` and ``bm_after``) deleted from ``old`` and written there again as the
+    statement left them.
+
+    The mirror runs in a subtransaction: when it fails, the statement's keys go to ``log``
+    instead, for the swap back to replay, and the application's statement is not affected. It
+    takes the log's replay lock shared, so that a replay of ``log`` (which takes it exclusively)
+    never writes an older read of a row after a mirror wrote a newer one.
+    """
+    k = quote_ident(key)
+    names = ", ".join(map(quote_ident, columns.names))
+    override = " OVERRIDING SYSTEM VALUE" if columns.overriding else ""
+    return f"""
+CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $mirror$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_in_use', MESSAGE = {quote_literal(message)};
+    END IF;
+    PERFORM pg_advisory_xact_lock_shared({int(lock)});
+    BEGIN
+        IF TG_OP <> 'INSERT' THEN
+            DELETE FROM {old} AS o USING bm_before AS b WHERE o.{k} = b.{k};
+        END IF;
+        IF TG_OP <> 'DELETE' THEN
+            DELETE FROM {old} AS o USING bm_after AS a WHERE o.{k} = a.{k};
+            INSERT INTO {old} ({names}){override} SELECT {names} FROM bm_after;
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        IF TG_OP <> 'INSERT' THEN
+            INSERT INTO {log} ("key") SELECT {k} FROM bm_before;
+        END IF;
+        IF TG_OP <> 'DELETE' THEN
+            INSERT INTO {log} ("key") SELECT {k} FROM bm_after;
+        END IF;
+    END;
+    RETURN NULL;
+END
+$mirror$
+"""
+
+
+def _referencing(event: str) -> str:
+    """The transition tables a mirror's ``event`` trigger names."""
+    before = "OLD TABLE AS bm_before" if event != "INSERT" else ""
+    after = "NEW TABLE AS bm_after" if event != "DELETE" else ""
+    return "REFERENCING " + " ".join(part for part in (before, after) if part)
+
+
 _TRIGGER_EXISTS = "SELECT 1 FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2"
 
 #: The tables carrying a trigger named $1 that calls function $2 (a qualified name).
@@ -121,8 +186,13 @@ async def install_capture(
     key: str,
     key_type: str,
     migration_id: str,
+    mirror_to: str | None = None,
 ) -> None:
     """Start logging every key written on ``table`` (quoted, qualified) into ``direction``'s log.
+
+    With ``mirror_to`` (the old table, quoted and qualified: after the swap), mirror instead:
+    statement triggers write each statement's rows to ``mirror_to`` too, logging their keys only
+    when that fails.
 
     Creates the log (``seq`` identity primary key, ``key`` of ``key_type``), the trigger function
     (SECURITY DEFINER with a fixed search path: the application's roles need no rights on the
@@ -141,9 +211,23 @@ async def install_capture(
         f"CREATE TABLE IF NOT EXISTS {log} "
         f'(seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "key" {key_type} NOT NULL)'
     )
-    await conn.execute(_function_sql(log, function, key, message))
     row_trigger, truncate = capture_triggers(names)
-    if await conn.fetchval(_TRIGGER_EXISTS, table, row_trigger) is None:
+    if mirror_to is not None:
+        columns = await TargetColumns.read(conn, mirror_to)
+        lock = _replay_lock_key(names, direction)
+        await conn.execute(
+            _mirror_sql(log, function, key, message, old=mirror_to, columns=columns, lock=lock)
+        )
+        for event in MIRRORED_EVENTS:
+            trigger = names.mirror_trigger(event)
+            if await conn.fetchval(_TRIGGER_EXISTS, table, trigger) is None:
+                await conn.execute(
+                    f"CREATE TRIGGER {quote_ident(trigger)} AFTER {event} ON {table} "
+                    f"{_referencing(event)} FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+                )
+    else:
+        await conn.execute(_function_sql(log, function, key, message))
+    if mirror_to is None and await conn.fetchval(_TRIGGER_EXISTS, table, row_trigger) is None:
         await conn.execute(
             f"CREATE TRIGGER {quote_ident(row_trigger)} AFTER INSERT OR UPDATE OR DELETE ON {table} "
             f"FOR EACH ROW EXECUTE FUNCTION {function}()"
@@ -162,8 +246,8 @@ async def remove_capture(conn: Connection, names: RewriteNames, direction: Direc
     Dropping a trigger takes its table's ACCESS EXCLUSIVE lock for an instant.
     """
     function = names.in_history_schema(function_name(names, direction))
-    for (table,) in await conn.fetch(_TRIGGERS_OF, list(capture_triggers(names)), function):
-        for trigger in capture_triggers(names):
+    for (table,) in await conn.fetch(_TRIGGERS_OF, list(_all_triggers(names)), function):
+        for trigger in _all_triggers(names):
             await conn.execute(f"DROP TRIGGER IF EXISTS {quote_ident(trigger)} ON {table}")
     await conn.execute(f"DROP FUNCTION IF EXISTS {function}()")
     await conn.execute(f"DROP TABLE IF EXISTS {names.in_history_schema(log_name(names, direction))}")

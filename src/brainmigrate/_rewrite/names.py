@@ -50,6 +50,11 @@ class RewriteNames:
         """The trigger on the table that logs each changed key (same name both ways)."""
         return derived_name("bm_capture_", self._source, readable_chars=30)
 
+    def mirror_trigger(self, event: str) -> str:
+        """The statement trigger on the rewritten table that also writes each ``event``
+        (``INSERT``, ``UPDATE``, ``DELETE``) to the old table, when the swap back is instant."""
+        return derived_name(f"bm_mirror_{event[0].lower()}_", self._source, readable_chars=30)
+
     # -- in the history schema ------------------------------------------------------------------
 
     @property

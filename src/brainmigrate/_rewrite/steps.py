@@ -83,10 +83,17 @@ class StepOf(ReadyMadeStep):
         return RewriteNames(self.migration_id, table_schema, source.table, schema)
 
     async def capture(
-        self, conn: Connection, names: RewriteNames, definition: TableDefinition, direction: Direction
+        self,
+        conn: Connection,
+        names: RewriteNames,
+        definition: TableDefinition,
+        direction: Direction,
+        *,
+        mirror: bool = False,
     ) -> None:
         """Start logging the changed keys of the table under the table's name (the original
-        before the swap, the rewritten one after it)."""
+        before the swap, the rewritten one after it); with ``mirror`` (after the swap), write
+        its rows to the old table too instead."""
         await capture.install_capture(
             conn,
             names,
@@ -95,6 +102,7 @@ class StepOf(ReadyMadeStep):
             key=definition.key,
             key_type=definition.key_type,
             migration_id=self.migration_id,
+            mirror_to=names.in_table_schema(names.old) if mirror else None,
         )
 
     def replayer(self, names: RewriteNames) -> Replayer:

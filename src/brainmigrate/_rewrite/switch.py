@@ -39,7 +39,8 @@ class SwapStep(SchemaStep):
 
         async def swap() -> None:
             await surgery.swap(conn, definition, names)
-            await self.capture(conn, names, definition, Direction.REVERSE)
+            instant = self.rewrite.inner.rewrite_swap_back == "instant"
+            await self.capture(conn, names, definition, Direction.REVERSE, mirror=instant)
             await _check_expected_shape(conn, names, self.rewrite.inner)
             if not await self.rewrite.inner.validate_postconditions(conn):
                 raise MigrationValidationError(
