@@ -115,7 +115,9 @@ def test_each_supported_type_has_one_json_form(value: Any, expected: Any) -> Non
 
 
 def test_an_attrs_instance_is_an_object_of_its_fields_in_their_order() -> None:
-    assert jsonable(Pair(left=MigrationType.HYBRID, right=[Decimal("0.5")])) == {"left": "hybrid", "right": [0.5]}
+    pair = Pair(left=MigrationType.HYBRID, right=[Decimal("0.5")])
+
+    assert jsonable(pair) == {"left": "hybrid", "right": [0.5]}
 
 
 def test_progress_gives_its_fraction_and_seconds_left_after_its_fields() -> None:
