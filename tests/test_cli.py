@@ -348,6 +348,12 @@ def test_every_verb_through_main(
     assert code == 0, err
     assert f"{TAG} completed: 40/40 done" in out
 
+    code, out, err = run(capsys, *common, "--json", "progress", TAG)
+    assert code == 0, err
+    report = json.loads(out)  # the fields of Progress, then its share done and seconds left
+    assert (report["processed"], report["total"], report["fraction"]) == (40, 40, 1.0)
+    assert report["eta_seconds"] == (0.0 if report["rate"] else None)
+
     code, out, err = run(capsys, *common, "cancel", TAG)
     assert code == 1
     assert "nothing to cancel" in err

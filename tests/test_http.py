@@ -13,11 +13,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Mount
 
-from brainmigrate import ConfigError, MigrationConfig, Migrator
+from brainmigrate import BulkMemoryItem, ConfigError, DataSource, MigrationConfig, Migrator
 from brainmigrate._http.router import ALL
 from brainmigrate.http import Actor, BearerAuth, migrations_router
 from brainmigrate.testing import DatabaseFactory
-from data_support import create_memories, tagged_count
+from data_support import create_memories, memory_migration, tagged_count
 from helpers import snapshot
 from http_support import (
     ADMIN,
@@ -693,6 +693,36 @@ async def test_dry_run_of_a_data_migration_answers_200_with_sampled_changes(api:
     assert response.json()["dry_run"] is True
     assert response.json()["changes"]
     assert await snapshot(api.pool) == before
+
+
+async def test_a_dry_runs_changes_to_a_numeric_column_are_json_numbers(brainmigrate_database: str) -> None:
+    """A numeric column's values (Decimals) in a dry run's changes are numbers, not their text, as
+    ``--json`` prints them; nothing is written."""
+
+    async def halve(memory: dict[str, Any]) -> BulkMemoryItem:
+        return BulkMemoryItem(memory_id=memory["id"], importance_score=memory["importance_score"] / 2)
+
+    source = DataSource(table="memories", key="id", columns=("importance_score",))
+    async with pool_on(brainmigrate_database) as pool:
+        async with pool.acquire() as conn:
+            await create_memories(conn, 3)
+            scores = {
+                str(row["id"]): row["importance_score"] for row in await conn.fetch("SELECT * FROM memories")
+            }
+        migrator = Migrator(pool, migrations(memory_migration("halve_scores_001", halve, source=source)))
+        before = await snapshot(pool)
+        async with in_process(app_for(migrator)) as client:
+            response = await client.post(
+                "/migrations/execute/halve_scores_001", json={"dry_run": True}, headers=ADMIN
+            )
+        assert await snapshot(pool) == before
+
+    assert response.status_code == 200
+    changes = response.json()["changes"]
+    assert {change["key"]: (change["before"], change["after"]) for change in changes} == {
+        key: (float(score), float(score / 2)) for key, score in scores.items()
+    }
+    assert all(type(change["after"]) is float for change in changes)
 
 
 # -- mounting, the document, the timeline ----------------------------------------------------------

@@ -6,34 +6,23 @@ import datetime as _datetime
 import enum
 import json
 import sys
-from collections.abc import Mapping, Sequence
-from decimal import Decimal
+from collections.abc import Sequence
 from typing import Any
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` as JSON types: attrs instances become objects, enums their values, datetimes ISO text."""
-    import attrs
+    """``value`` as JSON data, as the HTTP API gives it (see :mod:`brainmigrate._model.jsonable`).
 
-    if attrs.has(type(value)):
-        return {field.name: jsonable(getattr(value, field.name)) for field in attrs.fields(type(value))}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, _datetime.datetime | _datetime.date):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(key): jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(item) for item in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, Decimal):
-        return float(value)
-    return str(value)
+    Imported when first called: every verb imports this module, and most print no JSON.
+    """
+    from brainmigrate._model.jsonable import jsonable as convert
+
+    return convert(value)
 
 
 def print_json(value: Any) -> None:
-    print(json.dumps(jsonable(value), indent=2))
+    """``value`` as one JSON document on stdout; NaN and the infinities are null by then."""
+    print(json.dumps(jsonable(value), indent=2, allow_nan=False))
 
 
 def has_rich() -> bool:

@@ -79,10 +79,7 @@ async def status(args: argparse.Namespace) -> int:
                 "pending": pending,
                 "dirty": dirty,
                 "running": running,
-                "statistics": {
-                    **output.jsonable(statistics),
-                    "success_rate": statistics.success_rate,
-                },
+                "statistics": statistics,
             }
         )
     else:
@@ -240,14 +237,7 @@ async def envs(args: argparse.Namespace) -> int:
             {
                 "ok": report.ok,
                 "environments": report.environments,
-                "migrations": [
-                    {
-                        **output.jsonable(row),
-                        "checksum_mismatch": row.checksum_mismatch,
-                        "drifted": row.drifted,
-                    }
-                    for row in report.migrations
-                ],
+                "migrations": report.migrations,
                 "mismatches": [row.migration_id for row in report.mismatches],
             }
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import ClassVar
 
 import anyio
 import attrs
@@ -25,6 +26,9 @@ class MigrationSync:
     statuses: Mapping[str, MigrationStatus]
     #: The checksum recorded where it is applied, by environment name.
     applied_checksums: Mapping[str, str]
+
+    #: The derived properties its JSON (``envs --json``) gives after the fields.
+    json_properties: ClassVar[tuple[str, ...]] = ("checksum_mismatch", "drifted")
 
     @property
     def checksum_mismatch(self) -> bool:

@@ -26,6 +26,7 @@ from .._errors import (
     MigrationStateError,
 )
 from .._migrator import Migrator
+from .._model.jsonable import jsonable
 from .._model.metadata import MigrationMetadata, MigrationStatus, MigrationType
 from .._model.results import MigrationResult
 from .._model.states import HybridPhase
@@ -34,7 +35,6 @@ from .bodies import checked_id, config_from, json_object, migration_type
 from .errors import HTTPProblem, error_response, problem_response, unexpected_response
 from .openapi import openapi_document
 from .runs import BackgroundRun, RunRegistry
-from .serialize import to_json
 
 #: The registry's key for a background ``execute-all`` (no migration id can hold a NUL).
 ALL = "\0execute-all"
@@ -163,15 +163,15 @@ class _API:
 
     async def pending(self, request: Request, actor: Actor) -> Response:
         pending = await self.migrator.pending(migration_type(request))
-        return JSONResponse({"migrations": to_json(pending)})
+        return JSONResponse({"migrations": jsonable(pending)})
 
     async def history(self, request: Request, actor: Actor) -> Response:
-        return JSONResponse({"attempts": to_json(await self.migrator.history())})
+        return JSONResponse({"attempts": jsonable(await self.migrator.history())})
 
     async def running(self, request: Request, actor: Actor) -> Response:
         runs = await self.migrator.running()
         here = [_run_json(run) for run in self.runs.going()]
-        return JSONResponse({"runs": to_json(runs), "background": here})
+        return JSONResponse({"runs": jsonable(runs), "background": here})
 
     async def progress(self, request: Request, actor: Actor) -> Response:
         migration_id = checked_id(request.path_params["migration_id"])
@@ -188,16 +188,16 @@ class _API:
             {
                 "migration_id": migration_id,
                 "status": status.value,
-                "progress": to_json(progress),
-                "hybrid": to_json(hybrid),
-                "run": to_json(self.runs.latest(migration_id)),
+                "progress": jsonable(progress),
+                "hybrid": jsonable(hybrid),
+                "run": jsonable(self.runs.latest(migration_id)),
             }
         )
 
     async def validate(self, request: Request, actor: Actor) -> Response:
         migration_id = checked_id(request.path_params["migration_id"])
         _no_fields(await json_object(request))
-        return JSONResponse(to_json(await self.migrator.validate(migration_id)))
+        return JSONResponse(jsonable(await self.migrator.validate(migration_id)))
 
     # -- changing ------------------------------------------------------------------------------
 
@@ -228,7 +228,7 @@ class _API:
             _refuse_missing_dependencies(meta, pending)
         if config.dry_run or not _long(meta.migration_type if meta else None):
             result = await self.migrator.execute(migration_id, config=config, actor=actor.name)
-            return JSONResponse(to_json(result))
+            return JSONResponse(jsonable(result))
 
         async def work() -> list[MigrationResult]:
             return [await self.migrator.execute(migration_id, config=config, actor=actor.name)]
@@ -243,7 +243,7 @@ class _API:
             if self.runs.active(ALL):
                 raise _all_running()
             results = await self.migrator.run_pending(kind, config, actor=actor.name)
-            return JSONResponse({"results": to_json(results)})
+            return JSONResponse({"results": jsonable(results)})
         if self.runs.active(ALL):
             raise _all_running()
 
@@ -267,7 +267,7 @@ class _API:
             results = await self.migrator.rollback(
                 migration_id, cascade=cascade, config=config, actor=actor.name
             )
-            return JSONResponse({"results": to_json(results)})
+            return JSONResponse({"results": jsonable(results)})
         status = await self.migrator.status(migration_id)
         if status in (MigrationStatus.PENDING, MigrationStatus.ROLLED_BACK):
             raise MigrationStateError(
@@ -296,7 +296,7 @@ class _API:
         meta = pending.get(migration_id)
         if config.dry_run or meta is None or meta.migration_type is not MigrationType.HYBRID:
             result = await self.migrator.contract(migration_id, config=config, actor=actor.name)
-            return JSONResponse(to_json(result))
+            return JSONResponse(jsonable(result))
         phase = (await self.migrator.hybrid_status(migration_id)).phase
         if phase not in _CONTRACTABLE:
             raise HybridPhaseError(
@@ -353,7 +353,7 @@ class _API:
     ) -> Response:
         run = self.runs.start(migration_id, operation, actor.name, work)
         url = _url(request, "progress", migration_id)
-        return JSONResponse({**to_json(run), "progress_url": url}, 202, headers={"Location": url})
+        return JSONResponse({**jsonable(run), "progress_url": url}, 202, headers={"Location": url})
 
 
 def _refuse_missing_dependencies(meta: MigrationMetadata, pending: dict[str, MigrationMetadata]) -> None:
@@ -368,7 +368,7 @@ def _refuse_missing_dependencies(meta: MigrationMetadata, pending: dict[str, Mig
 
 def _run_json(run: BackgroundRun) -> dict[str, Any]:
     """A background run as JSON; ``execute-all`` has no migration id (null)."""
-    body: dict[str, Any] = to_json(run)
+    body: dict[str, Any] = jsonable(run)
     if run.migration_id == ALL:
         body["migration_id"] = None
     return body

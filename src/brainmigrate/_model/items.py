@@ -6,7 +6,7 @@ import enum
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -156,6 +156,9 @@ class Progress:
     #: current on Linux, the process's peak elsewhere. Only a report made by the running process
     #: (``on_progress``) has it; None when read from the database or unknown.
     memory_rss_bytes: int | None = None
+
+    #: The derived properties its JSON (HTTP API, ``--json``) gives after the fields.
+    json_properties: ClassVar[tuple[str, ...]] = ("fraction", "eta_seconds")
 
     @property
     def done(self) -> int:

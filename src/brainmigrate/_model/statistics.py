@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 import attrs
 
@@ -41,6 +42,9 @@ class HistoryStatistics:
     rollbacks: int
     #: Mean duration, in seconds, of the completed rollback attempts; None when there is none.
     average_rollback_seconds: float | None
+
+    #: The derived properties its JSON (``status --json``) gives after the fields.
+    json_properties: ClassVar[tuple[str, ...]] = ("success_rate",)
 
     @property
     def success_rate(self) -> float | None:
