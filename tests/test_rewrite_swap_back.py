@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import asyncpg
 import pytest
 
@@ -107,3 +108,55 @@ async def test_contract_takes_the_mirror_off_with_the_original(brainmigrate_pool
     assert [t for t in await tables(brainmigrate_pool) if t.startswith("bm_")] == []
     await brainmigrate_pool.execute("UPDATE memories SET content = 'after contract' WHERE id = 1")
     assert (await contents(brainmigrate_pool))[1] == "after contract"
+
+
+async def test_an_application_writing_through_the_swap_leaves_both_tables_with_the_same_rows(
+    brainmigrate_pool: asyncpg.Pool[Any], brainmigrate_database: str
+) -> None:
+    """Inserts, edits and deletes run one after another on their own connection before, during
+    and after the swap: the original then holds every row the rewritten table holds, with the
+    same content, and has nothing left to replay."""
+    await create_store(brainmigrate_pool, 2_000)
+    original = await brainmigrate_pool.fetchval("SELECT 'memories'::regclass::oid")
+    written: list[int] = []  # the oid of the table each write landed in
+    stopping = anyio.Event()
+
+    async def application() -> None:
+        conn = await asyncpg.connect(brainmigrate_database)
+        try:
+            i = 0
+            while not stopping.is_set() or sum(oid != original for oid in written) < 30:
+                i += 1
+                key = (i * 37) % 2_000 + 1
+                if i % 4 == 0:
+                    oid = await conn.fetchval("DELETE FROM memories WHERE id = $1 RETURNING tableoid", key)
+                elif i % 4 == 1:
+                    oid = await conn.fetchval(
+                        "INSERT INTO memories (content) VALUES ($1) RETURNING tableoid", f"insert {i}"
+                    )
+                else:
+                    oid = await conn.fetchval(
+                        "UPDATE memories SET content = $2 WHERE id = $1 RETURNING tableoid", key, f"edit {i}"
+                    )
+                if oid is not None:
+                    written.append(oid)
+        finally:
+            await conn.close()
+
+    migrator = Migrator(brainmigrate_pool, [INSTANT])
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as group:
+            group.start_soon(application)
+            await migrator.run_pending()
+            stopping.set()
+
+    assert sum(oid == original for oid in written) > 0 and sum(oid != original for oid in written) >= 30
+    old = await the_old_table(brainmigrate_pool)
+    assert await contents(brainmigrate_pool, old) == await contents(brainmigrate_pool)
+    assert await reverse_logged(brainmigrate_pool) == 0
+    current = await contents(brainmigrate_pool)
+
+    await migrator.rollback("enrich_001")
+
+    assert await brainmigrate_pool.fetchval("SELECT 'memories'::regclass::oid") == original
+    assert await contents(brainmigrate_pool) == current
