@@ -30,6 +30,7 @@ from brainmigrate import (
     MigrationValidationError,
     Migrator,
 )
+from helpers import snapshot
 from workers.harness import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -553,3 +554,63 @@ async def test_what_another_role_owns_on_the_table_is_refused_before_anything_is
             )
             == 0
         )
+
+
+#: What refers to the table by OID, and would go on referring to the old one after the swap.
+BY_OID = {
+    "function with a SQL-standard body": (
+        "CREATE FUNCTION counted() RETURNS bigint LANGUAGE sql"
+        " BEGIN ATOMIC SELECT count(*) FROM memories; END",
+        "functions or procedures with SQL-standard bodies read or write public.memories "
+        "(function public.counted()); their bodies refer to the table itself, not its name",
+    ),
+    "column of its row type": (
+        "CREATE TABLE archive (kept memories)",
+        "other objects use the row type of public.memories (column kept of table public.archive); "
+        "that type stays the old table's after the swap",
+    ),
+    "materialized view through a view": (
+        "CREATE VIEW recent AS SELECT id FROM memories WHERE id > 10;"
+        "CREATE MATERIALIZED VIEW recent_count AS SELECT count(*) FROM recent",
+        "materialized views depend on public.memories (public.recent_count); their rows were computed "
+        "from the old table",
+    ),
+    "extended statistics": (
+        "CREATE STATISTICS memories_content_parent ON content, parent_id FROM memories",
+        "public.memories has extended statistics (statistics object public.memories_content_parent), "
+        "which the swap does not carry over",
+    ),
+    "policy of another table": (
+        "CREATE TABLE seen (id bigint);"
+        "CREATE POLICY seen_memories ON seen USING (id IN (SELECT id FROM memories))",
+        "other objects depend on public.memories itself (policy seen_memories on table public.seen), and "
+        "would go on depending on the old table after the swap",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(BY_OID))
+async def test_what_refers_to_the_table_by_oid_is_refused_before_anything_is_created(
+    brainmigrate_pool: asyncpg.Pool[Any], kind: str
+) -> None:
+    setup, message = BY_OID[kind]
+    await brainmigrate_pool.execute(STORE.format(rows=ROWS))
+    await brainmigrate_pool.execute(setup)
+    before, _ = await snapshot(brainmigrate_pool)
+
+    with pytest.raises(MigrationValidationError) as raised:
+        await Migrator(brainmigrate_pool, [Enrich]).run_pending()
+
+    assert type(raised.value) is MigrationValidationError
+    assert raised.value.migration_id == "enrich_001"
+    assert message in str(raised.value) and "Nothing was created" in str(raised.value)
+    after, history = await snapshot(brainmigrate_pool)
+    assert after == before
+    assert history and {row["status"] for row in history} == {"failed"}  # the refused step, as such
+    assert await leftovers(brainmigrate_pool) == []
+    assert (
+        await brainmigrate_pool.fetchval(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'memories'::regclass AND NOT tgisinternal"
+        )
+        == 0
+    )

@@ -13,6 +13,7 @@ import attrs
 from .._errors import MigrationValidationError
 from .._model.sqltext import quote_ident
 from .._model.types import Connection
+from .by_oid import OidReferrers, read_oid_referrers
 from .names import RewriteNames
 
 
@@ -214,6 +215,7 @@ class TableDefinition:
     inbound_foreign_keys: tuple[InboundForeignKey, ...]
     #: The views reading it directly (moved by the swap; views on them follow).
     dependent_views: tuple[ViewDefinition, ...]
+    #: The materialized views reading it, directly or through views.
     materialized_views: tuple[str, ...]
     #: Rules of other tables or views that read or write it, other than a view's own.
     other_rules: tuple[str, ...]
@@ -226,6 +228,8 @@ class TableDefinition:
     #: The publications listing it by name (moved by the swap; the others follow its name).
     publication_members: tuple[PublicationMember, ...]
     logical_slots: tuple[str, ...]
+    #: What refers to it by OID, and would keep referring to the old table after the swap.
+    by_oid: OidReferrers
     key_exists: bool
     key_not_null: bool
 
@@ -369,10 +373,16 @@ SELECT
          WHERE h.inhrelid = $1 ORDER BY 1) AS parents,
   ARRAY(SELECT h.inhrelid::regclass::text FROM pg_inherits h WHERE h.inhparent = $1 ORDER BY 1)
     AS children,
-  ARRAY(SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
-           JOIN pg_class v ON v.oid = r.ev_class
-         WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-           AND d.refobjid = $1 AND v.relkind = 'm' ORDER BY 1) AS materialized,
+  ARRAY(WITH RECURSIVE reader(oid, relkind) AS (
+           SELECT v.oid, v.relkind FROM pg_class v WHERE v.oid = $1
+           UNION
+           SELECT v.oid, v.relkind FROM reader w
+             JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = w.oid
+                             AND d.classid = 'pg_rewrite'::regclass
+             JOIN pg_rewrite r ON r.oid = d.objid
+             JOIN pg_class v ON v.oid = r.ev_class
+            WHERE (w.oid = $1 OR w.relkind = 'v') AND r.ev_class <> w.oid)
+         SELECT oid::regclass::text FROM reader WHERE relkind = 'm' ORDER BY 1) AS materialized,
   ARRAY(SELECT DISTINCT r.rulename || ' on ' || v.oid::regclass::text
           FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
          WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
@@ -523,6 +533,7 @@ async def _read(conn: Connection, oid: int, key: str, migration_id: str) -> Tabl
         publications=tuple(hazards["publications"]),
         publication_members=members,
         logical_slots=tuple(hazards["slots"]),
+        by_oid=await read_oid_referrers(conn, oid),
         key_exists=key_column is not None,
         key_not_null=key_column is not None and key_column.not_null,
     )
