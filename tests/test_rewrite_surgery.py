@@ -423,6 +423,39 @@ async def test_a_swap_that_could_not_move_a_dependent_added_since_the_start_swap
         await conn.execute(f'DROP OWNED BY "{migrator}", "{other}"; DROP ROLE "{migrator}", "{other}"')
 
 
+async def test_a_swap_that_would_leave_a_new_referrer_by_oid_on_the_old_table_swaps_nothing(
+    conn: asyncpg.Connection[Any], schema: str
+) -> None:
+    await conn.execute(
+        f"CREATE TABLE {schema}.t (id int PRIMARY KEY); INSERT INTO {schema}.t VALUES (1), (2)"
+    )
+    names = names_in(schema, "t")
+    defn = await define(conn, schema, "t")
+    await check_rewritable(conn, defn)
+    await create_shadow(conn, defn, names)
+    await copy_rows(conn, defn, names)
+    await build_indexes(conn, defn, names)
+    # A function whose body holds the table's OID, created meanwhile.
+    await conn.execute(
+        f"CREATE FUNCTION {schema}.counted() RETURNS bigint LANGUAGE sql"
+        f" BEGIN ATOMIC SELECT count(*) FROM {schema}.t; END"
+    )
+    before = await relations(conn, schema)
+
+    with pytest.raises(MigrationStateError) as caught:
+        await swap_locked(conn, defn, names)
+
+    assert caught.value.migration_id == MIGRATION
+    assert (
+        f"the swap cannot move what depends on {schema}.t: functions or procedures with SQL-standard "
+        f"bodies read or write {schema}.t (function {schema}.counted())"
+    ) in str(caught.value)
+    assert "Nothing was swapped" in str(caught.value)
+    assert await conn.fetchval("SELECT to_regclass($1)::oid", names.qualified_table) == defn.oid
+    assert await relations(conn, schema) == before
+    assert await conn.fetchval(f"SELECT {schema}.counted()") == 2
+
+
 async def test_inserts_after_the_swap_continue_the_serial_and_identity_sequences(
     conn: asyncpg.Connection[Any], schema: str
 ) -> None:
