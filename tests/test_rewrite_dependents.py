@@ -4,7 +4,10 @@ VALID, validated by the next step, actions and deferrability kept), the publicat
 (column lists and row filters kept); a rollback moves them back to the original, and the table's
 own foreign keys with them. The swap locks the referencing tables before the table, as a write to
 them does. What the migrator's role could not move (another role's referencing table, view or
-publication) is refused before anything is created.
+publication) is refused before anything is created, and so is what refers to the table by OID
+and would stay on the old table (routines with SQL-standard bodies, uses of its row type,
+extended statistics, another table's policy, materialized views through views), and a logical
+replication slot in the database (on a server of its own with ``wal_level = logical``).
 
 Each test runs full rewrites through ``Migrator.run_pending`` on a database of its own.
 """
@@ -30,6 +33,7 @@ from brainmigrate import (
     MigrationValidationError,
     Migrator,
 )
+from brainmigrate.embedded import EmbeddedPostgres
 from helpers import snapshot
 from workers.harness import wait_until
 
@@ -556,6 +560,16 @@ async def test_what_another_role_owns_on_the_table_is_refused_before_anything_is
         )
 
 
+async def own_triggers(pool: asyncpg.Pool[Any]) -> list[str]:
+    """The triggers on the memories that are not the server's own (a capture's, say)."""
+    return [
+        r[0]
+        for r in await pool.fetch(
+            "SELECT tgname::text FROM pg_trigger WHERE tgrelid = 'memories'::regclass AND NOT tgisinternal"
+        )
+    ]
+
+
 #: What refers to the table by OID, and would go on referring to the old one after the swap.
 BY_OID = {
     "function with a SQL-standard body": (
@@ -608,9 +622,36 @@ async def test_what_refers_to_the_table_by_oid_is_refused_before_anything_is_cre
     assert after == before
     assert history and {row["status"] for row in history} == {"failed"}  # the refused step, as such
     assert await leftovers(brainmigrate_pool) == []
-    assert (
-        await brainmigrate_pool.fetchval(
-            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'memories'::regclass AND NOT tgisinternal"
-        )
-        == 0
-    )
+    assert await own_triggers(brainmigrate_pool) == []
+
+
+async def test_a_logical_replication_slot_in_the_database_is_refused_before_anything_is_created() -> None:
+    """On a server of its own with ``wal_level = logical``, where a logical slot can be created."""
+    async with EmbeddedPostgres({"wal_level": "logical"}) as server:
+        pool = await asyncpg.create_pool(server.dsn(), min_size=1, max_size=4)
+        try:
+            await pool.execute(STORE.format(rows=ROWS))
+            await pool.execute("SELECT pg_create_logical_replication_slot('subscriber', 'pgoutput')")
+            try:
+                before, _ = await snapshot(pool)
+
+                with pytest.raises(MigrationValidationError) as raised:
+                    await Migrator(pool, [Enrich]).run_pending()
+
+                assert type(raised.value) is MigrationValidationError
+                assert raised.value.migration_id == "enrich_001"
+                assert (
+                    "this database has logical replication slots (subscriber), whose subscribers would "
+                    "see the copy's writes as the application's"
+                ) in str(raised.value)
+                assert "Nothing was created" in str(raised.value)
+                after, history = await snapshot(pool)
+                assert after == before
+                assert history and {row["status"] for row in history} == {"failed"}
+                assert await leftovers(pool) == []
+                assert await own_triggers(pool) == []
+            finally:
+                await pool.execute("SELECT pg_drop_replication_slot('subscriber')")
+            assert await pool.fetchval("SELECT count(*) FROM pg_replication_slots") == 0
+        finally:
+            await pool.close()
