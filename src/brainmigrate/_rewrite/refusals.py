@@ -48,7 +48,8 @@ def _by_oid_refusals(defn: TableDefinition) -> list[str]:
 
 def dependent_refusals(defn: TableDefinition) -> list[str]:
     """Why the swap could not move what depends on ``defn``'s table (other tables' foreign keys,
-    views, publications), one sentence each; empty when it can."""
+    views, publications), or would leave it on the old table (what refers to it by OID), one
+    sentence each; empty when it can."""
     table = f"{defn.schema}.{defn.table}"
     reasons: list[str] = []
     unowned = [k.label for k in defn.inbound_foreign_keys if not k.owned]
