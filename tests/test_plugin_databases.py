@@ -20,6 +20,7 @@ import anyio
 import asyncpg
 import pytest
 
+from brainmigrate import ConfigError
 from brainmigrate._databases import DatabaseFactory, dsn_with_database
 from brainmigrate._model.sqltext import quote_ident
 from brainmigrate.embedded import EmbeddedPostgres
@@ -340,6 +341,55 @@ async def test_embedded_async_with_starts_and_deletes_the_server() -> None:
 
     assert data_directory.parent.name.startswith("brainmigrate-pg-")
     assert not data_directory.parent.exists()
+
+
+@pytest.mark.anyio
+async def test_embedded_settings_are_the_servers_parameters_when_it_serves() -> None:
+    """`EmbeddedPostgres(settings)` serves with them, quotes and backslashes in values kept."""
+    async with EmbeddedPostgres({"wal_level": "logical", "cluster_name": "it's a \\ test"}) as server:
+        conn = await asyncpg.connect(server.dsn())
+        try:
+            assert await conn.fetchval("SHOW wal_level") == "logical"
+            assert await conn.fetchval("SHOW cluster_name") == "it's a \\ test"
+        finally:
+            await conn.close()
+
+
+@pytest.mark.parametrize("name", ["wal level", "1st", "work_mem; fsync", "", "a.b.c", "work_mem\n"])
+def test_an_embedded_setting_whose_name_is_not_a_parameters_is_refused_before_any_server_starts(
+    name: str,
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        EmbeddedPostgres({name: "1"})
+
+    assert type(raised.value) is ConfigError
+    assert f"EmbeddedPostgres: {name!r} is not a server parameter's name" in str(raised.value)
+    assert "check the settings' keys" in str(raised.value)
+
+
+@pytest.mark.parametrize("value", ["logical\nfsync = off", "logical\r"])
+def test_an_embedded_setting_spanning_lines_is_refused_before_any_server_starts(value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        EmbeddedPostgres({"wal_level": value})
+
+    assert f"the setting wal_level must be a text on one line, not {value!r}" in str(raised.value)
+
+
+@pytest.mark.anyio
+async def test_an_embedded_setting_the_server_refuses_stops_it_and_deletes_its_files() -> None:
+    server = EmbeddedPostgres({"wal_level": "bogus"})
+
+    with pytest.raises(ConfigError) as raised:
+        await server.astart()
+
+    message = str(raised.value)
+    assert "EmbeddedPostgres: the server would not start with the settings wal_level='bogus'" in message
+    assert 'invalid value for parameter "wal_level": "bogus"' in message
+    found = re.search(r'"([^"]+)/data/postgresql\.auto\.conf"', message)
+    assert found is not None
+    assert not await anyio.Path(found.group(1)).exists()
+    with pytest.raises(RuntimeError, match="is not started"):
+        server.dsn()
 
 
 # --- pytest is not needed at run time -----------------------------------------------------------

@@ -4,7 +4,10 @@ VALID, validated by the next step, actions and deferrability kept), the publicat
 (column lists and row filters kept); a rollback moves them back to the original, and the table's
 own foreign keys with them. The swap locks the referencing tables before the table, as a write to
 them does. What the migrator's role could not move (another role's referencing table, view or
-publication) is refused before anything is created.
+publication) is refused before anything is created, and so is what refers to the table by OID
+and would stay on the old table (routines with SQL-standard bodies, uses of its row type,
+extended statistics, another table's policy, materialized views through views), and a logical
+replication slot in the database (on a server of its own with ``wal_level = logical``).
 
 Each test runs full rewrites through ``Migrator.run_pending`` on a database of its own.
 """
@@ -30,6 +33,8 @@ from brainmigrate import (
     MigrationValidationError,
     Migrator,
 )
+from brainmigrate.embedded import EmbeddedPostgres
+from helpers import snapshot
 from workers.harness import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -553,3 +558,100 @@ async def test_what_another_role_owns_on_the_table_is_refused_before_anything_is
             )
             == 0
         )
+
+
+async def own_triggers(pool: asyncpg.Pool[Any]) -> list[str]:
+    """The triggers on the memories that are not the server's own (a capture's, say)."""
+    return [
+        r[0]
+        for r in await pool.fetch(
+            "SELECT tgname::text FROM pg_trigger WHERE tgrelid = 'memories'::regclass AND NOT tgisinternal"
+        )
+    ]
+
+
+#: What refers to the table by OID, and would go on referring to the old one after the swap.
+BY_OID = {
+    "function with a SQL-standard body": (
+        "CREATE FUNCTION counted() RETURNS bigint LANGUAGE sql"
+        " BEGIN ATOMIC SELECT count(*) FROM memories; END",
+        "functions or procedures with SQL-standard bodies read or write public.memories "
+        "(function public.counted()); their bodies refer to the table itself, not its name",
+    ),
+    "column of its row type": (
+        "CREATE TABLE archive (kept memories)",
+        "other objects use the row type of public.memories (column kept of table public.archive); "
+        "that type stays the old table's after the swap",
+    ),
+    "materialized view through a view": (
+        "CREATE VIEW recent AS SELECT id FROM memories WHERE id > 10;"
+        "CREATE MATERIALIZED VIEW recent_count AS SELECT count(*) FROM recent",
+        "materialized views depend on public.memories (public.recent_count); their rows were computed "
+        "from the old table",
+    ),
+    "extended statistics": (
+        "CREATE STATISTICS memories_content_parent ON content, parent_id FROM memories",
+        "public.memories has extended statistics (statistics object public.memories_content_parent), "
+        "which the swap does not carry over",
+    ),
+    "policy of another table": (
+        "CREATE TABLE seen (id bigint);"
+        "CREATE POLICY seen_memories ON seen USING (id IN (SELECT id FROM memories))",
+        "other objects depend on public.memories itself (policy seen_memories on table public.seen), and "
+        "would go on depending on the old table after the swap",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(BY_OID))
+async def test_what_refers_to_the_table_by_oid_is_refused_before_anything_is_created(
+    brainmigrate_pool: asyncpg.Pool[Any], kind: str
+) -> None:
+    setup, message = BY_OID[kind]
+    await brainmigrate_pool.execute(STORE.format(rows=ROWS))
+    await brainmigrate_pool.execute(setup)
+    before, _ = await snapshot(brainmigrate_pool)
+
+    with pytest.raises(MigrationValidationError) as raised:
+        await Migrator(brainmigrate_pool, [Enrich]).run_pending()
+
+    assert type(raised.value) is MigrationValidationError
+    assert raised.value.migration_id == "enrich_001"
+    assert message in str(raised.value) and "Nothing was created" in str(raised.value)
+    after, history = await snapshot(brainmigrate_pool)
+    assert after == before
+    assert history and {row["status"] for row in history} == {"failed"}  # the refused step, as such
+    assert await leftovers(brainmigrate_pool) == []
+    assert await own_triggers(brainmigrate_pool) == []
+
+
+async def test_a_logical_replication_slot_in_the_database_is_refused_before_anything_is_created() -> None:
+    """On a server of its own with ``wal_level = logical``, where a logical slot can be created."""
+    async with EmbeddedPostgres({"wal_level": "logical"}) as server:
+        pool = await asyncpg.create_pool(server.dsn(), min_size=1, max_size=4)
+        try:
+            await pool.execute(STORE.format(rows=ROWS))
+            await pool.execute("SELECT pg_create_logical_replication_slot('subscriber', 'pgoutput')")
+            try:
+                before, _ = await snapshot(pool)
+
+                with pytest.raises(MigrationValidationError) as raised:
+                    await Migrator(pool, [Enrich]).run_pending()
+
+                assert type(raised.value) is MigrationValidationError
+                assert raised.value.migration_id == "enrich_001"
+                assert (
+                    "this database has logical replication slots (subscriber), whose subscribers would "
+                    "see the copy's writes as the application's"
+                ) in str(raised.value)
+                assert "Nothing was created" in str(raised.value)
+                after, history = await snapshot(pool)
+                assert after == before
+                assert history and {row["status"] for row in history} == {"failed"}
+                assert await leftovers(pool) == []
+                assert await own_triggers(pool) == []
+            finally:
+                await pool.execute("SELECT pg_drop_replication_slot('subscriber')")
+            assert await pool.fetchval("SELECT count(*) FROM pg_replication_slots") == 0
+        finally:
+            await pool.close()

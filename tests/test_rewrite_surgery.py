@@ -423,6 +423,39 @@ async def test_a_swap_that_could_not_move_a_dependent_added_since_the_start_swap
         await conn.execute(f'DROP OWNED BY "{migrator}", "{other}"; DROP ROLE "{migrator}", "{other}"')
 
 
+async def test_a_swap_that_would_leave_a_new_referrer_by_oid_on_the_old_table_swaps_nothing(
+    conn: asyncpg.Connection[Any], schema: str
+) -> None:
+    await conn.execute(
+        f"CREATE TABLE {schema}.t (id int PRIMARY KEY); INSERT INTO {schema}.t VALUES (1), (2)"
+    )
+    names = names_in(schema, "t")
+    defn = await define(conn, schema, "t")
+    await check_rewritable(conn, defn)
+    await create_shadow(conn, defn, names)
+    await copy_rows(conn, defn, names)
+    await build_indexes(conn, defn, names)
+    # A function whose body holds the table's OID, created meanwhile.
+    await conn.execute(
+        f"CREATE FUNCTION {schema}.counted() RETURNS bigint LANGUAGE sql"
+        f" BEGIN ATOMIC SELECT count(*) FROM {schema}.t; END"
+    )
+    before = await relations(conn, schema)
+
+    with pytest.raises(MigrationStateError) as caught:
+        await swap_locked(conn, defn, names)
+
+    assert caught.value.migration_id == MIGRATION
+    assert (
+        f"the swap cannot move what depends on {schema}.t: functions or procedures with SQL-standard "
+        f"bodies read or write {schema}.t (function {schema}.counted())"
+    ) in str(caught.value)
+    assert "Nothing was swapped" in str(caught.value)
+    assert await conn.fetchval("SELECT to_regclass($1)::oid", names.qualified_table) == defn.oid
+    assert await relations(conn, schema) == before
+    assert await conn.fetchval(f"SELECT {schema}.counted()") == 2
+
+
 async def test_inserts_after_the_swap_continue_the_serial_and_identity_sequences(
     conn: asyncpg.Connection[Any], schema: str
 ) -> None:
@@ -653,6 +686,47 @@ REFUSALS: dict[str, tuple[str, str]] = {
     "materialized view": (
         "CREATE TABLE {s}.t (id int PRIMARY KEY); CREATE MATERIALIZED VIEW {s}.m AS SELECT id FROM {s}.t;",
         "materialized views depend on {s}.t ({s}.m); their rows were computed from the old table",
+    ),
+    "materialized view through views": (
+        "CREATE TABLE {s}.t (id int PRIMARY KEY); CREATE VIEW {s}.v AS SELECT id FROM {s}.t;"
+        "CREATE VIEW {s}.w AS SELECT id FROM {s}.v; CREATE MATERIALIZED VIEW {s}.m AS SELECT id FROM {s}.w;",
+        "materialized views depend on {s}.t ({s}.m); their rows were computed from the old table",
+    ),
+    "routines with SQL-standard bodies": (
+        "CREATE TABLE {s}.t (id int PRIMARY KEY);"
+        "CREATE FUNCTION {s}.counted() RETURNS bigint LANGUAGE sql"
+        " BEGIN ATOMIC SELECT count(*) FROM {s}.t; END;"
+        "CREATE FUNCTION {s}.highest() RETURNS int LANGUAGE sql RETURN (SELECT max(id) FROM {s}.t);"
+        "CREATE PROCEDURE {s}.add(n int) LANGUAGE sql BEGIN ATOMIC INSERT INTO {s}.t VALUES (n); END;"
+        "CREATE FUNCTION {s}.quoted() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM {s}.t';",
+        "functions or procedures with SQL-standard bodies read or write {s}.t (function {s}.add(integer), "
+        "function {s}.counted(), function {s}.highest()); their bodies refer to the table itself",
+    ),
+    "uses of the row type": (
+        "CREATE TABLE {s}.t (id int PRIMARY KEY); CREATE TABLE {s}.o (row_of_t {s}.t, rows_of_t {s}.t[]);"
+        "CREATE TYPE {s}.pair AS (first {s}.t, n int);"
+        "CREATE FUNCTION {s}.weigh(r {s}.t) RETURNS int LANGUAGE sql AS 'SELECT 1';"
+        "CREATE FUNCTION {s}.every() RETURNS SETOF {s}.t LANGUAGE sql AS 'SELECT 1';",
+        "other objects use the row type of {s}.t (column first of composite type {s}.pair, column row_of_t "
+        "of table {s}.o, column rows_of_t of table {s}.o, function {s}.every(), function {s}.weigh({s}.t)); "
+        "that type stays the old table's after the swap",
+    ),
+    "extended statistics": (
+        "CREATE TABLE {s}.t (id int PRIMARY KEY, a int, b int); CREATE STATISTICS {s}.ab ON a, b FROM {s}.t;",
+        "{s}.t has extended statistics (statistics object {s}.ab), which the swap does not carry over",
+    ),
+    "policy of another table": (
+        "CREATE TABLE {s}.t (id int PRIMARY KEY); CREATE TABLE {s}.o (id int);"
+        "CREATE POLICY seen ON {s}.o USING (id IN (SELECT id FROM {s}.t));",
+        "other objects depend on {s}.t itself (policy seen on table {s}.o), and would go on depending on "
+        "the old table after the swap",
+    ),
+    "constraint trigger of another table": (
+        "CREATE TABLE {s}.t (id int PRIMARY KEY); CREATE TABLE {s}.o (id int);"
+        "CREATE FUNCTION {s}.f() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;"
+        "CREATE CONSTRAINT TRIGGER checked AFTER INSERT ON {s}.o FROM {s}.t"
+        " FOR EACH ROW EXECUTE FUNCTION {s}.f();",
+        "other objects depend on {s}.t itself (trigger checked on table {s}.o)",
     ),
     "rule of another table": (
         "CREATE TABLE {s}.t (id int PRIMARY KEY); CREATE TABLE {s}.o (id int);"

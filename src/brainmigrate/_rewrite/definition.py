@@ -13,6 +13,7 @@ import attrs
 from .._errors import MigrationValidationError
 from .._model.sqltext import quote_ident
 from .._model.types import Connection
+from .by_oid import OidReferrers, read_oid_referrers
 from .names import RewriteNames
 
 
@@ -43,10 +44,10 @@ class ColumnDefinition:
     #: ``SET STATISTICS`` target, or None for the default.
     statistics: int | None
     #: Column options (``n_distinct=...``) as ``key=value`` texts.
-    options: tuple[str, ...]
+    options: tuple[str, ...] = attrs.field(converter=tuple)
     comment: str | None
     #: Its column privileges as ``aclitem`` texts (empty: none).
-    acl: tuple[str, ...]
+    acl: tuple[str, ...] = attrs.field(converter=tuple)
 
     @property
     def copied(self) -> bool:
@@ -124,7 +125,7 @@ class ViewDefinition:
     #: ``pg_get_viewdef``, every name in it schema-qualified.
     definition: str
     #: ``pg_class.reloptions`` (``security_barrier``, ``security_invoker``, ``check_option``).
-    options: tuple[str, ...]
+    options: tuple[str, ...] = attrs.field(converter=tuple)
     #: Whether the current role owns it (may replace its definition).
     owned: bool
 
@@ -166,7 +167,7 @@ class PublicationMember:
 
     publication: str
     #: The published columns (None: all of them; PostgreSQL 15 and later).
-    columns: tuple[str, ...] | None
+    columns: tuple[str, ...] | None = attrs.field(converter=attrs.converters.optional(tuple))
     #: The row filter (PostgreSQL 15 and later), schema-qualified.
     row_filter: str | None
     #: Whether the current role owns the publication (may add and drop tables).
@@ -214,6 +215,7 @@ class TableDefinition:
     inbound_foreign_keys: tuple[InboundForeignKey, ...]
     #: The views reading it directly (moved by the swap; views on them follow).
     dependent_views: tuple[ViewDefinition, ...]
+    #: The materialized views reading it, directly or through views.
     materialized_views: tuple[str, ...]
     #: Rules of other tables or views that read or write it, other than a view's own.
     other_rules: tuple[str, ...]
@@ -226,6 +228,8 @@ class TableDefinition:
     #: The publications listing it by name (moved by the swap; the others follow its name).
     publication_members: tuple[PublicationMember, ...]
     logical_slots: tuple[str, ...]
+    #: What refers to it by OID, and would keep referring to the old table after the swap.
+    by_oid: OidReferrers
     key_exists: bool
     key_not_null: bool
 
@@ -286,17 +290,22 @@ SELECT c.oid, n.nspname, c.relname, c.relkind::text, c.relpersistence::text, c.r
 """
 
 _COLUMNS = """
-SELECT a.attname, a.attnum, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull,
+SELECT a.attname AS name, a.attnum, format_type(a.atttypid, a.atttypmod) AS type,
+       a.attnotnull AS not_null,
        (SELECT k.conname FROM pg_constraint k
          WHERE k.conrelid = a.attrelid AND k.contype::text = 'n' AND k.conkey = ARRAY[a.attnum])
          AS not_null_name,
-       pg_get_expr(d.adbin, d.adrelid) AS expression, a.attidentity::text, a.attgenerated::text,
+       CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END AS default,
+       a.attidentity::text AS identity, a.attgenerated::text AS generated,
+       CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END
+         AS generation_expression,
        CASE WHEN a.attcollation <> t.typcollation
             THEN quote_ident(cn.nspname) || '.' || quote_ident(co.collname) END AS collation,
        CASE WHEN a.attstorage <> t.typstorage THEN a.attstorage::text END AS storage,
-       a.attcompression::text AS compression,
+       coalesce(a.attcompression::text, '') AS compression,
        nullif(coalesce(a.attstattarget::int, -1), -1) AS statistics,
-       coalesce(a.attoptions, '{}') AS options,
+       ARRAY(SELECT o FROM unnest(a.attoptions) o WHERE split_part(o, '=', 1) = ANY($2::text[]))
+         AS options,
        col_description(a.attrelid, a.attnum) AS comment,
        coalesce(a.attacl::text[], '{}') AS acl
   FROM pg_attribute a
@@ -312,36 +321,42 @@ SELECT a.attname, a.attnum, format_type(a.atttypid, a.atttypmod) AS type, a.attn
 #: table), the constraint it backs, and whether it is a unique index on the key column alone.
 _INDEXES = """
 SELECT i.relname AS name, i.oid, pg_get_indexdef(i.oid) AS definition,
-       'CREATE ' || CASE WHEN x.indisunique THEN 'UNIQUE ' ELSE '' END || 'INDEX ' ||
-         quote_ident(i.relname) || ' ON ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname) ||
-         ' USING ' AS prefix,
-       am.amname AS method, x.indisunique, x.indisprimary, x.indisvalid,
-       k.conname, k.contype::text, pg_get_constraintdef(k.oid) AS condef,
+       CASE WHEN starts_with(pg_get_indexdef(i.oid), p.prefix)
+            THEN substr(pg_get_indexdef(i.oid), length(p.prefix) + 1) END AS using,
+       am.amname AS method, x.indisunique AS unique, x.indisprimary AS primary,
+       x.indisvalid AS valid, k.conname AS constraint_name, k.contype::text AS constraint_type,
+       pg_get_constraintdef(k.oid) AS constraint_definition,
        obj_description(i.oid, 'pg_class') AS comment,
        obj_description(k.oid, 'pg_constraint') AS constraint_comment,
-       (x.indisunique AND x.indisvalid AND x.indimmediate AND x.indpred IS NULL
-        AND x.indexprs IS NULL AND x.indnkeyatts = 1 AND x.indkey[0] = $2) AS on_key
+       coalesce(x.indisunique AND x.indisvalid AND x.indimmediate AND x.indpred IS NULL
+                AND x.indexprs IS NULL AND x.indnkeyatts = 1 AND x.indkey[0] = $2, false) AS is_key
   FROM pg_index x
   JOIN pg_class i ON i.oid = x.indexrelid
   JOIN pg_class c ON c.oid = x.indrelid
   JOIN pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_am am ON am.oid = i.relam
   LEFT JOIN pg_constraint k ON k.conindid = i.oid AND k.conrelid = c.oid AND k.contype IN ('p', 'u', 'x')
+ CROSS JOIN LATERAL (
+       SELECT 'CREATE ' || CASE WHEN x.indisunique THEN 'UNIQUE ' ELSE '' END || 'INDEX ' ||
+              quote_ident(i.relname) || ' ON ' || quote_ident(n.nspname) || '.' ||
+              quote_ident(c.relname) || ' USING ' AS prefix) p
  WHERE x.indrelid = $1
  ORDER BY x.indisprimary DESC, i.relname
 """
 
 _CONSTRAINTS = """
-SELECT k.conname, k.contype::text, pg_get_constraintdef(k.oid) AS definition, k.convalidated,
-       obj_description(k.oid, 'pg_constraint') AS comment, {enforced} AS enforced
+SELECT k.conname AS name, k.contype::text AS type, pg_get_constraintdef(k.oid) AS definition,
+       k.convalidated AS validated, obj_description(k.oid, 'pg_constraint') AS comment,
+       {enforced} AS enforced
   FROM pg_constraint k
  WHERE k.conrelid = $1 AND k.contype IN ('c', 'f')
  ORDER BY k.contype, k.conname
 """
 
 _SEQUENCES = """
-SELECT sn.nspname, s.relname, a.attname, d.deptype = 'i' AS identity,
-       q.seqstart, q.seqincrement, q.seqmin, q.seqmax, q.seqcache, q.seqcycle
+SELECT sn.nspname AS schema, s.relname AS name, a.attname AS column, d.deptype = 'i' AS identity,
+       q.seqstart AS start, q.seqincrement AS increment, q.seqmin AS minimum, q.seqmax AS maximum,
+       q.seqcache AS cache, q.seqcycle AS cycle
   FROM pg_depend d
   JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
   JOIN pg_namespace sn ON sn.oid = s.relnamespace
@@ -358,10 +373,16 @@ SELECT
          WHERE h.inhrelid = $1 ORDER BY 1) AS parents,
   ARRAY(SELECT h.inhrelid::regclass::text FROM pg_inherits h WHERE h.inhparent = $1 ORDER BY 1)
     AS children,
-  ARRAY(SELECT DISTINCT v.oid::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
-           JOIN pg_class v ON v.oid = r.ev_class
-         WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-           AND d.refobjid = $1 AND v.relkind = 'm' ORDER BY 1) AS materialized,
+  ARRAY(WITH RECURSIVE reader(oid, relkind) AS (
+           SELECT v.oid, v.relkind FROM pg_class v WHERE v.oid = $1
+           UNION
+           SELECT v.oid, v.relkind FROM reader w
+             JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = w.oid
+                             AND d.classid = 'pg_rewrite'::regclass
+             JOIN pg_rewrite r ON r.oid = d.objid
+             JOIN pg_class v ON v.oid = r.ev_class
+            WHERE (w.oid = $1 OR w.relkind = 'v') AND r.ev_class <> w.oid)
+         SELECT oid::regclass::text FROM reader WHERE relkind = 'm' ORDER BY 1) AS materialized,
   ARRAY(SELECT DISTINCT r.rulename || ' on ' || v.oid::regclass::text
           FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class
          WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
@@ -380,8 +401,8 @@ SELECT
 
 #: Other tables' foreign keys referencing the table (``conenforced`` from PostgreSQL 18).
 _INBOUND = """
-SELECT n.nspname, c.relname, k.conname, pg_get_constraintdef(k.oid) AS definition, k.convalidated,
-       {enforced} AS enforced,
+SELECT n.nspname AS schema, c.relname AS table, k.conname AS name,
+       pg_get_constraintdef(k.oid) AS definition, k.convalidated AS validated, {enforced} AS enforced,
        obj_description(k.oid, 'pg_constraint') AS comment,
        pg_has_role(c.relowner, 'USAGE') AS owned,
        (c.relkind = 'p' OR c.relispartition OR k.conparentid <> 0) AS partitioned
@@ -394,7 +415,7 @@ SELECT n.nspname, c.relname, k.conname, pg_get_constraintdef(k.oid) AS definitio
 
 #: The views whose query reads the table itself.
 _VIEWS = """
-SELECT n.nspname, v.relname, pg_get_viewdef(v.oid) AS definition,
+SELECT n.nspname AS schema, v.relname AS name, pg_get_viewdef(v.oid) AS definition,
        coalesce(v.reloptions, '{}') AS options, pg_has_role(v.relowner, 'USAGE') AS owned
   FROM pg_class v
   JOIN pg_namespace n ON n.oid = v.relnamespace
@@ -407,7 +428,7 @@ SELECT n.nspname, v.relname, pg_get_viewdef(v.oid) AS definition,
 
 #: The publications listing the table by name; column lists and row filters from PostgreSQL 15.
 _PUBLICATION_MEMBERS = """
-SELECT p.pubname, pg_has_role(p.pubowner, 'USAGE') AS owned, {extra}
+SELECT p.pubname AS publication, pg_has_role(p.pubowner, 'USAGE') AS owned, {extra}
   FROM pg_publication_rel pr
   JOIN pg_publication p ON p.oid = pr.prpubid
  WHERE pr.prrelid = $1
@@ -449,48 +470,13 @@ async def _read(conn: Connection, oid: int, key: str, migration_id: str) -> Tabl
     assert row is not None  # found by to_regclass in this transaction
     schema, table = row["nspname"], row["relname"]
     columns = tuple(
-        ColumnDefinition(
-            name=c["attname"],
-            attnum=c["attnum"],
-            type=c["type"],
-            not_null=c["attnotnull"],
-            not_null_name=c["not_null_name"],
-            default=None if c["attgenerated"] else c["expression"],
-            identity=c["attidentity"],
-            generated=c["attgenerated"],
-            generation_expression=c["expression"] if c["attgenerated"] else None,
-            collation=c["collation"],
-            storage=c["storage"],
-            compression=c["compression"] or "",
-            statistics=c["statistics"],
-            options=tuple(o for o in c["options"] if o.partition("=")[0] in _COLUMN_OPTIONS),
-            comment=c["comment"],
-            acl=tuple(c["acl"]),
-        )
-        for c in await conn.fetch(_COLUMNS, oid)
+        ColumnDefinition(**dict(r)) for r in await conn.fetch(_COLUMNS, oid, sorted(_COLUMN_OPTIONS))
     )
     key_column = next((column for column in columns if column.name == key), None)
-    indexes = []
-    for r in await conn.fetch(_INDEXES, oid, key_column.attnum if key_column else 0):
-        definition, prefix = r["definition"], r["prefix"]
-        indexes.append(
-            IndexDefinition(
-                name=r["name"],
-                oid=r["oid"],
-                definition=definition,
-                using=definition[len(prefix) :] if definition.startswith(prefix) else None,
-                method=r["method"],
-                unique=r["indisunique"],
-                primary=r["indisprimary"],
-                valid=r["indisvalid"],
-                constraint_name=r["conname"],
-                constraint_type=r["contype"],
-                constraint_definition=r["condef"],
-                comment=r["comment"],
-                constraint_comment=r["constraint_comment"],
-                is_key=bool(r["on_key"]),
-            )
-        )
+    indexes = [
+        IndexDefinition(**dict(r))
+        for r in await conn.fetch(_INDEXES, oid, key_column.attnum if key_column else 0)
+    ]
     # The key's index first (the primary key when it is one; rows come primary key first).
     key_index = next((index for index in indexes if index.is_key), None)
     others = [attrs.evolve(index, is_key=False) for index in indexes if index is not key_index]
@@ -498,63 +484,16 @@ async def _read(conn: Connection, oid: int, key: str, migration_id: str) -> Tabl
     version = int(await conn.fetchval("SELECT current_setting('server_version_num')"))
     enforced = "k.conenforced" if version >= 180000 else "true"
     constraints = tuple(
-        ConstraintDefinition(
-            name=r["conname"],
-            type=r["contype"],
-            definition=r["definition"],
-            validated=r["convalidated"],
-            comment=r["comment"],
-            enforced=r["enforced"],
-        )
-        for r in await conn.fetch(_CONSTRAINTS.format(enforced=enforced), oid)
+        ConstraintDefinition(**dict(r)) for r in await conn.fetch(_CONSTRAINTS.format(enforced=enforced), oid)
     )
-    sequences = tuple(
-        SequenceDefinition(
-            schema=r["nspname"],
-            name=r["relname"],
-            column=r["attname"],
-            identity=r["identity"],
-            start=r["seqstart"],
-            increment=r["seqincrement"],
-            minimum=r["seqmin"],
-            maximum=r["seqmax"],
-            cache=r["seqcache"],
-            cycle=r["seqcycle"],
-        )
-        for r in await conn.fetch(_SEQUENCES, oid)
-    )
+    sequences = tuple(SequenceDefinition(**dict(r)) for r in await conn.fetch(_SEQUENCES, oid))
     inbound = tuple(
-        InboundForeignKey(
-            schema=r["nspname"],
-            table=r["relname"],
-            name=r["conname"],
-            definition=r["definition"],
-            validated=r["convalidated"],
-            enforced=r["enforced"],
-            comment=r["comment"],
-            owned=r["owned"],
-            partitioned=r["partitioned"],
-        )
-        for r in await conn.fetch(_INBOUND.format(enforced=enforced), oid)
+        InboundForeignKey(**dict(r)) for r in await conn.fetch(_INBOUND.format(enforced=enforced), oid)
     )
-    views = tuple(
-        ViewDefinition(
-            schema=r["nspname"],
-            name=r["relname"],
-            definition=r["definition"],
-            options=tuple(r["options"]),
-            owned=r["owned"],
-        )
-        for r in await conn.fetch(_VIEWS, oid)
-    )
+    views = tuple(ViewDefinition(**dict(r)) for r in await conn.fetch(_VIEWS, oid))
     published = _PUBLISHED_SINCE_15 if version >= 150000 else _PUBLISHED_BEFORE_15
     members = tuple(
-        PublicationMember(
-            publication=r["pubname"],
-            columns=tuple(r["columns"]) if r["columns"] is not None else None,
-            row_filter=r["row_filter"],
-            owned=r["owned"],
-        )
+        PublicationMember(**dict(r))
         for r in await conn.fetch(_PUBLICATION_MEMBERS.format(extra=published), oid)
     )
     capture = RewriteNames(migration_id, schema, table, "").capture_trigger
@@ -594,6 +533,7 @@ async def _read(conn: Connection, oid: int, key: str, migration_id: str) -> Tabl
         publications=tuple(hazards["publications"]),
         publication_members=members,
         logical_slots=tuple(hazards["slots"]),
+        by_oid=await read_oid_referrers(conn, oid),
         key_exists=key_column is not None,
         key_not_null=key_column is not None and key_column.not_null,
     )

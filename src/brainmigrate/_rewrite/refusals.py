@@ -14,9 +14,42 @@ def _listed(names: Sequence[str]) -> str:
     return ", ".join(names)
 
 
+def _by_oid_refusals(defn: TableDefinition) -> list[str]:
+    """Why what refers to ``defn``'s table by OID would be left on the old table by the swap."""
+    table = f"{defn.schema}.{defn.table}"
+    found = defn.by_oid
+    reasons: list[str] = []
+    if found.routines:
+        reasons.append(
+            f"functions or procedures with SQL-standard bodies read or write {table} "
+            f"({_listed(found.routines)}); their bodies refer to the table itself, not its name, and "
+            "would go on using the old table after the swap: drop them first, or define them with "
+            "a quoted body (AS '...'), and create them again after the rewrite."
+        )
+    if found.row_type_uses:
+        reasons.append(
+            f"other objects use the row type of {table} ({_listed(found.row_type_uses)}); that type "
+            "stays the old table's after the swap: drop or change them first, and create them "
+            "again after the rewrite."
+        )
+    if found.statistics:
+        reasons.append(
+            f"{table} has extended statistics ({_listed(found.statistics)}), which the swap does not "
+            "carry over: drop them first, and create them again after the rewrite."
+        )
+    if found.others:
+        reasons.append(
+            f"other objects depend on {table} itself ({_listed(found.others)}), and would go on "
+            "depending on the old table after the swap: drop them first, and create them again "
+            "after the rewrite."
+        )
+    return reasons
+
+
 def dependent_refusals(defn: TableDefinition) -> list[str]:
     """Why the swap could not move what depends on ``defn``'s table (other tables' foreign keys,
-    views, publications), one sentence each; empty when it can."""
+    views, publications), or would leave it on the old table (what refers to it by OID), one
+    sentence each; empty when it can."""
     table = f"{defn.schema}.{defn.table}"
     reasons: list[str] = []
     unowned = [k.label for k in defn.inbound_foreign_keys if not k.owned]
@@ -44,6 +77,7 @@ def dependent_refusals(defn: TableDefinition) -> list[str]:
             f"materialized views depend on {table} ({_listed(defn.materialized_views)}); their rows were "
             "computed from the old table: drop them first, and create them again after the rewrite."
         )
+    reasons += _by_oid_refusals(defn)
     if defn.other_rules:
         reasons.append(f"rules of other tables read or write {table} ({_listed(defn.other_rules)}).")
     publications = [m.publication for m in defn.publication_members if not m.owned]
