@@ -1,5 +1,6 @@
-"""The table an online rewrite runs on while the application writes to it, the application's
-recorded writes, and the gates that hold each of the rewrite's phases on the server, not by sleeping.
+"""What the rewrite tests share: the enrichment migration they run as a rewrite, and the table
+an online rewrite runs on while the application writes to it, the application's recorded writes and
+the gates that hold each of the rewrite's phases on the server, not by sleeping.
 
 The table's CHECK constraint and one of its expression indexes call a function that, for memory
 ``HELD``, waits for an advisory lock the test holds: the copy into the shadow and the build of that
@@ -12,12 +13,53 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import asyncpg
 
-from brainmigrate import MigrationConfig, MigrationResult, MigrationStatus
+from brainmigrate import (
+    BulkMemoryItem,
+    MemoryDataMigration,
+    MigrationConfig,
+    MigrationMetadata,
+    MigrationResult,
+    MigrationStatus,
+    MigrationType,
+)
+
+
+def sentiment(content: str) -> str:
+    """The sentiment label the enrichment gives a memory of this content."""
+    return "negative" if "sad" in content else "positive"
+
+
+def enrichment(migration_id: str = "enrich_001", **attributes: Any) -> type[MemoryDataMigration]:
+    """A rewrite labelling each memory's metadata with its sentiment, with ``attributes`` set on it."""
+
+    class Enrich(MemoryDataMigration):
+        strategy: ClassVar[Any] = "rewrite"
+
+        def _get_metadata(self) -> MigrationMetadata:
+            return MigrationMetadata(
+                id=migration_id,
+                name="add a sentiment label",
+                version="1.0.0",
+                migration_type=MigrationType.MEMORY_DATA,
+                reversible=True,
+            )
+
+        async def transform_memory(self, memory: dict[str, Any]) -> BulkMemoryItem | None:
+            metadata = dict(memory["metadata"])
+            if "sentiment" in metadata:
+                return None
+            metadata["sentiment"] = sentiment(memory["content"])
+            return BulkMemoryItem(memory_id=memory["id"], metadata=metadata)
+
+    for name, value in attributes.items():
+        setattr(Enrich, name, value)
+    return Enrich
+
 
 COUNT = 3_000
 #: The memory at which the copy and the gated index build wait while their gate is closed.

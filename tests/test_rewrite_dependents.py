@@ -23,13 +23,11 @@ import pytest
 from brainmigrate import (
     BulkMemoryItem,
     HybridPhase,
-    MemoryDataMigration,
-    MigrationMetadata,
     MigrationStatus,
-    MigrationType,
     MigrationValidationError,
     Migrator,
 )
+from rewrite_support import enrichment, sentiment
 from workers.harness import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -76,28 +74,7 @@ INSERT INTO notes SELECT i FROM generate_series(1, {rows}, 2) AS i;
 """
 
 
-def sentiment(content: str) -> str:
-    return "negative" if "sad" in content else "positive"
-
-
-class Enrich(MemoryDataMigration):
-    strategy: ClassVar[Any] = "rewrite"
-
-    def _get_metadata(self) -> MigrationMetadata:
-        return MigrationMetadata(
-            id="enrich_001",
-            name="add a sentiment label",
-            version="1.0.0",
-            migration_type=MigrationType.MEMORY_DATA,
-            reversible=True,
-        )
-
-    async def transform_memory(self, memory: dict[str, Any]) -> BulkMemoryItem | None:
-        metadata = dict(memory["metadata"])
-        if "sentiment" in metadata:
-            return None
-        metadata["sentiment"] = sentiment(memory["content"])
-        return BulkMemoryItem(memory_id=memory["id"], metadata=metadata)
+Enrich = enrichment()
 
 
 @asynccontextmanager
