@@ -52,6 +52,15 @@ async def create_memories(conn: asyncpg.Connection[Any] | Any, count: int) -> No
     await conn.execute("ANALYZE memories")
 
 
+async def given_memories(pool: asyncpg.Pool[Any] | Any, count: int, *, count_writes: bool = False) -> None:
+    """The memories table with ``count`` memories (see ``create_memories``), made on a connection of
+    ``pool``; its writes counted only with ``count_writes`` (see ``stop_counting_writes``)."""
+    async with pool.acquire() as conn:
+        await create_memories(conn, count)
+        if not count_writes:
+            await stop_counting_writes(conn)
+
+
 async def write_counts(conn: Any) -> dict[int, int]:
     """How many rows were written how many times: {writes: rows}."""
     rows = await conn.fetch("SELECT writes, count(*) FROM memories GROUP BY writes ORDER BY writes")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -123,14 +124,26 @@ async def test_eight_runners_with_a_parallel_data_migration_on_a_pool_of_four_al
         await pool.close()
 
 
+@contextlib.asynccontextmanager
+async def _small_pool_and_the_lock_held_elsewhere(
+    dsn: str,
+) -> AsyncIterator[tuple[asyncpg.Pool[Any], asyncpg.Connection[Any]]]:
+    """A pool of two connections, and a connection of its own holding the runners' lock."""
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=2)
+    holder = await asyncpg.connect(dsn)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", RUNNER_KEY)
+        yield pool, holder
+    finally:
+        await holder.close()
+        await pool.close()
+
+
 async def test_a_runner_waiting_for_the_lock_leaves_the_pool_to_the_application(
     brainmigrate_database: str,
 ) -> None:
     """While a runner waits for a lock held elsewhere, it pins none of the pool's connections."""
-    pool = await asyncpg.create_pool(brainmigrate_database, min_size=2, max_size=2)
-    holder = await asyncpg.connect(brainmigrate_database)
-    try:
-        await holder.execute("SELECT pg_advisory_lock($1)", RUNNER_KEY)
+    async with _small_pool_and_the_lock_held_elsewhere(brainmigrate_database) as (pool, holder):
         migrator = Migrator(pool, [create_table("a", "a")], config=MigrationConfig(lock_wait_seconds=15))
         outcome: list[str] = []
 
@@ -156,19 +169,13 @@ async def test_a_runner_waiting_for_the_lock_leaves_the_pool_to_the_application(
         assert expected_taken == taken
         assert expected_outcome == outcome
         assert await table_exists(pool, "a")
-    finally:
-        await holder.close()
-        await pool.close()
 
 
 async def test_the_lock_held_elsewhere_while_the_pool_is_busy_still_times_out_as_a_lock_timeout(
     brainmigrate_database: str,
 ) -> None:
     """A runner that saw the lock held reports MigrationLockTimeout, even if the pool was busy at the end."""
-    pool = await asyncpg.create_pool(brainmigrate_database, min_size=2, max_size=2)
-    holder = await asyncpg.connect(brainmigrate_database)
-    try:
-        await holder.execute("SELECT pg_advisory_lock($1)", RUNNER_KEY)
+    async with _small_pool_and_the_lock_held_elsewhere(brainmigrate_database) as (pool, _):
         migrator = Migrator(pool, [create_table("a", "a")], config=MigrationConfig(lock_wait_seconds=0.6))
         raised: list[BaseException] = []
 
@@ -187,9 +194,6 @@ async def test_the_lock_held_elsewhere_while_the_pool_is_busy_still_times_out_as
         expected_errors: list[type[BaseException]] = [MigrationLockTimeout]
         assert expected_errors == [type(exc) for exc in raised]
         assert not await table_exists(pool, "a")
-    finally:
-        await holder.close()
-        await pool.close()
 
 
 async def test_a_pool_held_entirely_by_the_application_is_reported_as_exhausted(

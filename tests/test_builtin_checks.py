@@ -29,12 +29,26 @@ from brainmigrate.testing import (
 from helpers import snapshot
 
 SCENARIOS = Path(__file__).parent / "scenarios" / "checks"
+#: The migrations every scenario starts from (the memories table), ahead of its own.
+SHARED = SCENARIOS / "shared"
 EXAMPLES = Path(__file__).parent.parent / "examples" / "second_brain" / "migrations"
+
+
+def migrations_of(scenario: str, directory: Path) -> Path:
+    """Copy a scenario's migrations into ``directory``: the shared ones, then its own."""
+    shutil.copytree(SHARED, directory, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        SCENARIOS / scenario / "migrations",
+        directory,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    return directory
 
 
 def project(pytester: pytest.Pytester, scenario: str, *, sample_data: bool = True) -> Path:
     """Copy a scenario into pytester's directory: its migrations, and its sample data as conftest.py."""
-    shutil.copytree(SCENARIOS / scenario / "migrations", pytester.path / "migrations")
+    migrations_of(scenario, pytester.path / "migrations")
     sample = SCENARIOS / scenario / "sample_data.py"
     if sample_data and sample.exists():
         shutil.copy(sample, pytester.path / "conftest.py")
@@ -144,7 +158,7 @@ def test_one_line_test_module_runs_the_same_checks(pytester: pytest.Pytester, br
 def test_a_subclass_checks_the_migrations_it_names(pytester: pytest.Pytester, brainmigrate_dsn: str) -> None:
     """``migrations`` on a StandardChecks subclass overrides the configured migrations."""
     project(pytester, "good")
-    shutil.copytree(SCENARIOS / "irreversible" / "migrations", pytester.path / "other")
+    migrations_of("irreversible", pytester.path / "other")
     pytester.makepyfile(
         test_other="""
         from pytest_brainmigrate import StandardChecks
@@ -310,12 +324,14 @@ async def test_run_checks_passes_on_the_examples(brainmigrate_pool: asyncpg.Pool
 
 @pytest.mark.anyio
 async def test_check_stairway_raises_a_typed_error_naming_the_migration(
-    brainmigrate_pool: asyncpg.Pool[Any],
+    brainmigrate_pool: asyncpg.Pool[Any], tmp_path: Path
 ) -> None:
     """check_stairway raises MigrationCheckError, an AssertionError, carrying the check, the
     migration and the diff."""
+    migrations = migrations_of("irreversible", tmp_path / "migrations")
+
     with pytest.raises(MigrationCheckError) as caught:
-        await check_stairway(brainmigrate_pool, SCENARIOS / "irreversible" / "migrations")
+        await check_stairway(brainmigrate_pool, migrations)
 
     assert isinstance(caught.value, AssertionError)
     assert (caught.value.check, caught.value.migration_ids) == ("stairway", ("add_archived",))
@@ -323,10 +339,12 @@ async def test_check_stairway_raises_a_typed_error_naming_the_migration(
 
 
 @pytest.mark.anyio
-async def test_check_kinds_needs_no_database() -> None:
+async def test_check_kinds_needs_no_database(tmp_path: Path) -> None:
     """check_kinds reads the migrations only, and names every migration declaring the wrong kind."""
+    migrations = migrations_of("wrong_kind", tmp_path / "migrations")
+
     with pytest.raises(MigrationCheckError) as caught:
-        await check_kinds(SCENARIOS / "wrong_kind" / "migrations")
+        await check_kinds(migrations)
 
     assert caught.value.migration_ids == ("lowercase_content", "trim_content")
     assert len(caught.value.problems) == 2
@@ -334,10 +352,10 @@ async def test_check_kinds_needs_no_database() -> None:
 
 @pytest.mark.anyio
 async def test_check_heads_fails_on_several_heads_only_when_asked(
-    brainmigrate_pool: asyncpg.Pool[Any],
+    brainmigrate_pool: asyncpg.Pool[Any], tmp_path: Path
 ) -> None:
     """check_heads passes two independent branches, and with single_head=True fails on them."""
-    migrations = SCENARIOS / "two_heads" / "migrations"
+    migrations = migrations_of("two_heads", tmp_path / "migrations")
 
     await check_heads(brainmigrate_pool, migrations)
     with pytest.raises(MigrationCheckError, match=r"several_heads \(create_links, create_tags\)"):
@@ -345,10 +363,14 @@ async def test_check_heads_fails_on_several_heads_only_when_asked(
 
 
 @pytest.mark.anyio
-async def test_check_upgrade_names_the_migration_that_fails(brainmigrate_pool: asyncpg.Pool[Any]) -> None:
+async def test_check_upgrade_names_the_migration_that_fails(
+    brainmigrate_pool: asyncpg.Pool[Any], tmp_path: Path
+) -> None:
     """check_upgrade on the conflicting branches: the second to run cannot apply, and is named."""
+    migrations = migrations_of("conflict", tmp_path / "migrations")
+
     with pytest.raises(MigrationCheckError) as caught:
-        await check_upgrade(brainmigrate_pool, SCENARIOS / "conflict" / "migrations")
+        await check_upgrade(brainmigrate_pool, migrations)
 
     assert (caught.value.check, caught.value.migration_ids) == ("upgrade", ("widen_content",))
     assert 'column "content" of relation "memories" does not exist' in str(caught.value)
@@ -356,14 +378,16 @@ async def test_check_upgrade_names_the_migration_that_fails(brainmigrate_pool: a
 
 @pytest.mark.anyio
 async def test_sample_data_mapping_loads_before_the_named_migration(
-    brainmigrate_pool: asyncpg.Pool[Any],
+    brainmigrate_pool: asyncpg.Pool[Any], tmp_path: Path
 ) -> None:
     """A mapping of migration ids to loaders: the loader runs just before its migration, whose dry
     run then fails on the memory without a priority."""
+    migrations = migrations_of("failing_dry_run", tmp_path / "migrations")
+
     with pytest.raises(MigrationCheckError) as caught:
         await check_dry_runs(
             brainmigrate_pool,
-            SCENARIOS / "failing_dry_run" / "migrations",
+            migrations,
             sample_data={"score_importance": memories_without_priority},
         )
 
@@ -373,7 +397,7 @@ async def test_sample_data_mapping_loads_before_the_named_migration(
 
 @pytest.mark.anyio
 async def test_a_failing_sample_loader_fails_the_dry_run_and_keeps_nothing(
-    brainmigrate_pool: asyncpg.Pool[Any],
+    brainmigrate_pool: asyncpg.Pool[Any], tmp_path: Path
 ) -> None:
     """A loader that raises: the dry-run check of the migration it came before fails saying so, and
     nothing it wrote stays (the stairway after it still passes)."""
@@ -383,7 +407,7 @@ async def test_a_failing_sample_loader_fails_the_dry_run_and_keeps_nothing(
         raise RuntimeError("the fixture file is missing")
 
     report = await run_checks(
-        brainmigrate_pool, SCENARIOS / "good" / "migrations", sample_data=half_then_fail
+        brainmigrate_pool, migrations_of("good", tmp_path / "migrations"), sample_data=half_then_fail
     )
 
     assert [(o.check, o.migration_id) for o in report.failures] == [(Check.DRY_RUN, "tag_source")]
@@ -414,16 +438,15 @@ async def test_a_failing_sample_loader_fails_the_dry_run_and_keeps_nothing(
     ],
 )
 async def test_bad_sample_data_is_refused_before_anything_runs(
-    brainmigrate_pool: asyncpg.Pool[Any], sample_data: Any, message: str
+    brainmigrate_pool: asyncpg.Pool[Any], tmp_path: Path, sample_data: Any, message: str
 ) -> None:
     """Sample data naming a migration that is not pending, or not a callable: ConfigError saying
     what to give, and the database as it was."""
+    migrations = migrations_of("failing_dry_run", tmp_path / "migrations")
     before = await snapshot(brainmigrate_pool)
 
     with pytest.raises(ConfigError) as caught:
-        await run_checks(
-            brainmigrate_pool, SCENARIOS / "failing_dry_run" / "migrations", sample_data=sample_data
-        )
+        await run_checks(brainmigrate_pool, migrations, sample_data=sample_data)
 
     assert str(caught.value) == message
     assert await snapshot(brainmigrate_pool) == before

@@ -38,6 +38,7 @@ from brainmigrate._engine import sql as run_sql
 from brainmigrate.testing import fingerprint
 from data_support import (
     create_memories,
+    given_memories,
     key_at,
     memory_migration,
     meta,
@@ -78,11 +79,6 @@ class TooManyRequests(Exception):
             self.response = Response(headers)
 
 
-async def given_memories(pool: Any, count: int) -> None:
-    async with pool.acquire() as conn:
-        await create_memories(conn, count)
-
-
 # -- what a transform is given --------------------------------------------------------------------
 
 
@@ -92,7 +88,7 @@ async def test_a_transform_gets_each_column_as_the_pool_reads_it_with_json_parse
     """Items carry the values asyncpg gives the user's pool for each column (the uuid key as a UUID,
     numeric as Decimal, real[] as a list), except JSONB, which arrives parsed although the pool has
     no JSON codec."""
-    await given_memories(brainmigrate_pool, 20)
+    await given_memories(brainmigrate_pool, 20, count_writes=True)
     await brainmigrate_pool.execute("UPDATE memories SET embedding = ARRAY[0.5, 0.25]::real[]")
     seen: list[dict[str, Any]] = []
 
@@ -129,7 +125,7 @@ async def test_items_whose_transform_raises_are_recorded_and_the_others_committe
 ) -> None:
     """With continue_on_error, the run completes; the failing items are counted, listed with their
     error and attempts, and left alone; every other item is written once."""
-    await given_memories(brainmigrate_pool, 500)
+    await given_memories(brainmigrate_pool, 500, count_writes=True)
 
     async def transform(memory: dict[str, Any]) -> BulkMemoryItem:
         if memory["metadata"]["n"] % 7 == 0:
@@ -164,7 +160,7 @@ async def test_a_write_the_database_refuses_is_isolated_from_its_neighbours(brai
     """An importance_score of 5 breaks the table's CHECK: with continue_on_error only those memories
     fail (found through savepoints); their neighbours in the same batch are written, and the result
     reports exactly what was committed."""
-    await given_memories(brainmigrate_pool, 500)
+    await given_memories(brainmigrate_pool, 500, count_writes=True)
 
     async def rescore(memory: dict[str, Any]) -> BulkMemoryItem:
         score = 5 if memory["metadata"]["n"] % 50 == 0 else 0.9
@@ -282,7 +278,7 @@ async def test_a_retryable_transform_failing_30_percent_of_calls_still_writes_ev
     brainmigrate_pool: Any,
 ) -> None:
     """Exceptions listed in retry_on are retried; every item ends up transformed and written once."""
-    await given_memories(brainmigrate_pool, 300)
+    await given_memories(brainmigrate_pool, 300, count_writes=True)
     rng = random.Random(20240601)
     calls = Counter[str]()
     succeeded = Counter[Any]()
@@ -320,7 +316,7 @@ async def test_a_retry_waits_at_least_as_long_as_the_error_asks(
 ) -> None:
     """A 429 carrying retry_after (or a response with a Retry-After header) delays its retry by at
     least that long, although the retry policy itself would not wait at all."""
-    await given_memories(brainmigrate_pool, 5)
+    await given_memories(brainmigrate_pool, 5, count_writes=True)
     tries: dict[Any, list[float]] = {}
 
     async def limited(memory: dict[str, Any]) -> BulkMemoryItem:
@@ -340,7 +336,7 @@ async def test_a_retry_waits_at_least_as_long_as_the_error_asks(
 
 async def test_rate_limit_bounds_transform_calls_per_second(brainmigrate_pool: Any) -> None:
     """rate_limit=100 spaces 60 calls (8 allowed in flight) over at least ~0.59 s."""
-    await given_memories(brainmigrate_pool, 60)
+    await given_memories(brainmigrate_pool, 60, count_writes=True)
     started: list[float] = []
 
     async def timed(memory: dict[str, Any]) -> BulkMemoryItem:
@@ -362,7 +358,7 @@ async def test_rate_limit_bounds_transform_calls_per_second(brainmigrate_pool: A
 
 async def test_a_pause_asked_for_by_throttle_is_honoured(brainmigrate_pool: Any) -> None:
     """throttle() is asked before each batch; the batch is transformed only after the pause asked for."""
-    await given_memories(brainmigrate_pool, 100)
+    await given_memories(brainmigrate_pool, 100, count_writes=True)
     events: list[tuple[str, float]] = []
 
     async def timed(memory: dict[str, Any]) -> BulkMemoryItem:
@@ -391,7 +387,7 @@ async def test_transform_batch_gets_transform_batch_size_items_and_concurrency_i
     brainmigrate_pool: Any,
 ) -> None:
     """Pages of 100 are cut into calls of 16 (the last shorter); 3 calls run at once, never more."""
-    await given_memories(brainmigrate_pool, 250)
+    await given_memories(brainmigrate_pool, 250, count_writes=True)
     sizes: list[int] = []
     in_flight = Counter[str]()
 
@@ -422,7 +418,7 @@ async def test_transform_batch_gets_transform_batch_size_items_and_concurrency_i
 
 async def test_concurrency_bounds_transform_memory_calls_in_flight(brainmigrate_pool: Any) -> None:
     """With concurrency=5, five transform_memory calls overlap, never six."""
-    await given_memories(brainmigrate_pool, 100)
+    await given_memories(brainmigrate_pool, 100, count_writes=True)
     in_flight = Counter[str]()
 
     async def slow(memory: dict[str, Any]) -> BulkMemoryItem:
@@ -473,7 +469,7 @@ async def test_a_run_out_of_time_stops_at_a_batch_boundary_and_is_reversed(brain
 
 async def test_a_run_out_of_time_without_rollback_is_left_resumable(brainmigrate_pool: Any) -> None:
     """Without enable_rollback a timed-out run keeps whole batches only, and execute() finishes it."""
-    await given_memories(brainmigrate_pool, 200)
+    await given_memories(brainmigrate_pool, 200, count_writes=True)
     migrator = Migrator(brainmigrate_pool, [memory_migration(transform=slow_tag(0.01))])
     config = MigrationConfig(
         batch_size=20, checkpoint_frequency=20, concurrency=1, timeout_seconds=0.5, enable_rollback=False
@@ -507,7 +503,7 @@ async def test_a_run_out_of_time_without_rollback_is_left_resumable(brainmigrate
 async def test_a_dry_run_transforms_a_sample_and_writes_nothing(brainmigrate_pool: Any) -> None:
     """dry_run transforms dry_run_sample items, shows before/after examples, and leaves the database
     and the history untouched."""
-    await given_memories(brainmigrate_pool, 200)
+    await given_memories(brainmigrate_pool, 200, count_writes=True)
     before = await snapshot(brainmigrate_pool)
     migrator = Migrator(brainmigrate_pool, [memory_migration()])
 
@@ -530,7 +526,7 @@ async def test_a_dry_run_transforms_a_sample_and_writes_nothing(brainmigrate_poo
 async def test_on_progress_follows_each_checkpoint(brainmigrate_pool: Any) -> None:
     """After each checkpoint on_progress gets the items processed so far, the total, a rate and an
     ETA; afterwards migrator.progress() reports the finished run."""
-    await given_memories(brainmigrate_pool, 600)
+    await given_memories(brainmigrate_pool, 600, count_writes=True)
     seen: list[Progress] = []
 
     async def on_progress(progress: Progress) -> None:
@@ -620,7 +616,7 @@ async def test_batch_spans_are_children_of_the_migration_span_and_metrics_count_
     size and failed items; the items.processed / items.failed counters and the batch.duration
     histogram record the same run."""
     spans, reader = telemetry
-    await given_memories(brainmigrate_pool, 250)
+    await given_memories(brainmigrate_pool, 250, count_writes=True)
 
     async def transform(memory: dict[str, Any]) -> BulkMemoryItem:
         if memory["metadata"]["n"] % 25 == 0:
@@ -659,7 +655,7 @@ async def test_there_is_one_batch_span_per_committed_batch(
     """A run of 5 batches exports 5 batch spans, each with its size and failed count: reading the
     empty page that ends the key range is not a batch."""
     spans, _ = telemetry
-    await given_memories(brainmigrate_pool, 250)
+    await given_memories(brainmigrate_pool, 250, count_writes=True)
     migration_id = "counted_batches_001"
     migrator = Migrator(brainmigrate_pool, [memory_migration(migration_id)])
 

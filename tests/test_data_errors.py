@@ -26,10 +26,10 @@ from brainmigrate import (
 from brainmigrate.testing import fingerprint
 from data_support import (
     create_memories,
+    given_memories,
     key_at,
     memory_migration,
     meta,
-    stop_counting_writes,
     tag,
     write_counts,
 )
@@ -38,12 +38,6 @@ from helpers import create_table, history_rows, snapshot
 pytestmark = pytest.mark.anyio
 
 MIGRATION = "tag_memories_001"
-
-
-async def given_memories(pool: Any, count: int) -> None:
-    async with pool.acquire() as conn:
-        await create_memories(conn, count)
-        await stop_counting_writes(conn)
 
 
 # -- a source that does not fit the table ----------------------------------------------------------

@@ -34,10 +34,10 @@ from brainmigrate._engine import sql as run_sql
 from brainmigrate.testing import fingerprint
 from data_support import (
     create_memories,
+    given_memories,
     key_at,
     memory_migration,
     meta,
-    stop_counting_writes,
     tag,
     tagged_count,
 )
@@ -46,12 +46,6 @@ from helpers import history_rows, snapshot
 pytestmark = pytest.mark.anyio
 
 MIGRATION = "tag_memories_001"
-
-
-async def given_memories(pool: Any, count: int) -> None:
-    async with pool.acquire() as conn:
-        await create_memories(conn, count)
-        await stop_counting_writes(conn)
 
 
 async def metadata_of(pool: Any, key: str) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +22,15 @@ import attrs
 import pytest
 
 from brainmigrate import HybridPhase, MigrationConfig, MigrationExecutionError, MigrationStatus, Migrator
-from workers.harness import WORKERS, backends_running, finish, migrations_dir, sigkill, stop, wait_until
+from workers.harness import (
+    backends_running,
+    finish,
+    migrations_dir,
+    sigkill,
+    start_role_worker,
+    stop,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -73,13 +80,11 @@ async def _start_worker(
     *options: str,
     name: str = WORKER_NAME,
 ) -> asyncio.subprocess.Process:
-    args = [str(WORKERS / "hybrid_worker.py"), dsn, str(migrations_dir(MIGRATIONS)), *options]
+    args = list(options)
     for setting, value in settings.items():
         args += ["--setting", f"{setting}={value}"]
     args += [f"--batch-size={BATCH}", f"--batch-delay={batch_delay}", f"--application-name={name}"]
-    return await asyncio.create_subprocess_exec(
-        sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
+    return await start_role_worker("hybrid_worker.py", dsn, MIGRATIONS, *args)
 
 
 async def _committed(pool: asyncpg.Pool[Any]) -> int:

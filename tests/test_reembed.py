@@ -131,6 +131,17 @@ def _statuses(generations: list[EmbeddingGeneration]) -> list[tuple[str, Generat
     return [(g.model.name, g.status) for g in generations]
 
 
+async def _assert_rolled_back(pool: asyncpg.Pool[Any], migrator: Migrator, before: Fingerprint) -> None:
+    """The re-embedding rolled back: the user's tables as ``before``, and the old model's generation
+    active again, the new one's rolled back."""
+    await _assert_untouched(pool, before)
+    assert await migrator.hybrid_phase(REEMBED) is HybridPhase.ROLLED_BACK
+    assert _statuses(await migrator.embedding_generations()) == [
+        ("unknown", GenerationStatus.ACTIVE),
+        (TOY.name, GenerationStatus.ROLLED_BACK),
+    ]
+
+
 class Overloaded(Exception):
     """What a rate-limited model API raises."""
 
@@ -177,12 +188,7 @@ async def test_a_model_answering_wrongly_is_refused_compensated_and_nothing_is_l
     assert isinstance(raised.value, BrainMigrateError)
     assert "nothing of this batch was written. Fix the model call" in str(raised.value)
     assert "was compensated" in str(raised.value)
-    await _assert_untouched(brainmigrate_pool, before)
-    assert await migrator.hybrid_phase(REEMBED) is HybridPhase.ROLLED_BACK
-    assert _statuses(await migrator.embedding_generations()) == [
-        ("unknown", GenerationStatus.ACTIVE),
-        (TOY.name, GenerationStatus.ROLLED_BACK),
-    ]
+    await _assert_rolled_back(brainmigrate_pool, migrator, before)
     assert await migrator.embedding_model() == EmbeddingModel(name="unknown", dimensions=OLD_DIMENSIONS)
 
 
@@ -439,12 +445,7 @@ async def test_a_rollback_behind_the_long_transaction_fails_cleanly_and_succeeds
 
     await migrator.rollback(REEMBED)
 
-    await _assert_untouched(brainmigrate_pool, original)
-    assert await migrator.hybrid_phase(REEMBED) is HybridPhase.ROLLED_BACK
-    assert _statuses(await migrator.embedding_generations()) == [
-        ("unknown", GenerationStatus.ACTIVE),
-        (TOY.name, GenerationStatus.ROLLED_BACK),
-    ]
+    await _assert_rolled_back(brainmigrate_pool, migrator, original)
 
 
 # -- a declaration that does not fit the table -----------------------------------------------
@@ -640,12 +641,7 @@ async def test_a_rollback_before_contract_switches_the_names_back_and_restores_t
 
     await migrator.rollback(REEMBED)
 
-    await _assert_untouched(brainmigrate_pool, original)
-    assert await migrator.hybrid_phase(REEMBED) is HybridPhase.ROLLED_BACK
-    assert _statuses(await migrator.embedding_generations()) == [
-        ("unknown", GenerationStatus.ACTIVE),
-        (TOY.name, GenerationStatus.ROLLED_BACK),
-    ]
+    await _assert_rolled_back(brainmigrate_pool, migrator, original)
     assert await migrator.embedding_model() == EmbeddingModel(name="unknown", dimensions=OLD_DIMENSIONS)
 
 

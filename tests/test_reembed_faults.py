@@ -18,7 +18,6 @@ import asyncio
 import json
 import signal
 import struct
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,7 +32,6 @@ import pytest
 from brainmigrate import GenerationStatus, HybridPhase, MigrationConfig, MigrationStatus, Migrator
 from reembed_support import columns, create_store, indexes, toy_vector, vectors
 from workers.harness import (
-    WORKERS,
     applied,
     committed,
     end_sessions_named,
@@ -41,6 +39,7 @@ from workers.harness import (
     migrations_dir,
     sessions_named,
     sigkill,
+    start_role_worker,
     stop,
     wait_until,
 )
@@ -131,17 +130,14 @@ async def _store(pool: asyncpg.Pool[Any]) -> Store:
 async def _start_worker(
     dsn: str, log: Path, *options: str, name: str = WORKER_NAME
 ) -> asyncio.subprocess.Process:
-    args = [
-        str(WORKERS / "reembed_worker.py"),
+    return await start_role_worker(
+        "reembed_worker.py",
         dsn,
-        str(migrations_dir(MIGRATIONS)),
+        MIGRATIONS,
         f"--batch-size={BATCH}",
         f"--embed-log={log}",
         f"--application-name={name}",
         *options,
-    ]
-    return await asyncio.create_subprocess_exec(
-        sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
 
 

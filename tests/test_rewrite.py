@@ -16,7 +16,6 @@ from brainmigrate import (
     DatabaseDataMigration,
     DataSource,
     HybridPhase,
-    MemoryDataMigration,
     MemoryStructureMigration,
     MigrationConfig,
     MigrationMetadata,
@@ -27,6 +26,7 @@ from brainmigrate import (
     Migrator,
 )
 from brainmigrate import structure as s
+from rewrite_support import enrichment, sentiment
 
 pytestmark = pytest.mark.anyio
 
@@ -55,35 +55,6 @@ async def create_store(pool: asyncpg.Pool[Any], count: int) -> None:
     head, insert = STORE.split(";\nINSERT")
     await pool.execute(head)
     await pool.execute("INSERT" + insert, count)
-
-
-def sentiment(content: str) -> str:
-    return "negative" if "sad" in content else "positive"
-
-
-def enrichment(migration_id: str = "enrich_001", **attributes: Any) -> type[MemoryDataMigration]:
-    class Enrich(MemoryDataMigration):
-        strategy: ClassVar[Any] = "rewrite"
-
-        def _get_metadata(self) -> MigrationMetadata:
-            return MigrationMetadata(
-                id=migration_id,
-                name="add a sentiment label",
-                version="1.0.0",
-                migration_type=MigrationType.MEMORY_DATA,
-                reversible=True,
-            )
-
-        async def transform_memory(self, memory: dict[str, Any]) -> BulkMemoryItem | None:
-            metadata = dict(memory["metadata"])
-            if "sentiment" in metadata:
-                return None
-            metadata["sentiment"] = sentiment(memory["content"])
-            return BulkMemoryItem(memory_id=memory["id"], metadata=metadata)
-
-    for name, value in attributes.items():
-        setattr(Enrich, name, value)
-    return Enrich
 
 
 async def rows(pool: asyncpg.Pool[Any]) -> dict[int, tuple[str, dict[str, Any], str | None]]:

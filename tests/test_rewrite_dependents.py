@@ -26,15 +26,13 @@ import pytest
 from brainmigrate import (
     BulkMemoryItem,
     HybridPhase,
-    MemoryDataMigration,
-    MigrationMetadata,
     MigrationStatus,
-    MigrationType,
     MigrationValidationError,
     Migrator,
 )
 from brainmigrate.embedded import EmbeddedPostgres
 from helpers import snapshot
+from rewrite_support import enrichment, sentiment
 from workers.harness import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -81,28 +79,7 @@ INSERT INTO notes SELECT i FROM generate_series(1, {rows}, 2) AS i;
 """
 
 
-def sentiment(content: str) -> str:
-    return "negative" if "sad" in content else "positive"
-
-
-class Enrich(MemoryDataMigration):
-    strategy: ClassVar[Any] = "rewrite"
-
-    def _get_metadata(self) -> MigrationMetadata:
-        return MigrationMetadata(
-            id="enrich_001",
-            name="add a sentiment label",
-            version="1.0.0",
-            migration_type=MigrationType.MEMORY_DATA,
-            reversible=True,
-        )
-
-    async def transform_memory(self, memory: dict[str, Any]) -> BulkMemoryItem | None:
-        metadata = dict(memory["metadata"])
-        if "sentiment" in metadata:
-            return None
-        metadata["sentiment"] = sentiment(memory["content"])
-        return BulkMemoryItem(memory_id=memory["id"], metadata=metadata)
+Enrich = enrichment()
 
 
 @asynccontextmanager
@@ -349,7 +326,8 @@ async def test_a_write_to_a_referencing_table_under_way_holds_the_swap_back_with
     migrator = Migrator(pool, [Enrich])
     waiting = (
         "SELECT EXISTS (SELECT FROM pg_locks WHERE relation = 'links'::regclass "
-        "AND mode = 'AccessExclusiveLock' AND NOT granted)"
+        "AND mode = 'AccessExclusiveLock' AND NOT granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
     )
     application = await asyncpg.connect(brainmigrate_database)
     try:
@@ -403,7 +381,8 @@ async def test_a_deadlock_with_the_application_ends_the_swaps_try_and_the_next_t
     migrator = Migrator(pool, [EnrichOnceLetThrough])
     swap_waits = (
         "SELECT EXISTS (SELECT FROM pg_locks WHERE relation = 'memories'::regclass "
-        "AND mode = 'AccessExclusiveLock' AND NOT granted)"
+        "AND mode = 'AccessExclusiveLock' AND NOT granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"
     )
     deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
     await pool.execute("SELECT pg_stat_clear_snapshot()")

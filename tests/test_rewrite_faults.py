@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,12 +32,12 @@ import pytest
 
 from brainmigrate import HybridPhase, MigrationConfig, MigrationStatus, Migrator
 from workers.harness import (
-    WORKERS,
     applied,
     committed,
     end_sessions_named,
     migrations_dir,
     sigkill,
+    start_role_worker,
     stop,
     wait_until,
 )
@@ -211,16 +210,13 @@ def _capture_installed(triggers: list[tuple[str, str]], table: str) -> bool:
 
 
 async def _start_worker(dsn: str, *options: str) -> asyncio.subprocess.Process:
-    args = [
-        str(WORKERS / "rewrite_worker.py"),
+    return await start_role_worker(
+        "rewrite_worker.py",
         dsn,
-        str(migrations_dir(MIGRATIONS)),
+        MIGRATIONS,
         f"--batch-size={BATCH}",
         f"--application-name={WORKER_NAME}",
         *options,
-    ]
-    return await asyncio.create_subprocess_exec(
-        sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
 
 

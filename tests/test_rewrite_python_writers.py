@@ -19,7 +19,7 @@ memory ends labelled. Abandoned after the swap, nothing is undone: the rewritten
 place with every memory, the original is kept, and the rewrite can still be carried on to
 contract, or rolled back (swapped back), a refusal saying how.
 
-Each phase is held on the server, not by sleeping (see ``test_rewrite_writers``): the table's
+Each phase is held on the server, not by sleeping (see ``rewrite_support``): the table's
 CHECK constraint and an expression index call a function that waits, for memory ``HELD``, for an
 advisory lock the test holds, while the application's own connection passes freely.
 """
@@ -42,28 +42,28 @@ from brainmigrate import (
     MemoryDataMigration,
     MigrationConfig,
     MigrationMetadata,
+    MigrationResult,
     MigrationStatus,
     MigrationType,
     Migrator,
 )
 from brainmigrate._rewrite.replay import REPLAY_BATCH
-from test_rewrite import tables
-from test_rewrite_faults import _nothing_of_the_rewrite_left as nothing_of_the_rewrite_left
-from test_rewrite_writers import (
+from rewrite_support import (
     CONFIG,
-    COPY_GATE,
     COUNT,
-    INDEX_GATE,
     Application,
     Metadata,
     Rewrite,
     Row,
     create_store,
+    gated,
     slugs,
     stored,
     swapped,
     until,
 )
+from test_rewrite import tables
+from test_rewrite_faults import _nothing_of_the_rewrite_left as nothing_of_the_rewrite_left
 
 pytestmark = pytest.mark.anyio
 
@@ -142,31 +142,21 @@ async def gated_rewrite(
     """Run the labelling (up to the swap) in a task of a runner of its own, the copy and the gated
     index build held at memory HELD until the test opens them; the application writes on a
     connection of its own."""
-    control = await asyncpg.connect(dsn)
-    conn = await asyncpg.connect(dsn)
     runner = Runner(
         await asyncpg.create_pool(dsn, min_size=1, max_size=5, server_settings={"application_name": RUNNER})
     )
+    migrator = Migrator(runner.pool, [labelling()])
+
+    async def run() -> list[MigrationResult]:
+        with runner.scope:
+            return await migrator.run_pending(config=config)
+        return []  # interrupted: no results
+
     try:
-        await conn.execute("SET application.writer = 'on'")
-        await control.execute(
-            "SELECT pg_advisory_lock($1, 0), pg_advisory_lock($2, 0)", COPY_GATE, INDEX_GATE
-        )
-        rewrite = Rewrite(control, await control.fetchval("SELECT 'memories'::regclass::oid"))
-        migrator = Migrator(runner.pool, [labelling()])
-
-        async def run() -> None:
-            with runner.scope:
-                rewrite.results = await migrator.run_pending(config=config)
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(run)
+        async with gated(dsn, run) as (rewrite, conn):
             yield rewrite, Application(conn, start), runner
-            await control.execute("SELECT pg_advisory_unlock_all()")
     finally:
         runner.pool.terminate()
-        await conn.close()
-        await control.close()
 
 
 async def test_unique_values_moved_and_exchanged_during_a_python_rewrite_end_as_last_written_and_labelled(

@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 
 from brainmigrate import MigrationStatus, Migrator
+from rewrite_support import reverse_logged, the_old_table
 from test_rewrite import create_store, enrichment, rows, tables
-from test_rewrite_writers import reverse_logged, the_old_table
 
 pytestmark = pytest.mark.anyio
 

@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-import anyio
 import asyncpg
 import pytest
 
+import rewrite_support
 from brainmigrate import (
     DataSource,
     HybridPhase,
     MemoryStructureMigration,
-    MigrationConfig,
     MigrationMetadata,
     MigrationResult,
     MigrationStatus,
@@ -41,55 +39,27 @@ from brainmigrate import (
 )
 from brainmigrate import structure as s
 from brainmigrate._rewrite.replay import REPLAY_LAG
+from rewrite_support import (
+    CONFIG,
+    COUNT,
+    HELD,
+    Metadata,
+    Rewrite,
+    Row,
+    create_store,
+    gated,
+    metadata_of,
+    reverse_logged,
+    slugs,
+    stored,
+    swapped,
+    the_old_table,
+)
 from test_rewrite import tables
 
 pytestmark = pytest.mark.anyio
 
 MIGRATION = "restructure_001"
-COUNT = 3_000
-#: The memory at which the copy and the gated index build wait while their gate is closed.
-HELD = 1_500
-#: The advisory locks (key1, 0) closing the gates: the copy's, and the index build's.
-COPY_GATE, INDEX_GATE = 1, 2
-#: Ranges of 200 keys, each committed on its own: the copy is part done when it stops at HELD.
-CONFIG = MigrationConfig(batch_size=200, checkpoint_frequency=200, statement_lock_timeout_ms=60_000)
-#: How long a phase may take to be reached, at most.
-WAIT_SECONDS = 30.0
-
-STORE = f"""
-CREATE FUNCTION gate(gate int, key bigint) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
-BEGIN
-    IF key = {HELD} AND coalesce(current_setting('application.writer', true), '') <> 'on' THEN
-        PERFORM pg_advisory_xact_lock_shared(gate, 0);
-    END IF;
-    RETURN true;
-END
-$$;
-CREATE TABLE memories (
-    id       bigserial PRIMARY KEY,
-    content  text NOT NULL,
-    metadata jsonb,
-    slug     text,
-    CONSTRAINT copied_through_the_gate CHECK (gate({COPY_GATE}, id))
-);
-CREATE INDEX memories_metadata_idx ON memories USING gin (metadata);
-CREATE INDEX memories_gated_idx ON memories ((gate({INDEX_GATE}, id)));
-"""
-
-Metadata = Any  # a JSON value, or None for SQL NULL
-Row = tuple[str, Metadata]
-
-
-def metadata_of(i: int) -> dict[str, Any]:
-    """The metadata memory ``i`` starts with."""
-    document: dict[str, Any] = {"n": i}
-    if i % 3 == 0:
-        document["mood"] = "calm" if i % 2 else "tense"
-    if i % 5 == 0:
-        document["analysis"] = {"score": i % 7}
-    if i % 11 == 0:
-        document["schema_version"] = 1
-    return document
 
 
 def restructured(metadata: Metadata) -> Metadata:
@@ -150,218 +120,12 @@ def restructuring(migration_id: str = MIGRATION, **attributes: Any) -> type[Memo
     return Restructure
 
 
-async def the_old_table(pool: asyncpg.Pool[Any]) -> str:
-    """The name of the original table, kept beside the rewritten one since the swap."""
-    name: str = await pool.fetchval("SELECT relname FROM pg_class WHERE relname LIKE 'bm\\_old\\_%'")
-    return name
-
-
-async def reverse_logged(pool: asyncpg.Pool[Any]) -> int:
-    """The keys the reverse change log holds, for a swap back to replay."""
-    log = await pool.fetchval(
-        "SELECT format('%I.%I', relnamespace::regnamespace, relname) FROM pg_class "
-        "WHERE relname LIKE 'rewrite\\_back\\_%' AND relkind = 'r'"
-    )
-    count: int = await pool.fetchval(f"SELECT count(*) FROM {log}")
-    return count
-
-
-def encoded(metadata: Metadata) -> str | None:
-    return None if metadata is None else json.dumps(metadata)
-
-
-async def create_store(pool: asyncpg.Pool[Any], *, unique_slugs: bool = False) -> dict[int, Row]:
-    """The table with ``COUNT`` memories (each with its slug, unique if asked); their content and
-    metadata by key."""
-    await pool.execute(STORE)
-    if unique_slugs:
-        await pool.execute("ALTER TABLE memories ADD CONSTRAINT memories_slug_key UNIQUE (slug)")
-    start = {i: (f"memory {i}", metadata_of(i)) for i in range(1, COUNT + 1)}
-    await pool.execute(
-        "INSERT INTO memories (id, content, metadata, slug) "
-        "SELECT * FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::text[])",
-        list(start),
-        [content for content, _ in start.values()],
-        [encoded(metadata) for _, metadata in start.values()],
-        [f"m{i}" for i in start],
-    )
-    await pool.execute("SELECT setval('memories_id_seq', $1)", COUNT)
-    return start
-
-
-async def stored(
-    pool: asyncpg.Pool[Any] | asyncpg.Connection[Any], table: str = "memories"
-) -> dict[int, Row]:
-    records = await pool.fetch(f'SELECT id, content, metadata::text AS m FROM "{table}"')
-    return {r["id"]: (r["content"], None if r["m"] is None else json.loads(r["m"])) for r in records}
-
-
-class Application:
-    """The application's connection: every write it makes is recorded, so that what each memory
-    last held is known (``written``: content and metadata by key, None once deleted)."""
-
-    def __init__(self, conn: asyncpg.Connection[Any], start: dict[int, Row]) -> None:
-        self.conn = conn
-        self.written: dict[int, Row | None] = dict(start)
-        self.writes = 0
-
-    async def insert(self, content: str, metadata: Metadata, key: int | None = None) -> int:
-        if key is None:
-            new = await self.conn.fetchval(
-                "INSERT INTO memories (content, metadata) VALUES ($1, $2::jsonb) RETURNING id",
-                content,
-                encoded(metadata),
-            )
-        else:
-            new = await self.conn.fetchval(
-                "INSERT INTO memories (id, content, metadata) VALUES ($1, $2, $3::jsonb) RETURNING id",
-                key,
-                content,
-                encoded(metadata),
-            )
-        self.written[new] = (content, metadata)
-        self.writes += 1
-        return int(new)
-
-    async def update(self, key: int, metadata: Metadata, content: str | None = None) -> None:
-        before = self.written[key]
-        assert before is not None, key
-        content = before[0] if content is None else content
-        updated = await self.conn.fetchval(
-            "UPDATE memories SET content = $2, metadata = $3::jsonb WHERE id = $1 RETURNING id",
-            key,
-            content,
-            encoded(metadata),
-        )
-        assert updated == key
-        self.written[key] = (content, metadata)
-        self.writes += 1
-
-    async def edit(self, key: int, content: str) -> None:
-        """Change the content only: the metadata stays as it is in the table."""
-        before = self.written[key]
-        assert before is not None, key
-        assert (
-            await self.conn.fetchval(
-                "UPDATE memories SET content = $2 WHERE id = $1 RETURNING id", key, content
-            )
-            == key
-        )
-        self.written[key] = (content, before[1])
-        self.writes += 1
-
-    async def delete(self, key: int) -> None:
-        assert await self.conn.fetchval("DELETE FROM memories WHERE id = $1 RETURNING id", key) == key
-        self.written[key] = None
-        self.writes += 1
-
-    async def rekey(self, key: int, new: int) -> None:
-        """Change a memory's key."""
-        assert (
-            await self.conn.fetchval("UPDATE memories SET id = $2 WHERE id = $1 RETURNING id", key, new)
-            == new
-        )
-        self.written[new], self.written[key] = self.written[key], None
-        self.writes += 1
-
-    async def bulk(self, first: int, last: int, mood: str) -> int:
-        """One statement rewriting the metadata of every memory from ``first`` to ``last``."""
-        records = await self.conn.fetch(
-            "UPDATE memories SET metadata = jsonb_build_object('n', id, 'mood', $3::text) "
-            "WHERE id BETWEEN $1 AND $2 RETURNING id, content, metadata::text AS m",
-            first,
-            last,
-            mood,
-        )
-        for r in records:
-            self.written[r["id"]] = (r["content"], json.loads(r["m"]))
-        self.writes += len(records)
-        return len(records)
+class Application(rewrite_support.Application):
+    """The application's connection, knowing what the migration makes of what it wrote."""
 
     def expected(self) -> dict[int, Row]:
         """Every memory not deleted, restructured from what was last written to it."""
         return {key: (row[0], restructured(row[1])) for key, row in self.written.items() if row is not None}
-
-
-async def until(probe: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Wait (at most ``WAIT_SECONDS``) until ``probe()`` is true."""
-    with anyio.move_on_after(WAIT_SECONDS):
-        while not await probe():  # noqa: ASYNC110 - polls the server's state
-            await anyio.sleep(0.02)
-        return
-    raise AssertionError(f"waited {WAIT_SECONDS:g} s, and still not: {what}")
-
-
-class Rewrite:
-    """The rewrite running in a task, its phases held by gates the test opens."""
-
-    def __init__(self, control: asyncpg.Connection[Any], original: int) -> None:
-        self.control = control
-        self.original = original
-        self.results: list[MigrationResult] = []
-        self.shadow = ""
-
-    async def _waiting_at(self, gate: int) -> bool:
-        waiting = await self.control.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-            "AND classid = $1 AND objid = 0 AND objsubid = 2",
-            gate,
-        )
-        return bool(waiting)
-
-    async def copy_stopped(self) -> None:
-        """Wait until the copy has reached memory HELD; then name the shadow."""
-        await until(lambda: self._waiting_at(COPY_GATE), f"the copy waits at memory {HELD}")
-        self.shadow = await self.control.fetchval(
-            "SELECT relname::text FROM pg_class WHERE relname LIKE 'bm\\_new\\_%' AND relkind = 'r'"
-        )
-        assert self.shadow
-
-    async def in_shadow(self, key: int) -> bool:
-        """Whether the copy has committed memory ``key`` into the shadow."""
-        return bool(await self.control.fetchval(f'SELECT count(*) FROM "{self.shadow}" WHERE id = $1', key))
-
-    async def open_copy(self) -> None:
-        await self.control.execute("SELECT pg_advisory_unlock($1, 0)", COPY_GATE)
-
-    async def close_copy(self) -> None:
-        """Close the copy's gate again: whatever writes memory HELD into the shadow next (the
-        replay) waits there."""
-        await self.control.execute("SELECT pg_advisory_lock($1, 0)", COPY_GATE)
-
-    async def replay_stopped(self) -> None:
-        await until(lambda: self._waiting_at(COPY_GATE), f"the replay waits at memory {HELD}")
-
-    async def indexes_stopped(self) -> None:
-        await until(lambda: self._waiting_at(INDEX_GATE), f"the index build waits at memory {HELD}")
-
-    async def open_indexes(self) -> None:
-        await self.control.execute("SELECT pg_advisory_unlock($1, 0)", INDEX_GATE)
-
-    async def swap_waiting(self) -> None:
-        """Wait until the swap waits for the table's lock (held by the application's transaction)."""
-
-        async def waiting() -> bool:
-            return bool(
-                await self.control.fetchval(
-                    "SELECT count(*) FROM pg_locks WHERE relation = $1 AND mode = 'AccessExclusiveLock' "
-                    "AND NOT granted",
-                    self.original,
-                )
-            )
-
-        await until(waiting, "the swap waits for the table's lock")
-
-    async def logged(self) -> int:
-        """The changes in the forward change log, not replayed yet."""
-        log = await self.control.fetchval(
-            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.relname LIKE 'rewrite\\_log\\_%' AND c.relkind = 'r'"
-        )
-        assert log is not None
-        count: int = await self.control.fetchval(f"SELECT count(*) FROM {log}")
-        return count
 
 
 @contextlib.asynccontextmanager
@@ -373,30 +137,13 @@ async def gated_rewrite(
 ) -> AsyncIterator[tuple[Rewrite, Application]]:
     """Run ``migration`` (up to the swap) in a task, the copy and the gated index build held at
     memory HELD until the test opens them; the application writes on a connection of its own."""
-    control = await asyncpg.connect(dsn)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute("SET application.writer = 'on'")
-        await control.execute(
-            "SELECT pg_advisory_lock($1, 0), pg_advisory_lock($2, 0)", COPY_GATE, INDEX_GATE
-        )
-        rewrite = Rewrite(control, await control.fetchval("SELECT 'memories'::regclass::oid"))
-        migrator = Migrator(pool, [migration or restructuring()])
+    migrator = Migrator(pool, [migration or restructuring()])
 
-        async def run() -> None:
-            rewrite.results = await migrator.run_pending(config=CONFIG)
+    async def run() -> list[MigrationResult]:
+        return await migrator.run_pending(config=CONFIG)
 
-        async with anyio.create_task_group() as group:
-            group.start_soon(run)
-            yield rewrite, Application(conn, start)
-            await control.execute("SELECT pg_advisory_unlock_all()")
-    finally:
-        await conn.close()
-        await control.close()
-
-
-def swapped(rewrite: Rewrite) -> None:
-    assert [r.status for r in rewrite.results] == [MigrationStatus.RUNNING], rewrite.results
+    async with gated(dsn, run) as (rewrite, conn):
+        yield rewrite, Application(conn, start)
 
 
 async def test_every_memory_written_during_a_structure_rewrite_ends_restructured_from_its_last_write(
@@ -640,10 +387,6 @@ async def test_a_memory_whose_metadata_is_json_null_or_sql_null_keeps_it_through
     assert nulls == expected
     after = await stored(brainmigrate_pool)
     assert after[102] == (start[102][0], restructured(metadata_of(102)))
-
-
-async def slugs(pool: asyncpg.Pool[Any]) -> dict[int, str | None]:
-    return {r["id"]: r["slug"] for r in await pool.fetch("SELECT id, slug FROM memories")}
 
 
 async def test_unique_values_moved_to_other_memories_during_the_copy_are_no_duplicates_in_the_rewritten_table(

@@ -243,16 +243,24 @@ async def test_fingerprint_equal_when_nothing_changed(brainmigrate_pool: asyncpg
     assert first.diff(second) == []
 
 
+async def fingerprints_around(
+    pool: asyncpg.Pool[Any], setup: str, change: str
+) -> tuple[Fingerprint, Fingerprint]:
+    """The database's fingerprints after the SQL ``setup``, and after ``change`` then."""
+    async with pool.acquire() as conn:
+        await conn.execute(setup)
+        before = await fingerprint(conn)
+        await conn.execute(change)
+        return before, await fingerprint(conn)
+
+
 async def test_fingerprint_differs_when_a_row_changes(brainmigrate_pool: asyncpg.Pool[Any]) -> None:
     """Changing one value changes the table's data entry, and only it."""
-    async with brainmigrate_pool.acquire() as conn:
-        await conn.execute(
-            "CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'a')"
-        )
-        before = await fingerprint(conn)
-
-        await conn.execute("UPDATE notes SET body = 'b' WHERE id = 1")
-        after = await fingerprint(conn)
+    before, after = await fingerprints_around(
+        brainmigrate_pool,
+        "CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'a')",
+        "UPDATE notes SET body = 'b' WHERE id = 1",
+    )
 
     expected = ["- data public.notes: 1 row", "+ data public.notes: 1 row"]
     assert before != after
@@ -261,14 +269,11 @@ async def test_fingerprint_differs_when_a_row_changes(brainmigrate_pool: asyncpg
 
 async def test_fingerprint_ignores_row_order(brainmigrate_pool: asyncpg.Pool[Any]) -> None:
     """The same rows written in another physical order give the same fingerprint."""
-    async with brainmigrate_pool.acquire() as conn:
-        await conn.execute(
-            "CREATE TABLE notes (id int, body text); INSERT INTO notes VALUES (1, 'a'), (2, 'b')"
-        )
-        before = await fingerprint(conn)
-
-        await conn.execute("TRUNCATE notes; INSERT INTO notes VALUES (2, 'b'), (1, 'a')")
-        after = await fingerprint(conn)
+    before, after = await fingerprints_around(
+        brainmigrate_pool,
+        "CREATE TABLE notes (id int, body text); INSERT INTO notes VALUES (1, 'a'), (2, 'b')",
+        "TRUNCATE notes; INSERT INTO notes VALUES (2, 'b'), (1, 'a')",
+    )
 
     assert before == after
 
@@ -373,12 +378,7 @@ async def test_fingerprint_diff_names_each_kind_of_change(
     brainmigrate_pool: asyncpg.Pool[Any], change: str, expected: list[str]
 ) -> None:
     """Each kind of schema change shows up as readable - / + lines naming the object."""
-    async with brainmigrate_pool.acquire() as conn:
-        await conn.execute(BASE)
-        before = await fingerprint(conn)
-
-        await conn.execute(change)
-        after = await fingerprint(conn)
+    before, after = await fingerprints_around(brainmigrate_pool, BASE, change)
 
     assert expected == before.diff(after)
 
@@ -404,11 +404,6 @@ async def test_fingerprint_diff_names_views_functions_and_extensions(
     brainmigrate_pool: asyncpg.Pool[Any], change: str, expected: list[str]
 ) -> None:
     """Views, function bodies and extensions are fingerprinted (their text varies by server version)."""
-    async with brainmigrate_pool.acquire() as conn:
-        await conn.execute(BASE)
-        before = await fingerprint(conn)
-
-        await conn.execute(change)
-        after = await fingerprint(conn)
+    before, after = await fingerprints_around(brainmigrate_pool, BASE, change)
 
     assert expected == [line.split(":")[0] for line in before.diff(after)]

@@ -24,26 +24,22 @@ import os
 import sys
 from pathlib import Path
 
-import asyncpg
+from launch import run_migrator, worker_arguments
 from reporting import results_report, run_and_report, wait_for_start
 
-from brainmigrate import MigrationConfig, Migrator, RetryPolicy
+from brainmigrate import MigrationConfig, MigrationResult, Migrator, RetryPolicy
 
 DELAY_VARIABLE = "BM_BATCH_DELAY"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dsn")
-    parser.add_argument("migrations", type=Path)
+    parser = worker_arguments(__doc__, batch_size=500, application_name="data worker")
     parser.add_argument("--execute", metavar="ID")
-    parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--checkpoint-frequency", type=int, default=500)
     parser.add_argument("--parallel", action="store_true")
     parser.add_argument("--max-workers", type=int, default=2)
     parser.add_argument("--lease-seconds", type=float, default=60.0)
     parser.add_argument("--batch-delay", type=float, default=0.0)
-    parser.add_argument("--application-name", default="data worker")
     parser.add_argument("--ready-file", type=Path)
     parser.add_argument("--start-file", type=Path)
     return parser.parse_args(argv)
@@ -59,21 +55,14 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         lease_seconds=args.lease_seconds,
         retry=RetryPolicy(attempts=5, initial_delay=0.05, max_delay=0.5, jitter=0.05),
     )
-    pool = await asyncpg.create_pool(
-        args.dsn,
-        min_size=2,
-        max_size=args.max_workers + 2,
-        server_settings={"application_name": args.application_name},
-    )
-    try:
-        migrator = Migrator(pool, args.migrations, config=config)
+
+    async def run(migrator: Migrator) -> list[MigrationResult]:
         await wait_for_start(args.ready_file, args.start_file)
         if args.execute:
-            results = [await migrator.execute(args.execute)]
-        else:
-            results = await migrator.run_pending()
-    finally:
-        await pool.close()
+            return [await migrator.execute(args.execute)]
+        return await migrator.run_pending()
+
+    results = await run_migrator(args, config, run, max_size=args.max_workers + 2)
     details = [
         {
             "id": r.migration_id,

@@ -72,17 +72,25 @@ async def start_worker(
     )
 
 
-async def start_data_worker(dsn: str, migrations: str, *options: str) -> asyncio.subprocess.Process:
-    """Start ``data_worker.py`` on the migration directory ``migrations`` with command-line ``options``."""
+async def start_role_worker(
+    script: str, dsn: str, migrations: str, *options: str
+) -> asyncio.subprocess.Process:
+    """Start the worker ``script`` (``data_worker.py``, ``reembed_worker.py``, ...) on the migration
+    directory ``migrations`` with command-line ``options``."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
-        str(DATA_WORKER),
+        str(WORKERS / script),
         dsn,
         str(migrations_dir(migrations)),
         *options,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def start_data_worker(dsn: str, migrations: str, *options: str) -> asyncio.subprocess.Process:
+    """Start ``data_worker.py`` on the migration directory ``migrations`` with command-line ``options``."""
+    return await start_role_worker(DATA_WORKER.name, dsn, migrations, *options)
 
 
 async def finish(process: asyncio.subprocess.Process, within: float) -> Outcome:

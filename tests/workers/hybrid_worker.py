@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-import asyncpg
+from launch import run_migrator, worker_arguments
 from reporting import results_report, run_and_report
 
-from brainmigrate import MigrationConfig, Migrator
+from brainmigrate import MigrationConfig, MigrationResult, Migrator
 
 DELAY_VARIABLE = "BM_BATCH_DELAY"
 MODE_VARIABLE = "BM_CONTRACT_MODE"
@@ -32,16 +31,12 @@ REFUSE_VARIABLE = "BM_REFUSE_VALIDATION"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dsn")
-    parser.add_argument("migrations", type=Path)
+    parser = worker_arguments(__doc__, batch_size=250, application_name="hybrid worker")
     parser.add_argument("--contract", metavar="ID")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE")
-    parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--batch-delay", type=float, default=0.0)
     parser.add_argument("--contract-mode", default="auto", choices=["auto", "manual"])
     parser.add_argument("--refuse-validation", action="store_true")
-    parser.add_argument("--application-name", default="hybrid worker")
     return parser.parse_args(argv)
 
 
@@ -50,18 +45,14 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     os.environ[MODE_VARIABLE] = args.contract_mode
     os.environ[REFUSE_VARIABLE] = "1" if args.refuse_validation else "0"
     settings = dict(item.split("=", 1) for item in args.setting)
-    settings["application_name"] = args.application_name
     config = MigrationConfig(batch_size=args.batch_size, checkpoint_frequency=args.batch_size)
-    pool = await asyncpg.create_pool(args.dsn, min_size=2, max_size=4, server_settings=settings)
-    try:
-        migrator = Migrator(pool, args.migrations, config=config)
+
+    async def run(migrator: Migrator) -> list[MigrationResult]:
         if args.contract:
-            results = [await migrator.contract(args.contract)]
-        else:
-            results = await migrator.run_pending()
-    finally:
-        await pool.close()
-    return results_report(results)
+            return [await migrator.contract(args.contract)]
+        return await migrator.run_pending()
+
+    return results_report(await run_migrator(args, config, run, settings=settings))
 
 
 if __name__ == "__main__":

@@ -21,10 +21,10 @@ import os
 import sys
 from pathlib import Path
 
-import asyncpg
+from launch import run_migrator, worker_arguments
 from reporting import results_report, run_and_report
 
-from brainmigrate import MigrationConfig, Migrator
+from brainmigrate import MigrationConfig, MigrationResult, Migrator
 
 #: The migrations import ``reembed_support`` from the tests' directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,11 +34,8 @@ LOG_VARIABLE = "BM_EMBED_LOG"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dsn")
-    parser.add_argument("migrations", type=Path)
+    parser = worker_arguments(__doc__, batch_size=50, application_name="reembed worker")
     parser.add_argument("--contract", metavar="ID")
-    parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--parallel", action="store_true")
     parser.add_argument("--max-workers", type=int, default=1)
@@ -46,7 +43,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--lock-timeout-ms", type=int, default=500)
     parser.add_argument("--embed-delay", type=float, default=0.0)
     parser.add_argument("--embed-log", default="")
-    parser.add_argument("--application-name", default="reembed worker")
     return parser.parse_args(argv)
 
 
@@ -62,17 +58,13 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         lease_seconds=args.lease_seconds,
         statement_lock_timeout_ms=args.lock_timeout_ms,
     )
-    settings = {"application_name": args.application_name}
-    pool = await asyncpg.create_pool(args.dsn, min_size=2, max_size=4, server_settings=settings)
-    try:
-        migrator = Migrator(pool, args.migrations, config=config)
+
+    async def run(migrator: Migrator) -> list[MigrationResult]:
         if args.contract:
-            results = [await migrator.contract(args.contract)]
-        else:
-            results = await migrator.run_pending()
-    finally:
-        await pool.close()
-    return results_report(results)
+            return [await migrator.contract(args.contract)]
+        return await migrator.run_pending()
+
+    return results_report(await run_migrator(args, config, run))
 
 
 if __name__ == "__main__":

@@ -20,26 +20,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-import asyncpg
+from launch import run_migrator, worker_arguments
 from reporting import results_report, run_and_report
 
-from brainmigrate import MigrationConfig, Migrator
+from brainmigrate import MigrationConfig, MigrationResult, Migrator
 
 DELAY_VARIABLE = "BM_REWRITE_DELAY"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dsn")
-    parser.add_argument("migrations", type=Path)
+    parser = worker_arguments(__doc__, batch_size=50, application_name="rewrite worker")
     parser.add_argument("--rollback", metavar="ID")
-    parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--lock-timeout-ms", type=int, default=60_000)
     parser.add_argument("--transform-delay", type=float, default=0.0)
-    parser.add_argument("--application-name", default="rewrite worker")
     return parser.parse_args(argv)
 
 
@@ -51,17 +46,13 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         concurrency=args.concurrency,
         statement_lock_timeout_ms=args.lock_timeout_ms,
     )
-    settings = {"application_name": args.application_name}
-    pool = await asyncpg.create_pool(args.dsn, min_size=2, max_size=4, server_settings=settings)
-    try:
-        migrator = Migrator(pool, args.migrations, config=config)
+
+    async def run(migrator: Migrator) -> list[MigrationResult]:
         if args.rollback:
-            results = await migrator.rollback(args.rollback)
-        else:
-            results = await migrator.run_pending()
-    finally:
-        await pool.close()
-    return results_report(results)
+            return await migrator.rollback(args.rollback)
+        return await migrator.run_pending()
+
+    return results_report(await run_migrator(args, config, run))
 
 
 if __name__ == "__main__":
