@@ -91,8 +91,10 @@ def _replay_lock_key(names: RewriteNames, direction: Direction) -> int:
     return int.from_bytes(hashlib.sha256(source.encode()).digest()[:8], "big", signed=True)
 
 
-def _function_sql(log: str, function: str, key: str, message: str) -> str:
-    k = quote_ident(key)
+def _trigger_function(function: str, message: str, body: str) -> str:
+    """A capture's trigger function: SECURITY DEFINER with a fixed search path (the application's
+    roles need no rights on the history schema), refusing TRUNCATE with ``message``, then
+    ``body`` (plpgsql statements) for the other events."""
     return f"""
 CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $capture$
@@ -100,7 +102,20 @@ BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         RAISE EXCEPTION USING ERRCODE = 'object_in_use', MESSAGE = {quote_literal(message)};
     END IF;
-    IF TG_OP = 'INSERT' THEN
+{body}
+    RETURN NULL;
+END
+$capture$
+"""
+
+
+def _function_sql(log: str, function: str, key: str, message: str) -> str:
+    """The function of a logging capture's row trigger: each changed key (both of a key change)."""
+    k = quote_ident(key)
+    return _trigger_function(
+        function,
+        message,
+        f"""    IF TG_OP = 'INSERT' THEN
         INSERT INTO {log} ("key") VALUES (NEW.{k});
     ELSIF TG_OP = 'UPDATE' THEN
         INSERT INTO {log} ("key") VALUES (NEW.{k});
@@ -109,11 +124,8 @@ BEGIN
         END IF;
     ELSE
         INSERT INTO {log} ("key") VALUES (OLD.{k});
-    END IF;
-    RETURN NULL;
-END
-$capture$
-"""
+    END IF;""",
+    )
 
 
 def _mirror_sql(
@@ -131,14 +143,10 @@ def _mirror_sql(
     k = quote_ident(key)
     names = ", ".join(map(quote_ident, columns.names))
     override = " OVERRIDING SYSTEM VALUE" if columns.overriding else ""
-    return f"""
-CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $mirror$
-BEGIN
-    IF TG_OP = 'TRUNCATE' THEN
-        RAISE EXCEPTION USING ERRCODE = 'object_in_use', MESSAGE = {quote_literal(message)};
-    END IF;
-    PERFORM pg_advisory_xact_lock_shared({int(lock)});
+    return _trigger_function(
+        function,
+        message,
+        f"""    PERFORM pg_advisory_xact_lock_shared({int(lock)});
     BEGIN
         IF TG_OP <> 'INSERT' THEN
             DELETE FROM {old} AS o USING bm_before AS b WHERE o.{k} = b.{k};
@@ -154,11 +162,8 @@ BEGIN
         IF TG_OP <> 'DELETE' THEN
             INSERT INTO {log} ("key") SELECT {k} FROM bm_after;
         END IF;
-    END;
-    RETURN NULL;
-END
-$mirror$
-"""
+    END;""",
+    )
 
 
 def _referencing(event: str) -> str:
