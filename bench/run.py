@@ -157,8 +157,9 @@ async def run_benchmarks(dsn: str, args: argparse.Namespace, workdir: Path) -> l
             print("realistic store: skipped, the server has no pgvector (extension `vector`)", end="\n\n")
     if args.only in (None, "index_build"):
         if await _has_pgvector(dsn):
-            sections.append(await bench_index_build(dsn, args.index_build_rows, args.index_build_rounds))
-            print(text_table(sections[-1]), end="\n\n", flush=True)
+            for section in await bench_index_build(dsn, args.index_build_rows, args.index_build_rounds):
+                sections.append(section)
+                print(text_table(section), end="\n\n", flush=True)
         else:
             print("index build: skipped, the server has no pgvector (extension `vector`)", end="\n\n")
     if args.only in (None, "checks"):
