@@ -19,6 +19,10 @@ Each round, in rotating order:
   from brainmigrate's history (each step's ``started_at`` to ``finished_at``: ``/expand``,
   ``/backfill``, ``/index``, ``/cutover``). The backfill is compared with the model's bound,
   ``memories / MODEL_BATCH * CALL_SECONDS / CONCURRENCY`` (every call in flight all the time).
+* **re-embedding, two workers**: the same with the calls shared by ``WORKERS`` workers
+  (``parallel_execution``, ``concurrency = CONCURRENCY / WORKERS`` each, pages half as large),
+  each worker leasing its own part of the keys and writing its batches on its own connection:
+  the same calls in flight, the same bound, the server's writes on two backends.
 * **the raw writes**, the same vectors written by one connection with no model at all, in pages of
   ``BATCH_SIZE`` (encoded beforehand, untimed), after the same two columns were added (untimed):
 
@@ -76,6 +80,18 @@ MODEL_BATCH = 64
 CONCURRENCY = 8
 #: Memories per page read and written (``MigrationConfig.batch_size``): one call per slot.
 BATCH_SIZE = MODEL_BATCH * CONCURRENCY
+#: The same calls in flight over two workers, each with its own connection writing its batches.
+WORKERS = 2
+
+#: The re-embedding's settings: one worker with every call, or the calls shared by ``WORKERS``
+#: workers (pages of one call per slot either way, the same number of calls in flight).
+ONE_WORKER = MigrationConfig(concurrency=CONCURRENCY, batch_size=BATCH_SIZE)
+TWO_WORKERS = MigrationConfig(
+    concurrency=CONCURRENCY // WORKERS,
+    batch_size=BATCH_SIZE // WORKERS,
+    parallel_execution=True,
+    max_workers=WORKERS,
+)
 
 REEMBED = "bench_reembed_001"
 HISTORY_SCHEMA = "brainmigrate"
@@ -149,11 +165,14 @@ SELECT count(*) FILTER (WHERE {column} IS NULL)
 TOAST_TARGET = "ALTER TABLE memories SET (toast_tuple_target = 128)"
 
 REEMBEDDING = "re-embedding"
+REEMBEDDING_TWO = f"re-embedding, {WORKERS} workers x {CONCURRENCY // WORKERS} calls"
 IN_PLACE_HNSW = "in place, HNSW on the old column"
 IN_PLACE_BARE = "in place, without the HNSW index"
 IN_PLACE_TOAST = "in place, HNSW, toast_tuple_target = 128"
 SIDE = "side table (INSERT + UPDATE ... FROM)"
-VARIANTS = (REEMBEDDING, IN_PLACE_HNSW, IN_PLACE_BARE, IN_PLACE_TOAST, SIDE)
+VARIANTS = (REEMBEDDING, REEMBEDDING_TWO, IN_PLACE_HNSW, IN_PLACE_BARE, IN_PLACE_TOAST, SIDE)
+#: The variants of the re-embedding itself (``--migration-only``).
+REEMBEDDINGS = (REEMBEDDING, REEMBEDDING_TWO)
 
 
 def memory_number(text: str) -> int:
@@ -235,13 +254,11 @@ async def _updates(dsn: str, rows: int) -> tuple[int, int]:
 # -- the re-embedding ---------------------------------------------------------------------------
 
 
-async def reembedding(dsn: str, rows: int) -> dict[str, float]:
+async def reembedding(dsn: str, rows: int, config: MigrationConfig) -> dict[str, float]:
     """Seconds of each phase of the re-embedding at ``dsn`` (from the history), and the wall time."""
-    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4)
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=2 + 2 * config.max_workers)
     try:
-        migrator = Migrator(
-            pool, [BenchReembed], config=MigrationConfig(concurrency=CONCURRENCY, batch_size=BATCH_SIZE)
-        )
+        migrator = Migrator(pool, [BenchReembed], config=config)
         started = time.perf_counter()
         results = await migrator.run_pending()
         wall = time.perf_counter() - started
@@ -349,12 +366,13 @@ def _median(samples: list[dict[str, float]], key: str) -> float:
 async def bench_reembed(admin_dsn: str, rows: int, rounds: int, *, writes: bool = True) -> list[Section]:
     """The re-embedding and (unless not ``writes``) the three raw writes, ``rounds`` times each,
     on fresh copies."""
-    variants = VARIANTS if writes else (REEMBEDDING,)
+    variants = VARIANTS if writes else REEMBEDDINGS
     samples: dict[str, list[dict[str, float]]] = {variant: [] for variant in variants}
     async with databases(admin_dsn) as factory:
         without, with_hnsw = await memory_stores(factory, rows)
         runs: dict[str, Callable[[], Awaitable[dict[str, float]]]] = {
-            REEMBEDDING: lambda: with_hnsw.run(lambda dsn: reembedding(dsn, rows)),
+            REEMBEDDING: lambda: with_hnsw.run(lambda dsn: reembedding(dsn, rows, ONE_WORKER)),
+            REEMBEDDING_TWO: lambda: with_hnsw.run(lambda dsn: reembedding(dsn, rows, TWO_WORKERS)),
             IN_PLACE_HNSW: lambda: with_hnsw.run(lambda dsn: raw_write(dsn, rows, side=False)),
             IN_PLACE_BARE: lambda: without.run(lambda dsn: raw_write(dsn, rows, side=False)),
             IN_PLACE_TOAST: lambda: with_hnsw.run(lambda dsn: raw_write(dsn, rows, side=False, toast=True)),
@@ -370,38 +388,51 @@ async def bench_reembed(admin_dsn: str, rows: int, rounds: int, *, writes: bool 
         finally:
             await factory.drop(without.source)
             await factory.drop(with_hnsw.source)
-    phases = _phases_section(rows, samples[REEMBEDDING])
+    phases = _phases_section(rows, {variant: samples[variant] for variant in REEMBEDDINGS})
     return [phases, _writes_section(rows, samples)] if writes else [phases]
 
 
-def _phases_section(rows: int, samples: list[dict[str, float]]) -> Section:
-    def stats(*keys: str) -> Stats:
-        return Stats(tuple(sum(sample[key] for key in keys) for sample in samples))
+def _phases_section(rows: int, samples: dict[str, list[dict[str, float]]]) -> Section:
+    def stats(variant: str, *keys: str) -> Stats:
+        return Stats(tuple(sum(sample[key] for key in keys) for sample in samples[variant]))
 
     ideal = ideal_seconds(rows)
-    backfill = _median(samples, "backfill")
-    ratios = [ideal / sample["backfill"] for sample in samples]
     section = Section(
         f"re-embedding {rows:,} memories ({OLD_DIMENSIONS}-d with HNSW to {NEW_DIMENSIONS}-d): "
         f"a simulated model, {MODEL_BATCH} texts a call, {CALL_SECONDS * 1000:.0f} ms a call, "
-        f"concurrency {CONCURRENCY}, pages of {BATCH_SIZE}",
+        f"{CONCURRENCY} calls in flight, one call per slot a page",
         [
-            Row("expand", stats("expand")),
-            Row("backfill", stats("backfill")),
-            Row("index (CREATE INDEX CONCURRENTLY, HNSW)", stats("index")),
-            Row("cutover", stats("cutover")),
-            Row("end to end (backfill + index + cutover)", stats("backfill", "index", "cutover")),
-            Row("run_pending() wall time", stats("wall")),
+            Row(f"{variant}: {phase}", stats(variant, *keys))
+            for variant in REEMBEDDINGS
+            for phase, keys in (
+                ("expand", ("expand",)),
+                ("backfill", ("backfill",)),
+                ("index (CREATE INDEX CONCURRENTLY, HNSW)", ("index",)),
+                ("cutover", ("cutover",)),
+                ("end to end (backfill + index + cutover)", ("backfill", "index", "cutover")),
+                ("run_pending() wall time", ("wall",)),
+            )
         ],
         show_p90=False,
     )
-    section.notes += [
-        f"- backfill: {rows / backfill:,.0f} memories/s; the model's bound is {ideal:.2f} s "
-        f"({rows:,} / {MODEL_BATCH} calls x {CALL_SECONDS:g} s / {CONCURRENCY}, "
-        f"{rows / ideal:,.0f} memories/s): {statistics.median(ratios):.3f}x the ideal "
-        "(median of per-round ratios; per round " + ", ".join(f"{r:.3f}x" for r in ratios) + ")",
-        f"- HOT updates during the re-embedding: {_pct(_median(samples, 'hot'))} (median)",
+    for variant in REEMBEDDINGS:
+        backfill = _median(samples[variant], "backfill")
+        ratios = [ideal / sample["backfill"] for sample in samples[variant]]
+        section.notes += [
+            f"- {variant}, backfill: {rows / backfill:,.0f} memories/s; the model's bound is {ideal:.2f} s "
+            f"({rows:,} / {MODEL_BATCH} calls x {CALL_SECONDS:g} s / {CONCURRENCY}, "
+            f"{rows / ideal:,.0f} memories/s): {statistics.median(ratios):.3f}x the ideal "
+            "(median of per-round ratios; per round " + ", ".join(f"{r:.3f}x" for r in ratios) + "); "
+            f"HOT updates {_pct(_median(samples[variant], 'hot'))} (median)",
+        ]
+    two = [
+        b["backfill"] / a["backfill"]
+        for a, b in zip(samples[REEMBEDDING], samples[REEMBEDDING_TWO], strict=True)
     ]
+    section.notes.append(
+        f"- backfill, {REEMBEDDING_TWO} ÷ one worker: {statistics.median(two):.2f}x the time "
+        "(median of per-round quotients)"
+    )
     return section
 
 
@@ -419,6 +450,7 @@ def _writes_section(rows: int, samples: dict[str, list[dict[str, float]]]) -> Se
             Row("side table: UPDATE ... FROM side", stats(SIDE, "bring in")),
             Row(SIDE, stats(SIDE, "total")),
             Row("the re-embedding's backfill (model included)", stats(REEMBEDDING, "backfill")),
+            Row(f"the backfill, {REEMBEDDING_TWO}", stats(REEMBEDDING_TWO, "backfill")),
         ],
         baselines=(IN_PLACE_HNSW, IN_PLACE_BARE),
         show_p90=False,
@@ -434,7 +466,7 @@ def _writes_section(rows: int, samples: dict[str, list[dict[str, float]]]) -> Se
         f"{section.ratio(IN_PLACE_TOAST, IN_PLACE_HNSW):.3f}x",
         f"- side table ÷ in place (HNSW on the old column): {section.ratio(SIDE, IN_PLACE_HNSW):.2f}x",
         "- HOT updates (median): "
-        + ", ".join(f"{variant} {_pct(_median(samples[variant], 'hot'))}" for variant in VARIANTS[1:]),
+        + ", ".join(f"{variant} {_pct(_median(samples[variant], 'hot'))}" for variant in VARIANTS[2:]),
     ]
     return section
 
