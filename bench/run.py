@@ -12,6 +12,7 @@
     python bench/run.py --only reembed --reembed-rows 100000 --reembed-rounds 3
     python bench/run.py --only realistic --realistic-rows 100000 --realistic-rounds 3
     python bench/run.py --only index_build --index-build-rows 100000 --index-build-rounds 3
+    python bench/run.py --only mirror --mirror-rows 20000 --mirror-rounds 3
     python bench/run.py --only checks --checks-migrations 200 --checks-rounds 1
 
 The DSN must name a maintenance database (such as ``postgres``) of a role allowed to create
@@ -42,6 +43,7 @@ from checks import bench_checks
 from common import ENV_DSN, Section, markdown_table, raw_samples, server_version, text_table, transport
 from data_bench import bench_data
 from index_build_bench import bench_index_build
+from mirror_bench import bench_mirror
 from model_throughput import bench_model_throughput
 from noop_bench import bench_noop
 from realistic_store import bench_realistic
@@ -162,6 +164,13 @@ async def run_benchmarks(dsn: str, args: argparse.Namespace, workdir: Path) -> l
                 print(text_table(section), end="\n\n", flush=True)
         else:
             print("index build: skipped, the server has no pgvector (extension `vector`)", end="\n\n")
+    if args.only in (None, "mirror"):
+        if await _has_pgvector(dsn):
+            for section in await bench_mirror(dsn, args.mirror_rows, args.mirror_rounds):
+                sections.append(section)
+                print(text_table(section), end="\n\n", flush=True)
+        else:
+            print("instant mirror: skipped, the server has no pgvector (extension `vector`)", end="\n\n")
     if args.only in (None, "checks"):
         for section in await bench_checks(dsn, workdir, args.checks_migrations, args.checks_rounds):
             sections.append(section)
@@ -240,6 +249,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--index-build-rounds", type=int, default=3, help="rounds of the index build benchmark (default 3)"
     )
     parser.add_argument(
+        "--mirror-rows",
+        type=int,
+        default=20_000,
+        help="memories of the instant mirror's benchmark, statements by transaction size (default 20000)",
+    )
+    parser.add_argument(
+        "--mirror-rounds", type=int, default=3, help="rounds of the instant mirror's benchmark"
+    )
+    parser.add_argument(
         "--only",
         choices=(
             "noop",
@@ -251,6 +269,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "reembed",
             "realistic",
             "index_build",
+            "mirror",
             "checks",
         ),
         help="run one benchmark only",
@@ -281,6 +300,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.realistic_rounds,
         args.index_build_rows,
         args.index_build_rounds,
+        args.mirror_rows,
+        args.mirror_rounds,
         args.checks_migrations,
         args.checks_rounds,
     )
