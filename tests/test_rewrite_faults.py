@@ -339,16 +339,15 @@ async def _assert_swapped_in(
 
 
 @asynccontextmanager
-async def _holding(pool: asyncpg.Pool[Any], *statements: str) -> AsyncIterator[int]:
-    """A transaction of this test, open (after ``statements``) until the block ends, rolled back;
-    yields its session's pid."""
+async def _holding(pool: asyncpg.Pool[Any], *statements: str) -> AsyncIterator[None]:
+    """A transaction of this test, open (after ``statements``) until the block ends, rolled back."""
     async with pool.acquire() as conn:
         transaction = conn.transaction()
         await transaction.start()
         try:
             for statement in statements:
                 await conn.execute(statement)
-            yield await conn.fetchval("SELECT pg_backend_pid()")
+            yield
         finally:
             await transaction.rollback()
 

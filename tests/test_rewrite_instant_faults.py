@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -30,7 +31,6 @@ from test_rewrite_faults import (
     Store,
     _assert_swapped_in,
     _capture_functions,
-    _holding,
     _oid,
     _one,
     _relations,
@@ -237,6 +237,24 @@ async def _blocked_by(pool: asyncpg.Pool[Any], holder: int) -> bool:
     )
 
 
+@asynccontextmanager
+async def _holding_the_counter(pool: asyncpg.Pool[Any], old: str) -> AsyncIterator[int]:
+    """A transaction of this test holding memory COUNTER's row in the original ``old``, locked,
+    until the block ends (then rolled back); yields its session's pid."""
+    async with pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            # The mirror replaces a row (deletes it, inserts it again): the lock, when it waited for
+            # a version the mirror was replacing, locked nothing, and is taken on its successor.
+            locking = f'SELECT count(*) FROM (SELECT FROM "{old}" WHERE id = $1 FOR UPDATE) AS locked'
+            while not await conn.fetchval(locking, COUNTER):
+                pass
+            yield await conn.fetchval("SELECT pg_backend_pid()")
+        finally:
+            await transaction.rollback()
+
+
 def _through_the_mirror(
     store: Store, committed: int, inserted_at: str
 ) -> tuple[dict[int, Row], dict[int, Row], set[int]]:
@@ -292,7 +310,7 @@ async def test_an_application_transaction_cut_off_inside_the_mirror_leaves_neith
             return await _committed(pool) >= 3
 
         await wait_until(some_committed, within=30, what="the application to commit some transactions")
-        async with _holding(pool, f'SELECT FROM "{old}" WHERE id = {COUNTER} FOR UPDATE') as holder:
+        async with _holding_the_counter(pool, old) as holder:
             await wait_until(
                 lambda: _blocked_by(pool, holder), within=30, what="the application to wait inside the mirror"
             )
