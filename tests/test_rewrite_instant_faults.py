@@ -8,8 +8,8 @@ the keys of a statement the original refuses, for the swap back to replay. A run
 its swap waits for the table leaves no part of the mirror, and the next installs it once; a
 rollback killed while its swap back waits changes nothing, and resumed gives the original every
 row as the application last wrote it, mirrored or logged; an application transaction cut off
-inside the mirror (its backend terminated, or its process SIGKILLed) leaves neither table with
-any of its writes. The store, the workers and the end checks are ``test_rewrite_faults``'.
+midway (its backend terminated, or its process SIGKILLed) leaves neither table with any of its
+writes. The store, the workers and the end checks are ``test_rewrite_faults``'.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+import attrs
 import pytest
 
 from brainmigrate._rewrite import capture
@@ -206,17 +207,53 @@ async def test_a_rollback_killed_while_the_swap_back_waits_is_resumed_into_the_o
 # -- the application cut off inside the mirror ---------------------------------------------------
 
 
+Step = Callable[["asyncpg.Pool[Any]", asyncio.subprocess.Process], Awaitable[None]]
+
+
+async def _nothing(pool: asyncpg.Pool[Any], application: asyncio.subprocess.Process) -> None:
+    """Nothing more to do."""
+
+
 async def _terminate_its_backend(pool: asyncpg.Pool[Any], application: asyncio.subprocess.Process) -> None:
-    """pg_terminate_backend the application's session (it waits inside the mirror)."""
+    """pg_terminate_backend the application's session."""
     await end_sessions_named(pool, APPLICATION_NAME)
 
 
 async def _sigkill_its_process(pool: asyncpg.Pool[Any], application: asyncio.subprocess.Process) -> None:
-    """SIGKILL the application's process; its session (waiting inside the mirror) is left to find out."""
+    """SIGKILL the application's process; its session is left to find out."""
     assert await sigkill(application) == -signal.SIGKILL
 
 
-CutOff = Callable[["asyncpg.Pool[Any]", asyncio.subprocess.Process], Awaitable[None]]
+async def _sigstop_its_process(pool: asyncpg.Pool[Any], application: asyncio.subprocess.Process) -> None:
+    """SIGSTOP the application's process: once its statement is done, it sends no other."""
+    application.send_signal(signal.SIGSTOP)
+
+
+async def _terminate_its_backend_idle_in_its_transaction(
+    pool: asyncpg.Pool[Any], application: asyncio.subprocess.Process
+) -> None:
+    """pg_terminate_backend the application's session once it waits, idle, in its transaction."""
+
+    async def idle() -> bool:
+        return bool(
+            await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = $1 AND state = 'idle in transaction'",
+                APPLICATION_NAME,
+            )
+        )
+
+    await wait_until(idle, within=30, what="the application's session to wait in its transaction")
+    await end_sessions_named(pool, APPLICATION_NAME)
+
+
+@attrs.frozen
+class CutOff:
+    """How the application's transaction is cut off: ``held`` while its last statement waits inside
+    the mirror, ``released`` once the row it waits for is let go."""
+
+    held: Step
+    released: Step = _nothing
 
 
 async def _committed(pool: asyncpg.Pool[Any]) -> int:
@@ -280,11 +317,15 @@ def _through_the_mirror(
 @pytest.mark.parametrize(
     "cut_off",
     [
-        pytest.param(_terminate_its_backend, id="backend terminated"),
-        pytest.param(_sigkill_its_process, id="process SIGKILLed"),
+        pytest.param(CutOff(_terminate_its_backend), id="backend terminated in the mirror"),
+        pytest.param(CutOff(_sigkill_its_process), id="process SIGKILLed in the mirror"),
+        pytest.param(
+            CutOff(_sigstop_its_process, _terminate_its_backend_idle_in_its_transaction),
+            id="backend terminated idle in the transaction",
+        ),
     ],
 )
-async def test_an_application_transaction_cut_off_inside_the_mirror_leaves_neither_table_with_its_writes(
+async def test_an_application_transaction_cut_off_midway_leaves_neither_table_with_any_of_its_writes(
     brainmigrate_database: str,
     brainmigrate_pool: asyncpg.Pool[Any],
     monkeypatch: pytest.MonkeyPatch,
@@ -293,8 +334,10 @@ async def test_an_application_transaction_cut_off_inside_the_mirror_leaves_neith
     """An application process writes through the mirror in transactions of five statements (an
     insert, an edit, a deletion, a key change, then memory COUNTER's edit) when this test holds
     memory COUNTER's row in the original: a transaction stops inside its last statement's mirror,
-    four statements mirrored. Cut off there, it leaves neither table with any of its writes; both
-    hold every transaction committed before it, row by row, and nothing is logged. A write
+    four statements mirrored. Cut off there (its backend terminated, or its process SIGKILLed), or
+    once that statement is done too and the transaction waits (its process stopped, its backend
+    terminated), it leaves neither table with any of its writes; both hold every transaction
+    committed before it, row by row, and nothing is logged. A write
     committed afterwards reaches both, and the swap back gives the original every row written
     since the swap as the swapped-in table holds it (the rest as before: the migration's label
     goes with the swapped-in table)."""
@@ -314,7 +357,8 @@ async def test_an_application_transaction_cut_off_inside_the_mirror_leaves_neith
             await wait_until(
                 lambda: _blocked_by(pool, holder), within=30, what="the application to wait inside the mirror"
             )
-            await cut_off(pool, application)
+            await cut_off.held(pool, application)
+        await cut_off.released(pool, application)
 
         async def gone() -> bool:
             return not await sessions_named(pool, APPLICATION_NAME)
