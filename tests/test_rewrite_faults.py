@@ -209,11 +209,11 @@ def _capture_installed(triggers: list[tuple[str, str]], table: str) -> bool:
     return any(t.startswith("bm_capture_") for t in names) and any(t.startswith("bm_notrunc_") for t in names)
 
 
-async def _start_worker(dsn: str, *options: str) -> asyncio.subprocess.Process:
+async def _start_worker(dsn: str, *options: str, migrations: str = MIGRATIONS) -> asyncio.subprocess.Process:
     return await start_role_worker(
         "rewrite_worker.py",
         dsn,
-        MIGRATIONS,
+        migrations,
         f"--batch-size={BATCH}",
         f"--application-name={WORKER_NAME}",
         *options,
@@ -263,15 +263,17 @@ async def _runs(pool: asyncpg.Pool[Any]) -> list[tuple[str, str | None]]:
     return [(row[0], row[1]) for row in rows]
 
 
-def _migrator(pool: asyncpg.Pool[Any]) -> Migrator:
-    return Migrator(pool, migrations_dir(MIGRATIONS), config=CONFIG)
+def _migrator(pool: asyncpg.Pool[Any], migrations: str = MIGRATIONS) -> Migrator:
+    return Migrator(pool, migrations_dir(migrations), config=CONFIG)
 
 
-async def _resume(pool: asyncpg.Pool[Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    """A new runner in this process carries the rewrite on, to READY_TO_CONTRACT."""
+async def _resume(
+    pool: asyncpg.Pool[Any], monkeypatch: pytest.MonkeyPatch, *, migrations: str = MIGRATIONS
+) -> None:
+    """A new runner in this process carries the rewrite (of ``migrations``) on, to READY_TO_CONTRACT."""
     monkeypatch.setenv(DELAY_VARIABLE, "0")
     with anyio.fail_after(60):
-        results = await _migrator(pool).run_pending()
+        results = await _migrator(pool, migrations).run_pending()
     assert [(r.migration_id, r.status) for r in results] == [(REWRITE, MigrationStatus.RUNNING)]
 
 
@@ -290,13 +292,14 @@ async def _assert_swapped_in(
     old_rows: dict[int, Row] | None = None,
     others: list[tuple[str, str, str]] | None = None,
     next_id: int = ROWS + 1,
+    migrations: str = MIGRATIONS,
 ) -> int:
     """The table under its name is the shadow, holding ``expected`` (by default, every original row
     transformed) with the original's columns, indexes (all valid) and constraints; the original is
     kept as ``bm_old_…``, holding ``old_rows`` (by default, the rows as created); each step applied
     once, in order (``others``: the history's other rows); one run, READY_TO_CONTRACT; the
-    sequence goes on from ``next_id``. Then contract completes and leaves nothing of the rewrite.
-    Returns the swapped-in table's oid."""
+    sequence goes on from ``next_id``. Then contract (by a Migrator of ``migrations``) completes
+    and leaves nothing of the rewrite. Returns the swapped-in table's oid."""
     new_oid = await _oid(pool)
     assert new_oid is not None and new_oid != store.oid
     after = await _rows(pool)
@@ -318,7 +321,7 @@ async def _assert_swapped_in(
     assert applied == list(TO_CONTRACT)  # each once, in order
     assert [row for row in history if row[1:] != ("apply", "completed")] == (others or [])
     assert await _runs(pool) == [("ready_to_contract", None)]
-    migrator = _migrator(pool)
+    migrator = _migrator(pool, migrations)
     assert await migrator.hybrid_phase(REWRITE) is HybridPhase.READY_TO_CONTRACT
     assert await _next_id(pool) == next_id
 
@@ -487,22 +490,21 @@ async def test_a_runner_killed_while_an_index_of_the_shadow_is_built_leaves_no_i
     assert kept  # the index built before the kill, not built again
 
 
-async def test_a_runner_killed_while_the_swap_waits_for_the_table_swaps_nothing_and_the_next_swaps_once(
-    brainmigrate_database: str, brainmigrate_pool: asyncpg.Pool[Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The swap's LOCK TABLE waits behind this test's ACCESS SHARE lock when the runner is killed:
-    nothing is half renamed (the original keeps its name and every row, the shadow its own, the
-    capture goes on), and the next runner swaps once."""
-    pool = brainmigrate_pool
+async def _runner_killed_while_the_swap_waits(
+    dsn: str, pool: asyncpg.Pool[Any], *, migrations: str = MIGRATIONS
+) -> tuple[Store, int]:
+    """A runner of ``migrations`` is killed while the swap's LOCK TABLE waits behind this test's
+    ACCESS SHARE lock: nothing is half renamed (the original keeps its name and every row, the
+    shadow its own, the capture goes on). Returns the store and the shadow's oid."""
     store = await _store(pool)
     # ACCESS SHARE lets every step before the swap go on (the capture trigger's creation too).
     async with _holding(pool, "LOCK TABLE memories IN ACCESS SHARE MODE"):
-        worker = await _start_worker(brainmigrate_database)
+        worker = await _start_worker(dsn, migrations=migrations)
         try:
             await wait_until(
                 lambda: _waiting(pool, "LOCK TABLE"), within=40, what="the swap to wait for the table"
             )
-            seen = await _migrator(pool).hybrid_status(REWRITE)
+            seen = await _migrator(pool, migrations).hybrid_status(REWRITE)
             shadow = await _one(pool, "bm_new_")
             shadow_oid = await _oid(pool, shadow)
             await _kill(pool, worker)
@@ -511,15 +513,26 @@ async def test_a_runner_killed_while_the_swap_waits_for_the_table_swaps_nothing_
             await stop(worker)
 
     assert (seen.phase, seen.current_step) == (HybridPhase.CUTTING_OVER, SWAP)
-    status = await _migrator(pool).hybrid_status(REWRITE)
+    status = await _migrator(pool, migrations).hybrid_status(REWRITE)
     assert (status.phase, status.steps_done) == (HybridPhase.CUTTING_OVER, (SHADOW, COPY, FILL, INDEXES))
     assert await _oid(pool) == store.oid
     assert await _rows(pool) == store.rows
     assert await _layout(pool, store.oid) == store.layout
-    assert await _oid(pool, shadow) == shadow_oid
+    assert shadow_oid is not None and await _oid(pool, shadow) == shadow_oid
     assert await _relations(pool, "bm_old") == []
     assert _capture_installed(await _triggers(pool), "memories")
     assert await _rows(pool, shadow) == rewritten(store.rows)
+    return store, shadow_oid
+
+
+async def test_a_runner_killed_while_the_swap_waits_for_the_table_swaps_nothing_and_the_next_swaps_once(
+    brainmigrate_database: str, brainmigrate_pool: asyncpg.Pool[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The swap's LOCK TABLE waits behind this test's ACCESS SHARE lock when the runner is killed:
+    nothing is half renamed (the original keeps its name and every row, the shadow its own, the
+    capture goes on), and the next runner swaps once."""
+    pool = brainmigrate_pool
+    store, shadow_oid = await _runner_killed_while_the_swap_waits(brainmigrate_database, pool)
 
     await _resume(pool, monkeypatch)
 
@@ -547,6 +560,59 @@ async def _write_after_the_swap(pool: asyncpg.Pool[Any]) -> Written:
     return Written(7, 8, row["id"], ("added after the swap", json.loads(row["m"]), row["e"], row["c"]))
 
 
+async def _rollback_killed_while_the_swap_back_waits(
+    dsn: str, pool: asyncpg.Pool[Any], *, migrations: str = MIGRATIONS
+) -> None:
+    """A rollback (by a worker of ``migrations``) is killed while its swap back waits behind this
+    test's ACCESS SHARE lock on the table."""
+    worker = await _start_worker(dsn, f"--rollback={REWRITE}", migrations=migrations)
+    try:
+        async with _holding(pool, "LOCK TABLE memories IN ACCESS SHARE MODE"):
+            await wait_until(
+                lambda: _waiting(pool, "LOCK TABLE"), within=40, what="the swap back to wait for the table"
+            )
+            seen = await _migrator(pool, migrations).hybrid_status(REWRITE)
+            await _kill(pool, worker)
+    finally:
+        await stop(worker)
+    assert (seen.phase, seen.current_step) == (HybridPhase.COMPENSATING, SWAP)
+
+
+async def _roll_back_into_the_original(
+    pool: asyncpg.Pool[Any],
+    store: Store,
+    want: dict[int, Row],
+    *,
+    next_id: int,
+    migrations: str = MIGRATIONS,
+) -> None:
+    """The rollback, run in this process (after one killed while its swap back waited, if any),
+    puts the original back under its name holding ``want``, with its layout, the sequence going
+    on from ``next_id``, and leaves nothing of the rewrite; each step applied and rolled back once."""
+    migrator = _migrator(pool, migrations)
+    with anyio.fail_after(60):
+        results = await migrator.rollback(REWRITE)
+
+    assert [(r.migration_id, r.status) for r in results] == [(REWRITE, MigrationStatus.ROLLED_BACK)]
+    assert await _oid(pool) == store.oid
+    after = await _rows(pool)
+    assert after.keys() == want.keys()
+    wrong = [key for key in want if after[key] != want[key]]
+    assert not wrong, f"{len(wrong)} rows differ, e.g. {[(k, after[k], want[k]) for k in wrong[:3]]}"
+    assert await _layout(pool, store.oid) == store.layout
+    assert await _next_id(pool) == next_id
+    await _nothing_of_the_rewrite_left(pool)
+    assert await migrator.status(REWRITE) is MigrationStatus.ROLLED_BACK
+    assert await migrator.hybrid_phase(REWRITE) is HybridPhase.ROLLED_BACK
+    # Each step applied once, then each rolled back once, last first: the swap back by this
+    # rollback only (a killed one's transaction left nothing).
+    assert await _history(pool) == [
+        *((step, "apply", "completed") for step in TO_CONTRACT),
+        *((step, "rollback", "completed") for step in reversed(TO_CONTRACT)),
+    ]
+    assert [phase for phase, _ in await _runs(pool)] == ["rolled_back"]
+
+
 async def test_a_rollback_killed_while_the_swap_back_waits_for_the_table_is_resumed_into_the_original(
     brainmigrate_database: str, brainmigrate_pool: asyncpg.Pool[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -566,18 +632,8 @@ async def test_a_rollback_killed_while_the_swap_back_waits_for_the_table_is_resu
         *store.rows[written.edited][2:],
     )
     assert written.deleted not in swapped and swapped[written.added] == written.added_row
-    worker = await _start_worker(brainmigrate_database, f"--rollback={REWRITE}")
-    try:
-        async with _holding(pool, "LOCK TABLE memories IN ACCESS SHARE MODE"):
-            await wait_until(
-                lambda: _waiting(pool, "LOCK TABLE"), within=40, what="the swap back to wait for the table"
-            )
-            seen = await _migrator(pool).hybrid_status(REWRITE)
-            await _kill(pool, worker)
-    finally:
-        await stop(worker)
+    await _rollback_killed_while_the_swap_back_waits(brainmigrate_database, pool)
 
-    assert (seen.phase, seen.current_step) == (HybridPhase.COMPENSATING, SWAP)
     assert await _oid(pool) == new_oid
     assert await _rows(pool) == swapped
     old = await _one(pool, "bm_old_")
@@ -585,29 +641,12 @@ async def test_a_rollback_killed_while_the_swap_back_waits_for_the_table_is_resu
     assert await _rows(pool, old) == store.rows
     assert _capture_installed(await _triggers(pool), "memories")
 
-    with anyio.fail_after(60):
-        results = await _migrator(pool).rollback(REWRITE)
-
-    assert [(r.migration_id, r.status) for r in results] == [(REWRITE, MigrationStatus.ROLLED_BACK)]
-    assert await _oid(pool) == store.oid
     # The rows written since the swap come back as the application wrote them to the new table
     # (the edited memory keeps the label it had there); every other row is the original's.
     want = {key: row for key, row in store.rows.items() if key != written.deleted}
     want[written.edited] = swapped[written.edited]
     want[written.added] = written.added_row
-    assert await _rows(pool) == want
-    assert await _layout(pool, store.oid) == store.layout
-    assert await _next_id(pool) == written.added + 1
-    await _nothing_of_the_rewrite_left(pool)
-    assert await _migrator(pool).status(REWRITE) is MigrationStatus.ROLLED_BACK
-    assert await _migrator(pool).hybrid_phase(REWRITE) is HybridPhase.ROLLED_BACK
-    # Each step applied once, then each rolled back once, last first: the swap back by the
-    # resumed rollback only (the killed one's transaction left nothing).
-    assert await _history(pool) == [
-        *((step, "apply", "completed") for step in TO_CONTRACT),
-        *((step, "rollback", "completed") for step in reversed(TO_CONTRACT)),
-    ]
-    assert [phase for phase, _ in await _runs(pool)] == ["rolled_back"]
+    await _roll_back_into_the_original(pool, store, want, next_id=written.added + 1)
 
 
 async def test_a_run_abandoned_after_its_runner_was_killed_mid_copy_leaves_the_table_as_it_was_and_no_more(

@@ -88,6 +88,18 @@ async def start_role_worker(
     )
 
 
+async def start_application(dsn: str, *options: str) -> asyncio.subprocess.Process:
+    """Start ``application_worker.py`` (an application writing memories in a loop) on ``dsn``."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(WORKERS / "application_worker.py"),
+        dsn,
+        *options,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 async def start_data_worker(dsn: str, migrations: str, *options: str) -> asyncio.subprocess.Process:
     """Start ``data_worker.py`` on the migration directory ``migrations`` with command-line ``options``."""
     return await start_role_worker(DATA_WORKER.name, dsn, migrations, *options)

@@ -20,11 +20,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from launch import run_migrator, worker_arguments
 from reporting import results_report, run_and_report
 
 from brainmigrate import MigrationConfig, MigrationResult, Migrator
+
+#: ``rewrite_toy_instant`` imports ``rewrite_toy``'s migration as ``workers.rewrite_toy.migrations``,
+#: from the tests' directory.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 DELAY_VARIABLE = "BM_REWRITE_DELAY"
 
