@@ -9,7 +9,7 @@ its swap waits for the table leaves no part of the mirror, and the next installs
 rollback killed while its swap back waits changes nothing, and resumed gives the original every
 row as the application last wrote it, mirrored or logged; an application transaction cut off
 midway (its backend terminated, or its process SIGKILLed) leaves neither table with any of its
-writes. The store, the workers and the end checks are ``test_rewrite_faults``'.
+writes. The store, the workers, the kills and the end checks are ``rewrite_support``'s.
 """
 
 from __future__ import annotations
@@ -26,23 +26,23 @@ import pytest
 
 from brainmigrate._rewrite import capture
 from brainmigrate._rewrite.names import RewriteNames
-from test_rewrite_faults import (
+from rewrite_support import (
     REWRITE,
-    Row,
     Store,
-    _assert_swapped_in,
-    _capture_functions,
-    _oid,
-    _one,
-    _relations,
-    _resume,
-    _roll_back_into_the_original,
-    _rollback_killed_while_the_swap_back_waits,
-    _rows,
-    _runner_killed_while_the_swap_waits,
-    _store,
-    _write_after_the_swap,
+    ToyRow,
+    assert_swapped_in,
+    capture_functions,
+    create_toy_store,
+    oid_of,
+    only_relation,
+    relations,
+    resume_to_contract,
     rewritten,
+    roll_back_into_the_original,
+    rollback_killed_while_the_swap_back_waits,
+    rows_of,
+    runner_killed_while_the_swap_waits,
+    write_after_the_swap,
 )
 from workers.application_worker import COUNTER, INSERTED_AT, writes
 from workers.harness import end_sessions_named, sessions_named, sigkill, start_application, stop, wait_until
@@ -80,7 +80,7 @@ async def _logged(pool: asyncpg.Pool[Any]) -> list[int]:
     return [row[0] for row in await pool.fetch(f'SELECT "key" FROM {log} ORDER BY seq')]
 
 
-def _overlaid(base: dict[int, Row], written: dict[int, Row], keys: Iterable[int]) -> dict[int, Row]:
+def _overlaid(base: dict[int, ToyRow], written: dict[int, ToyRow], keys: Iterable[int]) -> dict[int, ToyRow]:
     """``base`` with the rows ``written`` holds for ``keys`` (a key it does not hold: deleted)."""
     rows = dict(base)
     for key in keys:
@@ -91,7 +91,7 @@ def _overlaid(base: dict[int, Row], written: dict[int, Row], keys: Iterable[int]
     return rows
 
 
-def _assert_same(actual: dict[int, Row], want: dict[int, Row]) -> None:
+def _assert_same(actual: dict[int, ToyRow], want: dict[int, ToyRow]) -> None:
     """``actual == want``, row by row, saying which rows differ when not."""
     assert sorted(actual.keys() - want.keys()) == [] and sorted(want.keys() - actual.keys()) == []
     wrong = [key for key in want if actual[key] != want[key]]
@@ -107,27 +107,27 @@ async def test_a_runner_killed_while_its_swap_waits_leaves_no_mirror_and_the_nex
     swaps once and installs the mirror once, and the application's writes after the swap are in
     both tables; contract then takes the mirror off."""
     pool = brainmigrate_pool
-    store, shadow_oid = await _runner_killed_while_the_swap_waits(
+    store, shadow_oid = await runner_killed_while_the_swap_waits(
         brainmigrate_database, pool, migrations=INSTANT
     )
 
     assert await _triggers(pool) == _on_the_table(FORWARD, NAMES.forward_function)
-    assert await _capture_functions(pool) == [NAMES.forward_function]
-    assert await _relations(pool, "rewrite_") == [NAMES.forward_log]
+    assert await capture_functions(pool) == [NAMES.forward_function]
+    assert await relations(pool, "rewrite_") == [NAMES.forward_log]
 
-    await _resume(pool, monkeypatch, migrations=INSTANT)
+    await resume_to_contract(pool, monkeypatch, migrations=INSTANT)
 
-    assert await _oid(pool) == shadow_oid
+    assert await oid_of(pool) == shadow_oid
     assert await _triggers(pool) == _on_the_table(MIRROR, NAMES.reverse_function)
-    assert await _capture_functions(pool) == [NAMES.reverse_function]
-    assert await _relations(pool, "rewrite_") == [NAMES.reverse_log]
-    written = await _write_after_the_swap(pool)
-    new = await _rows(pool)
+    assert await capture_functions(pool) == [NAMES.reverse_function]
+    assert await relations(pool, "rewrite_") == [NAMES.reverse_log]
+    written = await write_after_the_swap(pool)
+    new = await rows_of(pool)
     assert new[written.edited][0] == "a sad edit after the swap" and written.deleted not in new
     assert new[written.added] == written.added_row
     mirrored = (written.edited, written.deleted, written.added)
     assert await _logged(pool) == []
-    await _assert_swapped_in(
+    await assert_swapped_in(
         pool,
         store,
         expected=_overlaid(rewritten(store.rows), new, mirrored),
@@ -147,10 +147,10 @@ async def test_a_rollback_killed_while_the_swap_back_waits_is_resumed_into_the_o
     leaves the original holding every row as the application last wrote it, mirrored or
     replayed from the log, and nothing else; the mirror, its log and the swapped-in table are gone."""
     pool = brainmigrate_pool
-    store = await _store(pool)
-    await _resume(pool, monkeypatch, migrations=INSTANT)
-    new_oid = await _oid(pool)
-    old = await _one(pool, "bm_old_")
+    store = await create_toy_store(pool)
+    await resume_to_contract(pool, monkeypatch, migrations=INSTANT)
+    new_oid = await oid_of(pool)
+    old = await only_relation(pool, "bm_old_")
     # The original (and only it) refuses the contents starting with "refused": their mirror fails.
     await pool.execute(
         f"ALTER TABLE \"{old}\" ADD CONSTRAINT refused CHECK (NOT starts_with(content, 'refused')) NOT VALID"
@@ -176,30 +176,30 @@ async def test_a_rollback_killed_while_the_swap_back_waits_is_resumed_into_the_o
     written = {*range(20, 25), 30, 31, added, 40, 5000, 50, 51, 52, 5001, refused_added, 60, 62, 5002, 61}
     refused = {refused_added, 62, 5002}  # 60's last write was mirrored
 
-    new = await _rows(pool)
+    new = await rows_of(pool)
     assert new[60][0] == "edited again after its edit was refused" and new[5002][0] == "refused: moved"
     assert new[refused_added][0] == "refused: added" and not {30, 31, 40, 51, 52, 62} & new.keys()
-    _assert_same(await _rows(pool, old), _overlaid(store.rows, new, written - refused))
+    _assert_same(await rows_of(pool, old), _overlaid(store.rows, new, written - refused))
     assert sorted(set(await _logged(pool))) == sorted({refused_added, 60, 62, 5002})
     await pool.execute(f'ALTER TABLE "{old}" DROP CONSTRAINT refused')  # the swap back can copy them
-    before = await _rows(pool, old)
+    before = await rows_of(pool, old)
 
-    await _rollback_killed_while_the_swap_back_waits(brainmigrate_database, pool, migrations=INSTANT)
+    await rollback_killed_while_the_swap_back_waits(brainmigrate_database, pool, migrations=INSTANT)
 
-    assert await _oid(pool) == new_oid
-    assert await _rows(pool) == new
-    assert await _oid(pool, old) == store.oid
-    assert await _rows(pool, old) == before
+    assert await oid_of(pool) == new_oid
+    assert await rows_of(pool) == new
+    assert await oid_of(pool, old) == store.oid
+    assert await rows_of(pool, old) == before
     assert await _triggers(pool) == _on_the_table(MIRROR, NAMES.reverse_function)
     assert sorted(set(await _logged(pool))) == sorted({refused_added, 60, 62, 5002})
     # The mirror still writes what the application writes after the kill.
     await pool.execute("UPDATE memories SET content = 'edited after the killed rollback' WHERE id = 70")
     await pool.execute("DELETE FROM memories WHERE id = 71")
     written |= {70, 71}
-    new = await _rows(pool)
-    assert (await _rows(pool, old)).get(70) == new[70] and 71 not in await _rows(pool, old)
+    new = await rows_of(pool)
+    assert (await rows_of(pool, old)).get(70) == new[70] and 71 not in await rows_of(pool, old)
 
-    await _roll_back_into_the_original(
+    await roll_back_into_the_original(
         pool, store, _overlaid(store.rows, new, written), next_id=refused_added + 1, migrations=INSTANT
     )
 
@@ -294,7 +294,7 @@ async def _holding_the_counter(pool: asyncpg.Pool[Any], old: str) -> AsyncIterat
 
 def _through_the_mirror(
     store: Store, committed: int, inserted_at: str
-) -> tuple[dict[int, Row], dict[int, Row], set[int]]:
+) -> tuple[dict[int, ToyRow], dict[int, ToyRow], set[int]]:
     """The rows of the swapped-in table and of the original once the application's transactions 1
     to ``committed`` have run (each row they write mirrored, whole), and the keys they wrote."""
     new, old = rewritten(store.rows), dict(store.rows)
@@ -342,9 +342,9 @@ async def test_an_application_transaction_cut_off_midway_leaves_neither_table_wi
     since the swap as the swapped-in table holds it (the rest as before: the migration's label
     goes with the swapped-in table)."""
     pool = brainmigrate_pool
-    store = await _store(pool)
-    await _resume(pool, monkeypatch, migrations=INSTANT)
-    old = await _one(pool, "bm_old_")
+    store = await create_toy_store(pool)
+    await resume_to_contract(pool, monkeypatch, migrations=INSTANT)
+    old = await only_relation(pool, "bm_old_")
     inserted_at: str = await pool.fetchval("SELECT $1::timestamptz::text", INSERTED_AT)
     application = await start_application(brainmigrate_database, f"--application-name={APPLICATION_NAME}")
     try:
@@ -374,11 +374,11 @@ async def test_an_application_transaction_cut_off_midway_leaves_neither_table_wi
     new, mirrored, written = _through_the_mirror(store, committed, inserted_at)
     cut = writes(committed + 1)
     for table in ("memories", old):
-        rows = await _rows(pool, table)
+        rows = await rows_of(pool, table)
         assert cut.inserted not in rows and cut.rekeyed_to not in rows
         assert rows[COUNTER][0] == f"txn {committed}" and rows.get(cut.edited, ("",))[0] != cut.edited_content
-    _assert_same(await _rows(pool), new)
-    _assert_same(await _rows(pool, old), mirrored)
+    _assert_same(await rows_of(pool), new)
+    _assert_same(await rows_of(pool, old), mirrored)
     assert await _logged(pool) == []
 
     await pool.execute("UPDATE memories SET content = 'written after the cut-off' WHERE id = 2")
@@ -386,12 +386,12 @@ async def test_an_application_transaction_cut_off_midway_leaves_neither_table_wi
         "INSERT INTO memories (content) VALUES ('inserted after the cut-off') RETURNING id"
     )
     written |= {2, late}
-    new = await _rows(pool)
+    new = await rows_of(pool)
     assert new[2][0] == "written after the cut-off" and new[late][0] == "inserted after the cut-off"
-    original = await _rows(pool, old)
+    original = await rows_of(pool, old)
     assert (original[2], original[late]) == (new[2], new[late])
     _assert_same(original, _overlaid(store.rows, new, written))
 
-    await _roll_back_into_the_original(
+    await roll_back_into_the_original(
         pool, store, _overlaid(store.rows, new, written), next_id=late + 1, migrations=INSTANT
     )

@@ -57,13 +57,13 @@ from rewrite_support import (
     Row,
     create_store,
     gated,
+    nothing_of_the_rewrite_left,
     slugs,
     stored,
     swapped,
     until,
 )
 from test_rewrite import tables
-from test_rewrite_faults import _nothing_of_the_rewrite_left as nothing_of_the_rewrite_left
 
 pytestmark = pytest.mark.anyio
 

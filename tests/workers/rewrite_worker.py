@@ -1,9 +1,9 @@
-"""Run ``run_pending()`` (or ``rollback(id)``) of a rewrite directory in a process of its own.
+"""Run ``run_pending()`` (or ``rollback(id)``, ``contract(id)``) of a rewrite directory in its own process.
 
 Usage::
 
-    python rewrite_worker.py DSN MIGRATIONS_DIR [--rollback ID] [--batch-size N] [--concurrency N]
-                             [--lock-timeout-ms MS] [--transform-delay S]
+    python rewrite_worker.py DSN MIGRATIONS_DIR [--rollback ID | --contract ID] [--batch-size N]
+                             [--concurrency N] [--lock-timeout-ms MS] [--transform-delay S]
                              [--application-name NAME]
 
 ``--transform-delay`` sets ``$BM_REWRITE_DELAY``, which the rewrite's transform honours before
@@ -36,7 +36,9 @@ DELAY_VARIABLE = "BM_REWRITE_DELAY"
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = worker_arguments(__doc__, batch_size=50, application_name="rewrite worker")
-    parser.add_argument("--rollback", metavar="ID")
+    runs = parser.add_mutually_exclusive_group()
+    runs.add_argument("--rollback", metavar="ID")
+    runs.add_argument("--contract", metavar="ID")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--lock-timeout-ms", type=int, default=60_000)
     parser.add_argument("--transform-delay", type=float, default=0.0)
@@ -55,6 +57,8 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     async def run(migrator: Migrator) -> list[MigrationResult]:
         if args.rollback:
             return await migrator.rollback(args.rollback)
+        if args.contract:
+            return [await migrator.contract(args.contract)]
         return await migrator.run_pending()
 
     return results_report(await run_migrator(args, config, run))
