@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..._errors import MigrationStateError, MigrationValidationError
+from ..._model.data import DataMigration
 from ..._model.sqltext import quote_ident, quote_literal
 from ..._model.types import Connection
 from ..definition import (
@@ -153,7 +154,7 @@ async def build_indexes(
     defn: TableDefinition,
     names: RewriteNames,
     *,
-    maintenance_work_mem: str = "512MB",
+    maintenance_work_mem: str = DataMigration.rewrite_maintenance_work_mem,
     parallel_workers: int | None = None,
 ) -> list[str]:
     """Build the secondary indexes and index-backed constraints of ``defn``'s table on the shadow,
