@@ -12,12 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-OK = 0
-FAILED = 1
-USAGE = 2
-UNAVAILABLE = 3
-NOT_READY = 4
-INTERRUPTED = 130
+from .exit_codes import FAILED, INTERRUPTED, UNAVAILABLE, USAGE
 
 _EPILOG = """\
 exit codes:

@@ -5,16 +5,22 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from .._errors import MigrationValidationError
+from .hybrid import ContractMode
 from .items import BulkMemoryItem, DataSource
 from .metadata import MigrationType
 from .migration import Migration, MigrationKind
 
 #: How a data migration writes its table (see :attr:`DataMigration.strategy`).
 Strategy = Literal["in_place", "rewrite", "auto"]
-STRATEGIES: tuple[Strategy, ...] = ("in_place", "rewrite", "auto")
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+#: What a rewrite does with the writes between its swap and contract, for a swap back
+#: (see :attr:`DataMigration.rewrite_swap_back`).
+SwapBack = Literal["replay", "instant"]
+SWAP_BACKS: tuple[SwapBack, ...] = get_args(SwapBack)
+CONTRACT_MODES: tuple[ContractMode, ...] = get_args(ContractMode)
 
 _MEMORY = re.compile(r"([0-9]{1,13})\s*(kB|MB|GB|TB)")
 _MEMORY_UNITS_KB = {"kB": 1, "MB": 1024, "GB": 1024**2, "TB": 1024**3}
@@ -31,6 +37,15 @@ def memory_kb(text: object) -> int | None:
     if match is None:
         return None
     return int(match[1]) * _MEMORY_UNITS_KB[match[2]]
+
+
+def _check_one_of(where: str, name: str, value: object, allowed: tuple[str, ...], migration_id: str) -> None:
+    """MigrationValidationError unless the setting ``name`` of ``where`` is one of ``allowed``."""
+    if value not in allowed:
+        raise MigrationValidationError(
+            f"{where}: {name} must be {' or '.join(map(repr, allowed))}, got {value!r}",
+            migration_id=migration_id,
+        )
 
 
 class DataMigration(Migration):
@@ -63,7 +78,7 @@ class DataMigration(Migration):
     rewrite_min_rows: ClassVar[int] = 50_000
     #: A rewrite keeps the original table until ``await migrator.contract(id)`` (``"manual"``,
     #: so that a rollback can still swap it back) or drops it right after the swap (``"auto"``).
-    rewrite_contract_mode: ClassVar[Literal["auto", "manual"]] = "manual"
+    rewrite_contract_mode: ClassVar[ContractMode] = "manual"
     #: The ``maintenance_work_mem`` a rewrite builds the copy's indexes with (an HNSW build that
     #: fits in it is many times faster); the session's own setting is kept when it is larger.
     rewrite_maintenance_work_mem: ClassVar[str] = "512MB"
@@ -74,7 +89,7 @@ class DataMigration(Migration):
     #: into the old table (it takes longer the more was written); ``"instant"`` writes each
     #: statement's rows to the old table too, in the application's transaction (each write then
     #: costs about twice as much until contract), so the swap back has nothing left to copy.
-    rewrite_swap_back: ClassVar[Literal["replay", "instant"]] = "replay"
+    rewrite_swap_back: ClassVar[SwapBack] = "replay"
     #: Whether what the run writes goes with a table the same rollback drops (a step of a
     #: ready-made hybrid writing into a copy of a table): rolling it back then writes nothing.
     _dropped_on_rollback: ClassVar[bool] = False
@@ -99,23 +114,16 @@ class DataMigration(Migration):
                 f"{where}: strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {cls.strategy!r}",
                 migration_id=self.metadata.id,
             )
-        if cls.rewrite_contract_mode not in ("auto", "manual"):
-            raise MigrationValidationError(
-                f"{where}: rewrite_contract_mode must be 'auto' or 'manual', "
-                f"got {cls.rewrite_contract_mode!r}",
-                migration_id=self.metadata.id,
-            )
+        _check_one_of(
+            where, "rewrite_contract_mode", cls.rewrite_contract_mode, CONTRACT_MODES, self.metadata.id
+        )
         rows = cls.rewrite_min_rows
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
             raise MigrationValidationError(
                 f"{where}: rewrite_min_rows must be a non-negative int, got {rows!r}",
                 migration_id=self.metadata.id,
             )
-        if cls.rewrite_swap_back not in ("replay", "instant"):
-            raise MigrationValidationError(
-                f"{where}: rewrite_swap_back must be 'replay' or 'instant', got {cls.rewrite_swap_back!r}",
-                migration_id=self.metadata.id,
-            )
+        _check_one_of(where, "rewrite_swap_back", cls.rewrite_swap_back, SWAP_BACKS, self.metadata.id)
         memory = memory_kb(cls.rewrite_maintenance_work_mem)
         low, high = MAINTENANCE_WORK_MEM_KB
         if memory is None or not low <= memory <= high:
