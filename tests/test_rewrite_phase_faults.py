@@ -388,12 +388,24 @@ async def test_a_run_abandoned_after_a_kill_leaves_the_table_as_it_was_and_nothi
     store = await create_toy_store(pool)
     killed = await kill(pool, brainmigrate_database, store)
     assert await _rewrite_objects(pool) == BEFORE_THE_SWAP  # what the killed run left
+    # The killed runner's attempt of the step it was in, where that step records one while it
+    # runs (the index step does; a data step's run is in its own table).
+    interrupted = [step for step, _, status in await step_history(pool) if status == "running"]
 
     record = await toy_migrator(pool).abandon(REWRITE, reason="given up after its runner died")
 
     assert record.operation.value == "abandon"
     assert await toy_migrator(pool).hybrid_phase(REWRITE) is HybridPhase.ABANDONED
-    assert (await step_history(pool))[-1] == (REWRITE, "abandon", "completed")
+    history = await step_history(pool)
+    assert history[-1] == (REWRITE, "abandon", "completed")
+    # History tells the truth about the killed runner's attempt: interrupted, not still running.
+    assert [row for row in history if row[2] == "running"] == []
+    closed = await pool.fetch(
+        "SELECT migration_id, error, finished_at FROM brainmigrate.migration_history "
+        "WHERE status = 'dirty' ORDER BY attempt_id"
+    )
+    assert [row["migration_id"] for row in closed] == interrupted
+    assert all("interrupted" in row["error"] and row["finished_at"] is not None for row in closed)
     assert await oid_of(pool) == store.oid
     assert await rows_of(pool) == killed.rows
     assert await layout_of(pool, store.oid) == store.layout

@@ -362,7 +362,17 @@ class HybridCompensation:
                 note += f" (rolled back: {', '.join(undone)})"
             conn = await session.work_connection()
             run = await self.runs.latest(conn, meta.id) or run
+        # An attempt of a step still 'running' with no live lease on it belongs to a runner that
+        # died midway (the runner lock is held here): history says so, as a resumed run would.
+        interrupted = [
+            step.id
+            for step in hybrid.steps
+            if not await self.steps.of(step.migration).live_workers(session.lock.conn, step.migration)
+        ]
         async with conn.transaction():
+            stamp = now()
+            for step_id in interrupted:
+                await self.ledger.close_interrupted(conn, step_id, stamp)
             run = await self.runs.move(
                 conn, run, HybridPhase.ABANDONED, operation="abandon", step=run.current_step, error=note
             )
