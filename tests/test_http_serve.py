@@ -53,6 +53,12 @@ def _listening(port: int) -> bool:
     return True
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before it starts: Ctrl-C's signal with its default action, as a shell gives a
+    command it starts (a process inherits an ignored SIGINT, and this one's may be ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _env(**tokens: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRAINMIGRATE_")}
     return {**env, **tokens}
@@ -76,6 +82,7 @@ def serving(brainmigrate_database: str, migrations: Path) -> Iterator[tuple[str,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_as_from_a_terminal,
     )
     try:
         while not _listening(port):  # until the port accepts a connection, or the process ends
