@@ -140,12 +140,59 @@ def _brainmigrate_databases(brainmigrate_dsn: str) -> Iterator[DatabaseFactory]:
     _run(factory.close)
 
 
+class _Databases:
+    """Fresh databases for the tests, one made ahead while the last test's database is dropped.
+
+    Creating a database is most of a test's fixed cost; making the next test's copy of the template
+    at the same time as the last one is dropped, between the two tests, saves most of one of them.
+    Nothing runs while a test does. The copy made ahead is as fresh as one made when asked (the
+    template never changes); it is dropped with the others when the session ends.
+    """
+
+    def __init__(self, factory: DatabaseFactory) -> None:
+        self.factory = factory
+        self._ahead: str | None = None
+
+    def take(self) -> str:
+        """The DSN of a fresh database: the one made ahead, else a new one."""
+        dsn, self._ahead = self._ahead, None
+        return dsn if dsn is not None else _run(self.factory.create)
+
+    def drop(self, dsn: str) -> None:
+        """Drop ``dsn`` and meanwhile make the next test's database (unless one is waiting).
+
+        The drop's failure is raised; the next database's only leaves none made ahead, so that the
+        next test's own attempt says what is wrong.
+        """
+
+        async def drop_and_make() -> str | None:
+            if self._ahead is not None:
+                await self.factory.drop(dsn)
+                return self._ahead
+            made, dropped = await asyncio.gather(
+                self.factory.create(), self.factory.drop(dsn), return_exceptions=True
+            )
+            for outcome in (dropped, made):
+                if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                    raise outcome
+            if isinstance(dropped, BaseException):
+                raise dropped
+            return made if isinstance(made, str) else None
+
+        self._ahead = _run(drop_and_make)
+
+
+@pytest.fixture(scope="session")
+def _brainmigrate_fresh(_brainmigrate_databases: DatabaseFactory) -> _Databases:
+    return _Databases(_brainmigrate_databases)
+
+
 @pytest.fixture
-def brainmigrate_database(_brainmigrate_databases: DatabaseFactory) -> Iterator[str]:
+def brainmigrate_database(_brainmigrate_fresh: _Databases) -> Iterator[str]:
     """The DSN of a fresh, empty database, dropped after the test."""
-    dsn = _run(_brainmigrate_databases.create)
+    dsn = _brainmigrate_fresh.take()
     yield dsn
-    _run(lambda: _brainmigrate_databases.drop(dsn))
+    _brainmigrate_fresh.drop(dsn)
 
 
 @pytest.fixture
