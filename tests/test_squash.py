@@ -23,6 +23,7 @@ from brainmigrate import (
     MigrationValidationError,
     Migrator,
 )
+from brainmigrate._operations import workbench
 from brainmigrate.testing import DatabaseFactory, fingerprint
 from helpers import create_table, snapshot
 from test_cli import cli, run
@@ -224,7 +225,8 @@ async def test_the_written_migration_reads_back_as_the_chain(
     ]
     loaded = Migrator(brainmigrate_pool, migrations)
     # index_003 depended on email_002: it depends on the squash now.
-    assert (await loaded._load()).graph.nodes["index_003"].dependencies == ("accounts_squashed",)
+    catalog = await workbench.load(loaded)
+    assert catalog.graph.nodes["index_003"].dependencies == ("accounts_squashed",)
 
 
 async def test_the_squash_depends_on_what_the_chain_depended_on_and_is_irreversible_if_one_was(
