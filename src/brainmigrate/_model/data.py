@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Literal, get_args
 
 from .._errors import MigrationValidationError
-from .hybrid import ContractMode
+from .hybrid import CONTRACT_MODES, ContractMode
 from .items import BulkMemoryItem, DataSource
 from .metadata import MigrationType
 from .migration import Migration, MigrationKind
@@ -20,7 +20,6 @@ STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 #: (see :attr:`DataMigration.rewrite_swap_back`).
 SwapBack = Literal["replay", "instant"]
 SWAP_BACKS: tuple[SwapBack, ...] = get_args(SwapBack)
-CONTRACT_MODES: tuple[ContractMode, ...] = get_args(ContractMode)
 
 _MEMORY = re.compile(r"([0-9]{1,13})\s*(kB|MB|GB|TB)")
 _MEMORY_UNITS_KB = {"kB": 1, "MB": 1024, "GB": 1024**2, "TB": 1024**3}

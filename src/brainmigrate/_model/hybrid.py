@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import attrs
 
@@ -52,6 +52,8 @@ _KINDS: dict[HybridPhase, tuple[frozenset[MigrationKind], str]] = {
 }
 
 ContractMode = Literal["auto", "manual"]
+#: The values ``contract_mode`` (and a rewrite's ``rewrite_contract_mode``) may take.
+CONTRACT_MODES: tuple[ContractMode, ...] = get_args(ContractMode)
 
 
 @attrs.frozen
@@ -260,9 +262,10 @@ class HybridMigration(Migration):
         """
         hybrid_id = self.metadata.id
         mode = type(self).contract_mode
-        if mode not in ("auto", "manual"):
+        if mode not in CONTRACT_MODES:
+            allowed = " or ".join(repr(value) for value in CONTRACT_MODES)
             raise MigrationValidationError(
-                f"{self._where()}: contract_mode must be 'auto' or 'manual', got {mode!r}",
+                f"{self._where()}: contract_mode must be {allowed}, got {mode!r}",
                 migration_id=hybrid_id,
             )
         steps = self.steps
