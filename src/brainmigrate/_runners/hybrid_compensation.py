@@ -337,13 +337,17 @@ class HybridCompensation:
         before = run.phase
         note = f"abandoned in phase {before.value} by {actor}: {reason_text}"
         states = await self.ledger.states(session.lock.conn)
+        # The workers holding a live lease on each step's run (read once, under the runner lock).
+        live = {
+            step.id: await self.steps.of(step.migration).live_workers(session.lock.conn, step.migration)
+            for step in hybrid.steps
+        }
         if hybrid.rolled_back_when_abandoned({step.id for step in hybrid.steps if _applied(states, step)}):
             for step in hybrid.steps:
-                live = await self.steps.of(step.migration).live_workers(session.lock.conn, step.migration)
-                if live:
+                if live[step.id]:
                     raise HybridPhaseError(
                         f"cannot abandon hybrid migration {meta.id!r} yet: its step {step.id!r} is "
-                        f"running in {live} worker(s) elsewhere, whose lease has not expired, and "
+                        f"running in {live[step.id]} worker(s) elsewhere, whose lease has not expired, and "
                         "abandoning rolls the step back. Stop those workers, or wait for their lease "
                         "to expire (lease_seconds), then abandon it again; nothing was changed",
                         migration_id=meta.id,
@@ -364,14 +368,9 @@ class HybridCompensation:
             run = await self.runs.latest(conn, meta.id) or run
         # An attempt of a step still 'running' with no live lease on it belongs to a runner that
         # died midway (the runner lock is held here): history says so, as a resumed run would.
-        interrupted = [
-            step.id
-            for step in hybrid.steps
-            if not await self.steps.of(step.migration).live_workers(session.lock.conn, step.migration)
-        ]
         async with conn.transaction():
             stamp = now()
-            for step_id in interrupted:
+            for step_id in (step_id for step_id, workers in live.items() if not workers):
                 await self.ledger.close_interrupted(conn, step_id, stamp)
             run = await self.runs.move(
                 conn, run, HybridPhase.ABANDONED, operation="abandon", step=run.current_step, error=note
